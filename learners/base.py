@@ -1,0 +1,59 @@
+"""What every fleet strategy looks like from the outside."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from learners.config import Task
+
+
+@dataclass
+class StepResult:
+    """Outcome of one predict-then-learn micro-batch.
+
+    Attributes
+    ----------
+    y_pred
+        Prediction for each reading, made before learning from it (class
+        index as a float for classification).
+    drifted
+        Devices whose drift was detected in this batch, in order.
+    adapted
+        Devices whose model was re-adapted from θ in this batch.
+    meta_version
+        Version of θ after the batch (0 for strategies without one).
+    """
+
+    y_pred: np.ndarray
+    drifted: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    meta_version: int = 0
+
+
+class Strategy(Protocol):
+    """A learner for a whole fleet: predict-then-learn on mixed micro-batches."""
+
+    name: str
+
+    def learn_predict(self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray) -> StepResult:
+        """Predict every reading of the batch, then learn from all of them."""
+        ...
+
+
+def reading_errors(task: Task, y: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Absolute error (regression) or 0/1 misclassification (classification).
+
+    Examples
+    --------
+    >>> reading_errors("regression", np.array([1.0, 2.0]), np.array([1.5, 0.0]))
+    array([0.5, 2. ])
+    >>> reading_errors("classification", np.array([1.0, 2.0]), np.array([1.0, 0.0]))
+    array([0., 1.])
+    """
+    if task == "regression":
+        return np.abs(y - y_pred)
+    return (y != y_pred).astype(np.float64)

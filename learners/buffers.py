@@ -1,0 +1,77 @@
+"""Each device's most recent readings, kept as one stacked ring buffer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class DeviceBuffers:
+    """Ring buffers of ``size`` readings per device, stored as ``[devices, size, …]``.
+
+    Writes are vectorised over a micro-batch that mixes devices; a device with
+    more than ``size`` readings in one batch keeps its last ``size``.
+
+    Examples
+    --------
+    >>> buf = DeviceBuffers(n_features=1, size=3)
+    >>> buf.push(np.array([0, 1, 0, 0, 0]), np.arange(5.0)[:, None], np.arange(5.0))
+    >>> buf.count[:2].tolist()
+    [3, 1]
+    >>> x, y, mask = buf.recent(np.array([0, 1]), 3)
+    >>> y.tolist(), mask.tolist()   # newest first
+    ([[4.0, 3.0, 2.0], [1.0, 0.0, 0.0]], [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    """
+
+    def __init__(self, n_features: int, size: int, capacity: int = 64) -> None:
+        self.size = size
+        self.x = np.zeros((capacity, size, n_features), dtype=np.float32)
+        self.y = np.zeros((capacity, size), dtype=np.float32)
+        self.count = np.zeros(capacity, dtype=np.int64)
+        self._next = np.zeros(capacity, dtype=np.int64)
+
+    def ensure(self, n_slots: int) -> None:
+        """Grow (doubling) so that slots ``0 … n_slots-1`` exist."""
+        capacity = len(self.count)
+        if n_slots <= capacity:
+            return
+        new = max(n_slots, 2 * capacity)
+        pad = new - capacity
+        self.x = np.concatenate([self.x, np.zeros((pad, *self.x.shape[1:]), np.float32)])
+        self.y = np.concatenate([self.y, np.zeros((pad, self.size), np.float32)])
+        self.count = np.concatenate([self.count, np.zeros(pad, np.int64)])
+        self._next = np.concatenate([self._next, np.zeros(pad, np.int64)])
+
+    def push(self, slots: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Append one batch of readings; ``slots[i]`` owns ``x[i], y[i]``."""
+        self.ensure(int(slots.max()) + 1)
+        order = np.argsort(slots, kind="stable")
+        uniq, first, counts = np.unique(slots[order], return_index=True, return_counts=True)
+        rank = np.empty_like(slots)
+        rank[order] = np.arange(len(slots)) - np.repeat(first, counts)
+        per_sample_count = np.repeat(counts, counts)[np.argsort(order)]
+        keep = rank >= per_sample_count - self.size  # only the last `size` of a device
+        s, r = slots[keep], rank[keep]
+        pos = (self._next[s] + r) % self.size
+        self.x[s, pos] = x[keep]
+        self.y[s, pos] = y[keep]
+        self._next[uniq] = (self._next[uniq] + counts) % self.size
+        self.count[uniq] = np.minimum(self.count[uniq] + counts, self.size)
+
+    def keep_newest(self, slots: np.ndarray, keep: np.ndarray | int) -> None:
+        """Forget all but the ``keep`` newest readings of each of ``slots``."""
+        self.count[slots] = np.minimum(self.count[slots], keep)
+
+    def recent(self, slots: np.ndarray, m: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The newest ``m`` readings of each slot, newest first, padded with mask 0."""
+        m = min(m, self.size)
+        back = np.arange(m)
+        idx = (self._next[slots, None] - 1 - back[None, :]) % self.size
+        mask = back[None, :] < self.count[slots, None]
+        rows = slots[:, None]
+        return (
+            torch.from_numpy(self.x[rows, idx]),
+            torch.from_numpy(self.y[rows, idx]),
+            torch.from_numpy(mask.astype(np.float32)),
+        )

@@ -1,0 +1,215 @@
+"""Per-device models stacked in one tensor, learning from a shared θ.
+
+This is the heart of metastream: predict-then-learn on micro-batches that
+mix many devices, per-device drift detection, k-step adaptation from θ on
+drift or for a new device, and periodic meta-updates of θ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+from learners.base import StepResult, reading_errors
+from learners.buffers import DeviceBuffers
+from learners.codec import ModelHeader, encode_model
+from learners.config import LearnerConfig
+from learners.drift import DriftMonitor
+from learners.meta import MetaLearner, MetaRule, rule_by_name
+from learners.nets import FunctionalNet, Params, init_params, stack
+from learners.registry import DeviceIndex
+from learners.scaling import TaskScaler
+from learners.shared_model import GlobalModel
+
+InitName = Literal["reptile", "fomaml", "scratch", "finetune"]
+INITS: tuple[InitName, ...] = ("reptile", "fomaml", "scratch", "finetune")
+
+
+class FleetLearner:
+    """Stacked per-device MLPs whose starting point θ comes from ``init``.
+
+    Parameters
+    ----------
+    cfg
+        Model, learning and drift settings.
+    init
+        Where θ (the weights a new or drifted device restarts from) comes from:
+
+        - ``"reptile"``: meta-learned online with Reptile,
+        - ``"fomaml"``: meta-learned online with first-order MAML,
+        - ``"scratch"``: a fixed random initialisation (no meta-learning),
+        - ``"finetune"``: a global model trained on all devices' data pooled.
+
+    Examples
+    --------
+    >>> cfg = LearnerConfig(n_features=2, adapt_after=2, buffer_size=4)
+    >>> fleet = FleetLearner(cfg, init="reptile")
+    >>> r = fleet.learn_predict(["a", "b", "a"], np.ones((3, 2)), np.array([1.0, 2.0, 1.5]))
+    >>> r.y_pred.shape, r.adapted, fleet.devices.ids
+    ((3,), ['a'], ['a', 'b'])
+    """
+
+    def __init__(self, cfg: LearnerConfig, init: InitName = "reptile") -> None:
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        self.cfg = cfg
+        self.init = init
+        self.name: str = init
+        self.net = FunctionalNet(cfg)
+        theta = init_params(cfg)
+        self._rule: MetaRule | None = None
+        self._meta: MetaLearner | None = None
+        self._pooled: GlobalModel | None = None
+        self._frozen = theta
+        if init in ("reptile", "fomaml"):
+            self._rule = rule_by_name(init)
+            self._meta = MetaLearner(theta, cfg.meta_lr, cfg.clip, cfg.trim)
+        elif init == "finetune":
+            self._pooled = GlobalModel(cfg)
+        self.devices = DeviceIndex()
+        self.params: Params = stack(theta, 64)
+        self.buffers = DeviceBuffers(cfg.n_features, cfg.buffer_size)
+        self.scaler = TaskScaler(cfg.task, cfg.n_features)
+        self.monitor = DriftMonitor(cfg.detector, cfg.cooldown, cfg.seed)
+        self._pending = np.zeros(64, dtype=bool)
+        self._since_meta = np.zeros(64, dtype=np.int64)
+        self._rng = np.random.default_rng(cfg.seed)
+        self.processed = 0
+        self.n_drifts = 0
+        self.n_adaptations = 0
+
+    # -- θ -----------------------------------------------------------------------
+
+    @property
+    def theta(self) -> Params:
+        """The current initialisation new and drifted devices start from."""
+        if self._meta is not None:
+            return self._meta.theta
+        if self._pooled is not None:
+            return self._pooled.theta
+        return self._frozen
+
+    @property
+    def meta_version(self) -> int:
+        """Number of meta-updates θ has had (0 when θ is not meta-learned)."""
+        return self._meta.version if self._meta is not None else 0
+
+    def device_params(self, device_id: str) -> Params:
+        """A copy of one device's current weights."""
+        slot = self.devices.slot(device_id)
+        return {k: v[slot].clone() for k, v in self.params.items()}
+
+    def export(self, device_id: str, model_version: int) -> bytes:
+        """One device's model (weights + normalisation) as a codec payload."""
+        tensors = self.device_params(device_id)
+        sx, sy = self.scaler.x, self.scaler.y
+        for name, value in (("x_mean", sx.mean), ("x_std", sx.std), ("y_mean", sy.mean), ("y_std", sy.std)):
+            tensors[f"norm.{name}"] = torch.as_tensor(value, dtype=torch.float32)
+        header = ModelHeader(
+            device_id=device_id,
+            model_version=model_version,
+            parent_meta_version=self.meta_version,
+            task=self.cfg.task,
+            n_features=self.cfg.n_features,
+            n_outputs=self.cfg.n_outputs,
+            hidden=tuple(self.cfg.hidden),
+        )
+        return encode_model(tensors, header)
+
+    # -- the micro-batch loop -------------------------------------------------------
+
+    def learn_predict(self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray) -> StepResult:
+        """Predict every reading with its device's current model, then learn.
+
+        Each device takes one SGD step on the mean loss of its readings in the
+        batch; all devices step together through ``vmap``.
+        """
+        slots, new = self.devices.slots_for(device_ids)
+        if new:
+            self._add_devices(new)
+        xs, ys = self.scaler.fit_transform(x, y)
+        xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
+        uniq, inverse, counts = torch.unique(torch.from_numpy(slots), return_inverse=True, return_counts=True)
+        sub = {k: v[uniq] for k, v in self.params.items()}
+        step, out = self.net.online_step(sub, inverse, xt, yt, 1.0 / counts[inverse])
+        for k, v in self.params.items():
+            v[uniq] = sub[k] - self.cfg.online_lr * step[k]
+        if self._pooled is not None:
+            self._pooled.learn_predict(xt, yt)
+        pred = self.net.predict(out).numpy().astype(np.float64)
+
+        self.buffers.push(slots, xs, ys)
+        drift_at = self.monitor.update(slots.tolist(), reading_errors(self.cfg.task, ys, pred).tolist())
+        self.n_drifts += len(drift_at)
+        drifted = list(dict.fromkeys(device_ids[i] for i in drift_at))
+        if drifted:
+            # Adapt only on readings after the change point: ADWIN estimates
+            # where it was; with other detectors, wait for fresh readings.
+            drift_slots = np.array([self.devices.slot(d) for d in drifted], dtype=np.int64)
+            fresh = np.array([self.monitor.fresh.get(int(s), 0) for s in drift_slots])
+            self.buffers.keep_newest(drift_slots, fresh)
+            self._pending[drift_slots] = True
+        n = len(self.devices)
+        ready = np.flatnonzero(self._pending[:n] & (self.buffers.count[:n] >= self.cfg.adapt_after))
+        adapted = self._adapt(ready)
+
+        self._since_meta[uniq.numpy()] += counts.numpy()
+        before = self.processed // self.cfg.meta_every
+        self.processed += len(slots)
+        if self._meta is not None and self.processed // self.cfg.meta_every > before:
+            self._meta_step()
+        return StepResult(
+            self.scaler.inverse_y(pred),
+            drifted=drifted,
+            adapted=[self.devices.ids[s] for s in adapted],
+            meta_version=self.meta_version,
+        )
+
+    # -- internals ------------------------------------------------------------------
+
+    def _add_devices(self, slots: list[int]) -> None:
+        needed = slots[-1] + 1
+        capacity = len(self._pending)
+        if needed > capacity:
+            new_cap = max(needed, 2 * capacity)
+            grow = new_cap - capacity
+            self.params = {
+                k: torch.cat([v, v.new_zeros((grow, *v.shape[1:]))]) for k, v in self.params.items()
+            }
+            self._pending = np.concatenate([self._pending, np.zeros(grow, bool)])
+            self._since_meta = np.concatenate([self._since_meta, np.zeros(grow, np.int64)])
+        self.buffers.ensure(needed)
+        idx = torch.tensor(slots)
+        for k, v in self.theta.items():
+            self.params[k][idx] = v
+        self._pending[slots] = True
+
+    def _adapt(self, slots: np.ndarray) -> np.ndarray:
+        """φ_d ← k SGD steps from θ on each device's newest ``adapt_after`` readings."""
+        if len(slots) == 0:
+            return slots
+        x, y, mask = self.buffers.recent(slots, self.cfg.adapt_after)
+        phi = self.net.adapt(self.theta, x, y, mask)
+        idx = torch.from_numpy(slots)
+        for k, v in self.params.items():
+            v[idx] = phi[k]
+        self._pending[slots] = False
+        self.n_adaptations += len(slots)
+        return slots
+
+    def _meta_step(self) -> None:
+        assert self._meta is not None and self._rule is not None
+        n = len(self.devices)
+        active = np.flatnonzero((self._since_meta[:n] > 0) & (self.buffers.count[:n] >= self.cfg.adapt_after))
+        if len(active) == 0:
+            return
+        if len(active) > self.cfg.meta_batch:
+            active = np.sort(self._rng.choice(active, self.cfg.meta_batch, replace=False))
+        # Reptile adapts on as many readings as a device will have when it adapts.
+        x, y, mask = self.buffers.recent(active, self.cfg.adapt_after)
+        deltas = self._rule.directions(self.net, self._meta.theta, x, y, mask)
+        self._meta.step(deltas, torch.from_numpy(self._since_meta[active]).float())
+        self._since_meta[:] = 0

@@ -1,0 +1,112 @@
+"""Meta-update rules (Reptile, first-order MAML) and the meta-learner holding θ.
+
+A rule turns a batch of devices' recent data into one proposed change of θ
+per device; :class:`MetaLearner` aggregates those changes robustly.  The
+same aggregation serves federated mode, where devices send φ − θ themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor
+
+from learners.aggregate import aggregate
+from learners.nets import FunctionalNet, Params, flatten, flatten_stacked, unflatten
+
+
+class MetaRule(Protocol):
+    """Proposes a change of θ for each of ``D`` devices from their data."""
+
+    name: str
+
+    def directions(self, net: FunctionalNet, theta: Params, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """``[D, P]`` proposed changes; ``x`` is ``[D, n, F]``, ``mask`` marks real rows."""
+        ...
+
+
+class Reptile:
+    """Δ_d = φ_d − θ, where φ_d is k SGD steps from θ on the device's data."""
+
+    name = "reptile"
+
+    def directions(self, net: FunctionalNet, theta: Params, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        phi = net.adapt(theta, x, y, mask)
+        return flatten_stacked(phi) - flatten(theta)
+
+
+class FirstOrderMAML:
+    """Δ_d = −k·α·∇L_query(φ_d), with φ_d adapted on the support half.
+
+    Rows alternate between support (even) and query (odd).  Scaling by the
+    inner step size α and step count k makes ``meta_lr`` mean the same
+    thing as for :class:`Reptile`.
+    """
+
+    name = "fomaml"
+
+    def directions(self, net: FunctionalNet, theta: Params, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        support = mask.clone()
+        support[:, 1::2] = 0
+        query = mask - support
+        phi = net.adapt(theta, x, y, support)
+        g = net.query_grad(phi, x, y, query)
+        scale = net.cfg.inner_lr * max(net.cfg.inner_steps, 1)
+        return -scale * flatten_stacked(g)
+
+
+class MetaLearner:
+    """Holds θ and its version; applies aggregated device updates to it.
+
+    Parameters
+    ----------
+    theta
+        Initial meta-parameters.
+    meta_lr
+        Outer step size ε.
+    clip, trim
+        Robust aggregation settings, see :func:`learners.aggregate.aggregate`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> meta = MetaLearner({"w": torch.zeros(2)}, meta_lr=0.5)
+    >>> meta.step(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([1.0, 1.0]))
+    >>> meta.theta["w"], meta.version
+    (tensor([0.5000, 0.5000]), 1)
+    """
+
+    def __init__(self, theta: Params, meta_lr: float, clip: float | None = None, trim: float = 0.0) -> None:
+        self.meta_lr = meta_lr
+        self.clip = clip
+        self.trim = trim
+        self._theta = {k: v.detach().clone() for k, v in theta.items()}
+        self._version = 0
+
+    @property
+    def theta(self) -> Params:
+        """Current meta-parameters (do not modify in place)."""
+        return self._theta
+
+    @property
+    def version(self) -> int:
+        """Number of meta-updates applied so far."""
+        return self._version
+
+    def step(self, deltas: Tensor, weights: Tensor) -> None:
+        """θ ← θ + ε · aggregate(Δ, w); ``deltas`` is ``[n, P]``."""
+        change = self.meta_lr * aggregate(deltas, weights.to(deltas.dtype), self.clip, self.trim)
+        new = flatten(self._theta) + change
+        self._theta = {k: v.clone() for k, v in unflatten(new, self._theta).items()}
+        self._version += 1
+
+
+def rule_by_name(name: str) -> MetaRule:
+    """``"reptile"`` or ``"fomaml"``."""
+    rules: dict[str, MetaRule] = {"reptile": Reptile(), "fomaml": FirstOrderMAML()}
+    if name not in rules:
+        raise ValueError(f"unknown meta rule {name!r}; choose one of {', '.join(rules)}")
+    return rules[name]
+
+
+__all__ = ["FirstOrderMAML", "MetaLearner", "MetaRule", "Reptile", "rule_by_name"]

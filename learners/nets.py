@@ -1,0 +1,210 @@
+"""The per-device model family and its functional (``torch.func``) core.
+
+Parameters live outside the module as a dict of tensors, so the weights of
+many devices can be stacked along a leading dimension and trained together
+with ``vmap``.  The ``nn.Module`` is only a template for ``functional_call``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from learners.config import LearnerConfig
+
+Params = dict[str, Tensor]
+
+MAX_GRAD_NORM = 5.0
+"""Per-device gradient norm cap of every SGD step, online and in adaptation."""
+
+
+def build_template(cfg: LearnerConfig) -> nn.Module:
+    """MLP ``n_features → hidden… → n_outputs`` with ReLU activations.
+
+    Examples
+    --------
+    >>> build_template(LearnerConfig(n_features=8, hidden=(32,)))
+    Sequential(
+      (0): Linear(in_features=8, out_features=32, bias=True)
+      (1): ReLU()
+      (2): Linear(in_features=32, out_features=1, bias=True)
+    )
+    """
+    layers: list[nn.Module] = []
+    width = cfg.n_features
+    for h in cfg.hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, cfg.n_outputs))
+    return nn.Sequential(*layers)
+
+
+def init_params(cfg: LearnerConfig, seed: int | None = None) -> Params:
+    """Fresh weights (PyTorch's default init) drawn from a seeded generator.
+
+    Examples
+    --------
+    >>> p = init_params(LearnerConfig(n_features=3, hidden=(4,)), seed=1)
+    >>> {k: tuple(v.shape) for k, v in p.items()}
+    {'0.weight': (4, 3), '0.bias': (4,), '2.weight': (1, 4), '2.bias': (1,)}
+    >>> torch.equal(p["0.weight"], init_params(LearnerConfig(3, hidden=(4,)), 1)["0.weight"])
+    True
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed if seed is None else seed)
+        module = build_template(cfg)
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def stack(params: Params, n: int) -> Params:
+    """``n`` copies of ``params`` stacked along a new leading dimension."""
+    return {k: v.unsqueeze(0).repeat(n, *([1] * v.dim())) for k, v in params.items()}
+
+
+def flatten(params: Params) -> Tensor:
+    """One model's parameters as a vector ``[P]``, in key order."""
+    return torch.cat([v.flatten() for v in params.values()])
+
+
+def flatten_stacked(params: Params) -> Tensor:
+    """``[n, P]``: one flattened row per stacked model."""
+    return torch.cat([v.flatten(start_dim=1) for v in params.values()], dim=1)
+
+
+def clip_grad(step: Params, max_norm: float, stacked: bool) -> Params:
+    """Scale each model's gradient down to an L2 norm of at most ``max_norm``.
+
+    Keeps one device's bad step (an outlier reading, a large target) from
+    blowing up its weights.  With ``stacked`` the norm is per leading index.
+
+    Examples
+    --------
+    >>> g = clip_grad({"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}, 1.0, stacked=True)
+    >>> g["w"]
+    tensor([[0.6000, 0.8000],
+            [0.3000, 0.4000]])
+    """
+    if stacked:
+        sq = sum(v.flatten(start_dim=1).pow(2).sum(1) for v in step.values())
+    else:
+        sq = sum(v.pow(2).sum() for v in step.values())
+    scale = max_norm / torch.as_tensor(sq).sqrt().clamp(min=max_norm)
+    if not stacked:
+        return {k: v * scale for k, v in step.items()}
+    return {k: v * scale.view(-1, *([1] * (v.dim() - 1))) for k, v in step.items()}
+
+
+def unflatten(vector: Tensor, like: Params) -> Params:
+    """Inverse of :func:`flatten`, shaped like ``like``."""
+    out: Params = {}
+    offset = 0
+    for k, v in like.items():
+        out[k] = vector[offset : offset + v.numel()].view_as(v)
+        offset += v.numel()
+    return out
+
+
+class FunctionalNet:
+    """Loss, prediction and k-step adaptation as pure functions of parameters.
+
+    Parameters
+    ----------
+    cfg
+        Model family and task.
+
+    Examples
+    --------
+    >>> cfg = LearnerConfig(n_features=2, hidden=(8,), inner_steps=20, inner_lr=0.2)
+    >>> net = FunctionalNet(cfg)
+    >>> theta = init_params(cfg, seed=0)
+    >>> x = torch.randn(3, 16, 2, generator=torch.Generator().manual_seed(0))
+    >>> y = x.sum(-1)  # three devices, one easy task each
+    >>> mask = torch.ones(3, 16)
+    >>> phi = net.adapt(theta, x, y, mask)
+    >>> before = net.masked_loss(stack(theta, 3), x, y, mask)
+    >>> after = net.masked_loss(phi, x, y, mask)
+    >>> bool((after < before).all())
+    True
+    """
+
+    def __init__(self, cfg: LearnerConfig) -> None:
+        self.cfg = cfg
+        self.template = build_template(cfg).to("meta")
+
+    def forward(self, params: Params, x: Tensor) -> Tensor:
+        """Outputs of one model: ``[n, n_outputs]`` for ``x`` of shape ``[n, F]``."""
+        return functional_call(self.template, params, (x,))
+
+    def sample_loss(self, out: Tensor, y: Tensor) -> Tensor:
+        """Per-sample loss: squared error, or cross-entropy on class indices."""
+        if self.cfg.task == "regression":
+            return (out.squeeze(-1) - y) ** 2
+        return nn.functional.cross_entropy(out, y.long(), reduction="none")
+
+    def predict(self, out: Tensor) -> Tensor:
+        """Point predictions from raw outputs."""
+        if self.cfg.task == "regression":
+            return out.squeeze(-1)
+        return out.argmax(-1).to(out.dtype)
+
+    # -- one device, used under vmap -------------------------------------------------
+
+    def _masked_loss_one(self, params: Params, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        per = self.sample_loss(self.forward(params, x), y)
+        return (per * mask).sum() / mask.sum().clamp(min=1.0)
+
+    # -- many devices at once ------------------------------------------------------
+
+    def masked_loss(self, stacked: Params, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """Mean loss per device, ``[D]``, for stacked params and padded data ``[D, n, …]``."""
+        return vmap(self._masked_loss_one)(stacked, x, y, mask)
+
+    def adapt(
+        self,
+        theta: Params,
+        x: Tensor,
+        y: Tensor,
+        mask: Tensor,
+        steps: int | None = None,
+        lr: float | None = None,
+    ) -> Params:
+        """k SGD steps from one shared ``theta`` for each of ``D`` devices at once.
+
+        ``x`` is ``[D, n, F]``, ``y`` and ``mask`` are ``[D, n]``; padded rows
+        have mask 0.  Returns the adapted weights stacked as ``[D, …]``.
+        """
+        steps = self.cfg.inner_steps if steps is None else steps
+        lr = self.cfg.inner_lr if lr is None else lr
+        phi = stack(theta, x.shape[0])
+        # Devices' losses are independent, so the gradient of their sum with
+        # respect to the stacked weights is every device's own gradient.
+        g = grad(lambda p: self.masked_loss(p, x, y, mask).sum())
+        for _ in range(steps):
+            step = clip_grad(g(phi), MAX_GRAD_NORM, stacked=True)
+            phi = {k: v - lr * step[k] for k, v in phi.items()}
+        return phi
+
+    def query_grad(self, stacked: Params, x: Tensor, y: Tensor, mask: Tensor) -> Params:
+        """Per-device gradient of the masked loss at stacked params (first-order MAML)."""
+        return vmap(grad(self._masked_loss_one))(stacked, x, y, mask)
+
+    def online_step(
+        self, sub: Params, inverse: Tensor, x: Tensor, y: Tensor, weight: Tensor
+    ) -> tuple[Params, Tensor]:
+        """Predict-then-learn on a micro-batch spanning several devices.
+
+        ``sub`` holds the stacked weights of the ``U`` devices in the batch;
+        sample ``i`` belongs to device ``inverse[i]``.  ``weight`` is
+        ``1 / count`` of the sample's device, so each device takes one SGD step
+        on the mean loss of its own samples.  Returns the gradient with
+        respect to ``sub`` and the raw outputs computed *before* the step.
+        """
+
+        def total(sub: Params) -> tuple[Tensor, Tensor]:
+            per_sample = {k: v[inverse] for k, v in sub.items()}
+            out = vmap(self.forward)(per_sample, x.unsqueeze(1)).squeeze(1)
+            return (self.sample_loss(out, y) * weight).sum(), out
+
+        step, out = grad(total, has_aux=True)(sub)
+        return clip_grad(step, MAX_GRAD_NORM, stacked=True), out.detach()

@@ -1,0 +1,139 @@
+"""A seeded synthetic fleet: related device tasks with drift at known points.
+
+Every device computes ``g · f(x) + o + v·x`` (regression) from a shared
+non-linear ``f`` with its own gain ``g``, offset ``o`` and small linear term
+``v``; classification thresholds that score into classes.  At a drift
+point a device's gain changes sign and it draws a new size, offset and
+``v``: at once (abrupt) or by mixing old and new over a window (gradual).
+Devices join over time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from learners.config import Task
+
+
+@dataclass(frozen=True)
+class DriftPoint:
+    """A device's concept change: where it starts in the device's own readings."""
+
+    device_id: str
+    local_index: int
+    kind: str  # "abrupt" or "gradual"
+    width: int
+
+
+@dataclass
+class FleetStream:
+    """Readings in arrival order, plus the truth about drifts."""
+
+    device_ids: list[str]
+    x: np.ndarray
+    y: np.ndarray
+    time: np.ndarray
+    task: Task
+    drifts: list[DriftPoint] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.device_ids)
+
+    def feature_names(self) -> list[str]:
+        """``x0 … x{F-1}``."""
+        return [f"x{j}" for j in range(self.x.shape[1])]
+
+
+def make_fleet_stream(
+    n_devices: int = 50,
+    n_readings: int = 50_000,
+    n_features: int = 8,
+    task: Task = "regression",
+    n_classes: int = 3,
+    drifts_per_device: int = 1,
+    gradual_share: float = 0.5,
+    gradual_width: int = 100,
+    late_joiners: float = 0.6,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> FleetStream:
+    """Generate a fleet stream; identical for identical arguments.
+
+    Examples
+    --------
+    >>> s = make_fleet_stream(n_devices=4, n_readings=200, n_features=3, seed=1)
+    >>> len(s), s.x.shape, len(set(s.device_ids))
+    (200, (200, 3), 4)
+    >>> [d.device_id for d in s.drifts]
+    ['dev-0000', 'dev-0001', 'dev-0002', 'dev-0003']
+    >>> bool((make_fleet_stream(n_devices=4, n_readings=200, n_features=3, seed=1).y == s.y).all())
+    True
+    """
+    if n_devices < 1 or n_readings < n_devices:
+        raise ValueError("need n_devices >= 1 and n_readings >= n_devices")
+    rng = np.random.default_rng(seed)
+    hidden = 16
+    u = rng.normal(size=(n_features, hidden)) / np.sqrt(n_features)
+    b = rng.normal(size=hidden)
+    a = rng.normal(size=hidden) / np.sqrt(hidden)
+
+    def shared(x: np.ndarray) -> np.ndarray:
+        return 2.0 * np.tanh(x @ u + b) @ a
+
+    # Who speaks when: devices join over time, then speak at random.
+    n_early = max(1, round(n_devices * (1 - late_joiners)))
+    join = np.concatenate(
+        [np.zeros(n_early), np.sort(rng.uniform(0, 0.5, n_devices - n_early)) * n_readings]
+    ).astype(np.int64)
+    steps = np.arange(n_readings)
+    n_joined = np.searchsorted(join, steps, side="right")
+    dev = np.minimum((rng.random(n_readings) * n_joined).astype(np.int64), n_joined - 1)
+    dev[join] = np.arange(n_devices)  # a device's first reading is at its join step
+    local = _cumcount(dev)
+    totals = np.bincount(dev, minlength=n_devices)
+
+    # Concept = (gain, offset, linear term).  Gains have either sign; a drift
+    # flips the sign of the gain and redraws its size and the offset, so the
+    # old model is wrong everywhere but the shared shape f still helps.
+    n_concepts = drifts_per_device + 1
+    concepts = np.empty((n_devices, n_concepts, 2 + n_features))
+    sign = rng.choice([-1.0, 1.0], n_devices)
+    for k in range(n_concepts):
+        concepts[:, k, 0] = sign * rng.uniform(0.5, 2.0, n_devices)
+        concepts[:, k, 1] = rng.uniform(-2.0, 2.0, n_devices)
+        sign = -sign
+    concepts[:, :, 2:] = rng.normal(0, 0.1, (n_devices, n_concepts, n_features))
+    regime = np.zeros(n_readings, dtype=np.int64)
+    drifts: list[DriftPoint] = []
+    ids = [f"dev-{d:04d}" for d in range(n_devices)]
+    for d in range(n_devices):
+        starts = np.sort(rng.uniform(0.3, 0.9, drifts_per_device)) * totals[d]
+        mine = dev == d
+        for k, start in enumerate(starts.astype(np.int64), start=1):
+            gradual = rng.random() < gradual_share
+            width = gradual_width if gradual else 1
+            p_new = np.clip((local[mine] - start + 1) / width, 0, 1)
+            switched = rng.random(mine.sum()) < p_new
+            regime[np.flatnonzero(mine)[switched]] = k
+            drifts.append(DriftPoint(ids[d], int(start), "gradual" if gradual else "abrupt", width))
+
+    x = rng.normal(size=(n_readings, n_features))
+    c = concepts[dev, regime]
+    score = c[:, 0] * shared(x) + c[:, 1] + (c[:, 2:] * x).sum(1)
+    if task == "regression":
+        y = score + noise * rng.normal(size=n_readings)
+    else:
+        edges = np.linspace(-1.0, 1.0, n_classes - 1) if n_classes > 2 else np.zeros(1)
+        y = np.digitize(score + noise * rng.normal(size=n_readings), edges).astype(np.float64)
+    return FleetStream([ids[d] for d in dev], x, y, steps.astype(np.float64), task, drifts)
+
+
+def _cumcount(groups: np.ndarray) -> np.ndarray:
+    """Position of each element within its group, in order of appearance."""
+    order = np.argsort(groups, kind="stable")
+    _, first, counts = np.unique(groups[order], return_index=True, return_counts=True)
+    out = np.empty_like(groups)
+    out[order] = np.arange(len(groups)) - np.repeat(first, counts)
+    return out

@@ -1,0 +1,64 @@
+"""Per-device drift detection on seeded streams with known change points."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from learners.drift import DriftMonitor
+
+
+def step_stream(before: float, after: float, n: int = 1000, at: int = 500, seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    return [abs(rng.gauss(before if t < at else after, 0.1)) for t in range(n)]
+
+
+@pytest.mark.parametrize(("detector", "max_delay"), [("adwin", 40), ("page_hinkley", 60), ("kswin", 60)])
+def test_upward_drift_is_detected_within_bounded_delay(detector: str, max_delay: int) -> None:
+    # Prepare
+    errors = step_stream(0.2, 1.0)
+    monitor = DriftMonitor(detector, cooldown=1000)  # type: ignore[arg-type]
+    # Execute
+    drifts = [t for t, e in enumerate(errors) if monitor.update([0], [e])]
+    # Assert: exactly one drift, after the change and within the bound
+    assert len(drifts) == 1
+    assert 500 <= drifts[0] < 500 + max_delay
+
+
+def test_falling_error_is_not_a_drift() -> None:
+    # Prepare: the model gets better at t=500
+    errors = step_stream(1.0, 0.2)
+    monitor = DriftMonitor("adwin")
+    # Execute
+    drifts = [t for t, e in enumerate(errors) if monitor.update([0], [e])]
+    # Assert
+    assert drifts == []
+
+
+def test_cooldown_turns_one_drift_into_one_alarm() -> None:
+    # Prepare: a second, smaller rise soon after the first
+    rng = random.Random(3)
+    errors = [abs(rng.gauss(0.2 if t < 500 else 1.0 if t < 560 else 2.0, 0.1)) for t in range(900)]
+    # Execute
+    with_cooldown = DriftMonitor("adwin", cooldown=200)
+    without = DriftMonitor("adwin", cooldown=0)
+    a = [t for t, e in enumerate(errors) if with_cooldown.update([0], [e])]
+    b = [t for t, e in enumerate(errors) if without.update([0], [e])]
+    # Assert
+    assert len(a) == 1
+    assert len(b) >= 2
+
+
+def test_devices_are_watched_independently_and_bad_errors_are_ignored() -> None:
+    # Prepare: device 1 drifts, device 0 does not; device 0 also sends NaN
+    e0, e1 = step_stream(0.2, 0.2, seed=1), step_stream(0.2, 1.0, seed=2)
+    monitor = DriftMonitor("adwin")
+    hits: list[int] = []
+    # Execute
+    for t in range(1000):
+        errors = [float("nan") if t % 100 == 0 else e0[t], e1[t]]
+        hits += [[0, 1][i] for i in monitor.update([0, 1], errors)]
+    # Assert
+    assert hits == [1]
+    assert monitor.seen(0) == 990 and monitor.seen(1) == 1000
