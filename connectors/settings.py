@@ -1,0 +1,125 @@
+"""Deployment settings: broker, topics, partitions, security, learner.
+
+Read from environment variables (``METASTREAM_<FIELD>``, upper case) and/or
+a JSON file; explicit keyword arguments win, then the file, then the
+environment, then the defaults here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from learners.config import LearnerConfig
+
+ENV_PREFIX = "METASTREAM_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker, producer or edge client needs to find and trust each other.
+
+    Examples
+    --------
+    >>> env = {"METASTREAM_BROKER": "kafka://10.0.0.5:9092", "METASTREAM_PARTITIONS": "12"}
+    >>> s = Settings.load(environ=env)
+    >>> s.bootstrap, s.partitions, s.topic_readings
+    ('10.0.0.5:9092', 12, 'metastream.readings')
+    >>> Settings.load(environ={"METASTREAM_PARTITIONS": "many"})
+    Traceback (most recent call last):
+    ...
+    ValueError: METASTREAM_PARTITIONS: expected int, got 'many'
+    """
+
+    broker: str = "kafka://127.0.0.1:9092"
+    app_id: str = "metastream"
+    partitions: int = 4
+    replication: int = 1
+    topic_readings: str = "metastream.readings"
+    topic_models: str = "metastream.models"
+    topic_meta: str = "metastream.meta"
+    topic_deltas: str = "metastream.deltas"
+    topic_events: str = "metastream.events"
+    topic_deadletter: str = "metastream.deadletter"
+    n_features: int = 8
+    task: str = "regression"
+    n_classes: int = 2
+    micro_batch: int = 1000
+    batch_window_s: float = 0.05
+    publish_min_interval_s: float = 0.0
+    signing_key: str = ""
+    """PEM Ed25519 private key (worker); empty: an ephemeral key (demo/tests only)."""
+    trusted_keys: str = ""
+    """Comma-separated PEM public keys an edge client trusts."""
+    state_dir: str = ""
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    learner: dict[str, Any] = field(default_factory=dict)
+    """Extra :class:`LearnerConfig` fields (e.g. ``{"inner_steps": 10}``)."""
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port[,host:port]`` without the ``kafka://`` scheme."""
+        return ",".join(part.split("://", 1)[-1] for part in self.broker.split(","))
+
+    def learner_config(self) -> LearnerConfig:
+        """The learner settings for this deployment."""
+        return LearnerConfig(
+            n_features=self.n_features,
+            task=self.task,  # type: ignore[arg-type]  # validated by LearnerConfig
+            n_classes=self.n_classes,
+            **self.learner,
+        )
+
+    def kafka_python_security(self) -> dict[str, Any]:
+        """TLS/SASL options in kafka-python's spelling (empty ones left out)."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism"):
+            if getattr(self, key):
+                opts[key] = getattr(self, key)
+        if self.sasl_username:
+            opts["sasl_plain_username"] = self.sasl_username
+            opts["sasl_plain_password"] = self.sasl_password
+        return opts
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, environ: dict[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults ← environment ← JSON file ← ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, f.type, raw)
+        if path is not None:
+            data = json.loads(Path(path).read_text())
+            unknown = set(data) - {f.name for f in fields(cls)}
+            if unknown:
+                raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+            values.update(data)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+
+def _parse(name: str, typ: Any, raw: str) -> Any:
+    kind = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("dict"):
+            return json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected {kind.split('[')[0]}, got {raw!r}") from exc
+    return raw

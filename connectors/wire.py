@@ -1,0 +1,205 @@
+"""The versioned wire schema shared by producers, workers and edge clients.
+
+Plain JSON for readings, events and dead letters; model payloads are the
+signed safetensors envelopes of :mod:`connectors.signing`.  Nothing here
+needs Faust, so the edge client can use it as is.
+
+A reading message is either one reading::
+
+    {"v": 1, "device_id": "dev-7", "ts": 1732540000.5, "x": [0.1, 2.0], "y": 3.2}
+
+or a gateway batch of several::
+
+    {"v": 1, "readings": [{"device_id": "dev-7", "x": [...], "y": ...}, ...]}
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 1_000_000
+MAX_DEVICE_ID = 128
+MAX_ABS_VALUE = 1e9
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sensor reading of one device."""
+
+    device_id: str
+    x: tuple[float, ...]
+    y: float
+    ts: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The reading as a JSON-ready dict (inside a gateway batch)."""
+        out: dict[str, Any] = {"device_id": self.device_id, "x": list(self.x), "y": self.y}
+        if self.ts is not None:
+            out["ts"] = self.ts
+        return out
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Input that was refused: a machine-readable reason and the original bytes."""
+
+    reason: str
+    detail: str
+    original: bytes
+
+
+def encode_readings(readings: Sequence[Reading]) -> bytes:
+    """One reading, or a gateway batch when there are several.
+
+    Examples
+    --------
+    >>> encode_readings([Reading("d1", (1.0, 2.0), 3.0)])
+    b'{"v":1,"device_id":"d1","x":[1.0,2.0],"y":3.0}'
+    >>> decode_readings(encode_readings([Reading("a", (1.0,), 2.0), Reading("b", (3.0,), 4.0)]))[0]
+    [Reading(device_id='a', x=(1.0,), y=2.0, ts=None), Reading(device_id='b', x=(3.0,), y=4.0, ts=None)]
+    """
+    if len(readings) == 1:
+        body: dict[str, Any] = {"v": SCHEMA_VERSION, **readings[0].to_json()}
+    else:
+        body = {"v": SCHEMA_VERSION, "readings": [r.to_json() for r in readings]}
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_readings(raw: bytes | None, n_features: int | None = None) -> tuple[list[Reading], list[Rejected]]:
+    """Validate a reading message; never raises on bad input.
+
+    Every bad reading becomes a :class:`Rejected` with one of the reasons
+    ``oversized``, ``malformed_json``, ``not_an_object``,
+    ``unknown_schema_version``, ``bad_device_id``, ``bad_features``,
+    ``wrong_feature_count``, ``non_finite``, ``out_of_range``, ``bad_target``
+    or ``bad_timestamp``.  In a gateway batch the good readings still pass.
+
+    Examples
+    --------
+    >>> ok, bad = decode_readings(b'{"v":1,"device_id":"d1","x":[1,NaN],"y":1}')
+    >>> ok, bad[0].reason
+    ([], 'non_finite')
+    >>> decode_readings(b'{"v":1,"device_id":"d1","x":[1,2],"y":1}', n_features=3)[1][0].detail
+    'expected 3 features, got 2'
+    >>> decode_readings(b'{"v":1,"device_id":"d1","x":[1,2]')[1][0].reason
+    'malformed_json'
+    """
+    raw = raw or b""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return [], [Rejected("oversized", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}", raw)]
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return [], [Rejected("malformed_json", str(exc)[:200], raw)]
+    if not isinstance(body, dict):
+        return [], [Rejected("not_an_object", f"got {type(body).__name__}", raw)]
+    if body.get("v") != SCHEMA_VERSION:
+        return [], [
+            Rejected("unknown_schema_version", f"v={body.get('v')!r}, expected {SCHEMA_VERSION}", raw)
+        ]
+    items = body.get("readings")
+    if items is None:
+        items, whole = [body], True
+    elif isinstance(items, list):
+        whole = False
+    else:
+        return [], [Rejected("not_an_object", "readings must be a list", raw)]
+    good: list[Reading] = []
+    bad: list[Rejected] = []
+    for item in items:
+        original = raw if whole else _dumps(item)
+        reading, problem = _reading(item, n_features)
+        if reading is not None:
+            good.append(reading)
+        else:
+            bad.append(Rejected(problem[0], problem[1], original))
+    return good, bad
+
+
+def _reading(item: Any, n_features: int | None) -> tuple[Reading | None, tuple[str, str]]:
+    if not isinstance(item, dict):
+        return None, ("not_an_object", f"reading is {type(item).__name__}")
+    device = item.get("device_id")
+    if not isinstance(device, str) or not device.strip() or len(device) > MAX_DEVICE_ID:
+        return None, ("bad_device_id", f"device_id must be a non-empty string of <= {MAX_DEVICE_ID} chars")
+    x = item.get("x")
+    if not isinstance(x, list) or not x or not all(_is_number(v) for v in x):
+        return None, ("bad_features", "x must be a non-empty list of numbers")
+    if n_features is not None and len(x) != n_features:
+        return None, ("wrong_feature_count", f"expected {n_features} features, got {len(x)}")
+    y = item.get("y")
+    if not _is_number(y):
+        return None, ("bad_target", "y must be a number")
+    ts = item.get("ts")
+    if ts is not None and not (_is_number(ts) and math.isfinite(ts)):
+        return None, ("bad_timestamp", "ts must be a finite number")
+    values = [float(v) for v in x] + [float(y)]
+    if not all(math.isfinite(v) for v in values):
+        return None, ("non_finite", "NaN or infinity in x or y")
+    if any(abs(v) > MAX_ABS_VALUE for v in values):
+        return None, ("out_of_range", f"a value exceeds {MAX_ABS_VALUE:g} in magnitude")
+    return Reading(device, tuple(values[:-1]), values[-1], None if ts is None else float(ts)), ("", "")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _dumps(item: Any) -> bytes:
+    return json.dumps(item, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What lands on the dead-letter topic for each refused input."""
+
+    reason: str
+    detail: str
+    original_b64: str
+    source_topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    v: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, rejected: Rejected, topic: str = "", partition: int = -1, offset: int = -1) -> DeadLetter:
+        """Wrap a rejection with where it came from."""
+        return cls(
+            rejected.reason,
+            rejected.detail,
+            base64.b64encode(rejected.original).decode(),
+            topic,
+            partition,
+            offset,
+        )
+
+    def encode(self) -> bytes:
+        """JSON bytes."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @property
+    def original(self) -> bytes:
+        """The refused bytes, exactly as received."""
+        return base64.b64decode(self.original_b64)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DeadLetter:
+        """Parse a dead letter (for tools and tests)."""
+        return cls(**json.loads(raw))
+
+
+def encode_event(kind: str, **fields: Any) -> bytes:
+    """An event (``drift``, ``adapted``, ``meta``, ``guard``…) as JSON bytes.
+
+    Examples
+    --------
+    >>> encode_event("drift", device_id="d1", at_reading=512)
+    b'{"v":1,"type":"drift","device_id":"d1","at_reading":512}'
+    """
+    return json.dumps({"v": SCHEMA_VERSION, "type": kind, **fields}, separators=(",", ":")).encode()
