@@ -133,7 +133,7 @@ def _reading(item: Any, n_features: int | None) -> tuple[Reading | None, tuple[s
         return None, ("bad_features", "x must be a non-empty list of numbers")
     if n_features is not None and len(x) != n_features:
         return None, ("wrong_feature_count", f"expected {n_features} features, got {len(x)}")
-    y = item.get("y")
+    y: Any = item.get("y")
     if not _is_number(y):
         return None, ("bad_target", "y must be a number")
     ts = item.get("ts")
