@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
@@ -137,3 +138,64 @@ def _metadata(payload: bytes) -> dict[str, str]:
 
 
 __all__ = ["SCHEMA_VERSION", "CodecError", "ModelHeader", "decode_model", "encode_model"]
+
+
+@dataclass(frozen=True)
+class DeltaHeader:
+    """Who sent proposed changes of θ, and from which θ version."""
+
+    source: str
+    base_meta_version: int
+    n_params: int
+    schema_version: int = SCHEMA_VERSION
+
+
+def encode_deltas(deltas: Tensor, weights: Tensor, header: DeltaHeader) -> bytes:
+    """Proposed θ changes ``[n, P]`` with their weights ``[n]`` (sample counts).
+
+    Used by workers (their devices' Reptile directions) and by federated edge
+    devices (``φ − θ`` of one device) alike.
+
+    Examples
+    --------
+    >>> h = DeltaHeader("edge:dev-1", 3, 2)
+    >>> d, w, back = decode_deltas(encode_deltas(torch.ones(1, 2), torch.tensor([5.0]), h))
+    >>> d.tolist(), w.tolist(), back == h
+    ([[1.0, 1.0]], [5.0], True)
+    """
+    if deltas.dim() != 2 or weights.shape != (deltas.shape[0],) or deltas.shape[1] != header.n_params:
+        raise CodecError(
+            f"deltas {tuple(deltas.shape)} / weights {tuple(weights.shape)} do not fit the header"
+        )
+    tensors = {
+        "deltas": deltas.detach().float().contiguous(),
+        "weights": weights.detach().float().contiguous(),
+    }
+    meta = {k: json.dumps(v) for k, v in asdict(header).items()}
+    meta["sha256"] = tensor_digest(tensors) + ":" + _header_digest(meta)
+    return save(tensors, metadata=meta)
+
+
+def decode_deltas(payload: bytes) -> tuple[Tensor, Tensor, DeltaHeader]:
+    """Parse and verify :func:`encode_deltas` output; :class:`CodecError` on any problem."""
+    try:
+        tensors = load(payload)
+        meta = _metadata(payload)
+        digest = meta.pop("sha256", "")
+        fields = {k: json.loads(v) for k, v in meta.items()}
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CodecError(f"not a deltas payload: {exc}") from exc
+    if fields.get("schema_version") != SCHEMA_VERSION:
+        raise CodecError(f"unknown schema version {fields.get('schema_version')!r}")
+    if digest != tensor_digest(tensors) + ":" + _header_digest(meta):
+        raise CodecError("sha256 mismatch: payload was altered")
+    try:
+        header = DeltaHeader(**fields)
+        deltas, weights = tensors["deltas"], tensors["weights"]
+    except (TypeError, KeyError) as exc:
+        raise CodecError(f"bad deltas payload: {exc}") from exc
+    if deltas.dim() != 2 or deltas.shape[1] != header.n_params or weights.shape != (deltas.shape[0],):
+        raise CodecError("deltas do not match their header")
+    if not (torch.isfinite(deltas).all() and torch.isfinite(weights).all() and (weights >= 0).all()):
+        raise CodecError("non-finite deltas or negative weights")
+    return deltas, weights, header

@@ -42,6 +42,11 @@ class FleetLearner:
         - ``"fomaml"``: meta-learned online with first-order MAML,
         - ``"scratch"``: a fixed random initialisation (no meta-learning),
         - ``"finetune"``: a global model trained on all devices' data pooled.
+    local_meta
+        Apply meta-updates to θ here (offline replay, a single worker).  With
+        ``False`` the devices' proposed changes of θ are queued in
+        :attr:`contributions` for a meta agent, and θ comes back through
+        :meth:`adopt_theta`.
 
     Examples
     --------
@@ -52,11 +57,13 @@ class FleetLearner:
     ((3,), ['a'], ['a', 'b'])
     """
 
-    def __init__(self, cfg: LearnerConfig, init: InitName = "reptile") -> None:
+    def __init__(self, cfg: LearnerConfig, init: InitName = "reptile", local_meta: bool = True) -> None:
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         self.cfg = cfg
         self.init = init
+        self.local_meta = local_meta
+        self.contributions: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.name: str = init
         self.net = FunctionalNet(cfg)
         theta = init_params(cfg)
@@ -96,6 +103,17 @@ class FleetLearner:
     def meta_version(self) -> int:
         """Number of meta-updates θ has had (0 when θ is not meta-learned)."""
         return self._meta.version if self._meta is not None else 0
+
+    def adopt_theta(self, theta: Params, version: int) -> bool:
+        """Use θ from the meta agent if it is newer than the current one."""
+        if self._meta is None:
+            raise ValueError(f"strategy {self.init!r} has no meta-learned θ to adopt")
+        return self._meta.adopt(theta, version)
+
+    def take_contributions(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Queued ``(deltas [n, P], weights [n])`` for the meta agent, oldest first."""
+        out, self.contributions = self.contributions, []
+        return out
 
     def device_params(self, device_id: str) -> Params:
         """A copy of one device's current weights."""
@@ -211,5 +229,9 @@ class FleetLearner:
         # Reptile adapts on as many readings as a device will have when it adapts.
         x, y, mask = self.buffers.recent(active, self.cfg.adapt_after)
         deltas = self._rule.directions(self.net, self._meta.theta, x, y, mask)
-        self._meta.step(deltas, torch.from_numpy(self._since_meta[active]).float())
+        weights = torch.from_numpy(self._since_meta[active]).float()
         self._since_meta[:] = 0
+        if self.local_meta:
+            self._meta.step(deltas, weights)
+        else:
+            self.contributions.append((deltas, weights))

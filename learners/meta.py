@@ -100,6 +100,14 @@ class MetaLearner:
         self._theta = {k: v.clone() for k, v in unflatten(new, self._theta).items()}
         self._version += 1
 
+    def adopt(self, theta: Params, version: int) -> bool:
+        """Take θ computed elsewhere (the meta agent) if it is newer than ours."""
+        if version <= self._version:
+            return False
+        self._theta = {k: v.detach().clone() for k, v in theta.items()}
+        self._version = version
+        return True
+
 
 def rule_by_name(name: str) -> MetaRule:
     """``"reptile"`` or ``"fomaml"``."""

@@ -1,0 +1,237 @@
+"""What a stream worker does with messages, as plain classes (no Faust, no Kafka).
+
+:class:`WorkerCore` turns raw reading messages into outgoing messages: dead
+letters, drift events, signed model updates and meta contributions.
+:class:`MetaAggregator` is the meta agent: it applies contributions (from
+workers, or from edge devices in federated mode) to θ with the Reptile
+aggregation of :mod:`learners.meta` and emits signed θ versions.  The Faust
+app in :mod:`pipeline.app` only moves bytes in and out of these.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from connectors.settings import Settings
+from connectors.signing import SignatureError, Signer, Verifier
+from connectors.wire import DeadLetter, Reading, decode_readings, encode_event
+from learners.codec import (
+    CodecError,
+    DeltaHeader,
+    ModelHeader,
+    decode_deltas,
+    decode_model,
+    encode_deltas,
+    encode_model,
+)
+from learners.fleet import FleetLearner
+from learners.meta import MetaLearner
+from learners.nets import Params, init_params
+
+log = logging.getLogger(__name__)
+
+META_KEY = "__meta__"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to send: topic name, key, value and headers."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def theta_message(settings: Settings, signer: Signer, theta: Params, version: int) -> Outgoing:
+    """θ as a signed model payload on the (compacted) meta topic."""
+    cfg = settings.learner_config()
+    header = ModelHeader(META_KEY, version, version - 1, cfg.task, cfg.n_features, cfg.n_outputs, cfg.hidden)
+    payload = signer.seal(encode_model(theta, header))
+    return Outgoing(
+        settings.topic_meta, META_KEY.encode(), payload, [("meta_version", str(version).encode())]
+    )
+
+
+class WorkerCore:
+    """Validate, learn, detect drift, adapt and publish, one micro-batch at a time.
+
+    Parameters
+    ----------
+    settings
+        Topics and learner settings.
+    signer
+        Signs every published model.
+    clock
+        Wall clock for event timestamps (injected so tests control it).
+    worker_id
+        Names this worker in the meta contributions it sends.
+
+    Examples
+    --------
+    >>> from connectors.wire import Reading, encode_readings
+    >>> core = WorkerCore(Settings(n_features=2), Signer.generate(), clock=lambda: 100.0)
+    >>> msgs = [(encode_readings([Reading("d1", (1.0, 2.0), 3.0)]), 0, 0), (b"{oops", 0, 1)]
+    >>> [(o.topic, o.headers[0]) for o in core.on_readings(msgs)]
+    [('metastream.deadletter', ('reason', b'malformed_json'))]
+    >>> core.stats()["readings"], core.stats()["dead_letters"]
+    (1, 1)
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        signer: Signer,
+        clock: Callable[[], float] = time.time,
+        worker_id: str = "worker",
+        trusted: Verifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.learner_config()
+        self.signer = signer
+        self.clock = clock
+        self.worker_id = worker_id
+        self.verifier = trusted or Verifier([signer.public_key])
+        self.fleet = FleetLearner(self.cfg, init="reptile", local_meta=False)
+        self.versions: dict[str, int] = {}
+        self._drift_at: dict[str, float] = {}
+        self._counts: Counter[str] = Counter()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: readings, dead_letters, drifts, adaptations, published, meta_refused, meta_version."""
+        names = ("readings", "dead_letters", "drifts", "adaptations", "published", "meta_refused")
+        return {**{n: self._counts[n] for n in names}, "meta_version": self.fleet.meta_version}
+
+    def on_readings(self, messages: Sequence[tuple[bytes | None, int, int]]) -> list[Outgoing]:
+        """Process raw reading messages ``(value, partition, offset)`` as one micro-batch."""
+        s = self.settings
+        out: list[Outgoing] = []
+        good: list[Reading] = []
+        for value, partition, offset in messages:
+            ok, bad = decode_readings(value, self.cfg.n_features)
+            good.extend(ok)
+            for r in bad:
+                letter = DeadLetter.of(r, s.topic_readings, partition, offset)
+                out.append(
+                    Outgoing(s.topic_deadletter, None, letter.encode(), [("reason", r.reason.encode())])
+                )
+        self._counts["dead_letters"] += len(out)
+        for start in range(0, len(good), s.micro_batch):
+            out += self._learn(good[start : start + s.micro_batch])
+        return out
+
+    def _learn(self, readings: list[Reading]) -> list[Outgoing]:
+        s = self.settings
+        ids = [r.device_id for r in readings]
+        x = np.array([r.x for r in readings], dtype=np.float64)
+        y = np.array([r.y for r in readings], dtype=np.float64)
+        result = self.fleet.learn_predict(ids, x, y)
+        now = self.clock()
+        self._counts["readings"] += len(readings)
+        out: list[Outgoing] = []
+        for d in result.drifted:
+            self._drift_at[d] = now
+            self._counts["drifts"] += 1
+            event = encode_event("drift", device_id=d, ts=now, meta_version=self.fleet.meta_version)
+            out.append(Outgoing(s.topic_events, d.encode(), event, []))
+        for d in result.adapted:
+            out += self._publish(d, now)
+        for deltas, weights in self.fleet.take_contributions():
+            header = DeltaHeader(f"worker:{self.worker_id}", self.fleet.meta_version, deltas.shape[1])
+            out.append(
+                Outgoing(s.topic_deltas, self.worker_id.encode(), encode_deltas(deltas, weights, header), [])
+            )
+        return out
+
+    def _publish(self, device_id: str, now: float) -> list[Outgoing]:
+        """A new signed model version for ``device_id``, plus its ``adapted`` event."""
+        s = self.settings
+        version = self.versions[device_id] = self.versions.get(device_id, 0) + 1
+        cause = "drift" if device_id in self._drift_at else "new_device"
+        detected = self._drift_at.pop(device_id, now)
+        headers = [
+            ("model_version", str(version).encode()),
+            ("cause", cause.encode()),
+            ("detected_at", repr(detected).encode()),
+            ("published_at", repr(now).encode()),
+        ]
+        model = self.signer.seal(self.fleet.export(device_id, version))
+        event = encode_event(
+            "adapted",
+            device_id=device_id,
+            model_version=version,
+            cause=cause,
+            ts=now,
+            meta_version=self.fleet.meta_version,
+        )
+        self._counts["adaptations"] += 1
+        self._counts["published"] += 1
+        return [
+            Outgoing(s.topic_models, device_id.encode(), model, headers),
+            Outgoing(s.topic_events, device_id.encode(), event, []),
+        ]
+
+    def on_meta(self, value: bytes) -> bool:
+        """Adopt a θ version from the meta topic; refuses unsigned or foreign ones."""
+        try:
+            tensors, header = decode_model(self.verifier.open(value))
+        except (SignatureError, CodecError) as exc:
+            log.warning("ignoring θ message: %s", exc)
+            self._counts["meta_refused"] += 1
+            return False
+        if header.device_id != META_KEY:
+            return False
+        return self.fleet.adopt_theta(tensors, header.model_version)
+
+
+class MetaAggregator:
+    """The meta agent: θ ← θ + ε · aggregate(contributions), each version signed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from learners.codec import DeltaHeader, encode_deltas
+    >>> agg = MetaAggregator(Settings(n_features=2), Signer.generate())
+    >>> n = agg.n_params
+    >>> out = agg.on_delta(encode_deltas(torch.ones(2, n), torch.tensor([1.0, 3.0]), DeltaHeader("w", 0, n)))
+    >>> agg.version, out[0].topic, out[0].headers
+    (1, 'metastream.meta', [('meta_version', b'1')])
+    >>> agg.on_delta(b"junk"), agg.rejected
+    ([], 1)
+    """
+
+    def __init__(self, settings: Settings, signer: Signer) -> None:
+        self.settings = settings
+        cfg = settings.learner_config()
+        self.signer = signer
+        self.meta = MetaLearner(init_params(cfg), cfg.meta_lr, cfg.clip, cfg.trim)
+        self.n_params = sum(v.numel() for v in self.meta.theta.values())
+        self.rejected = 0
+
+    @property
+    def version(self) -> int:
+        """Current θ version."""
+        return self.meta.version
+
+    def initial_theta(self) -> list[Outgoing]:
+        """θ as it is now (version 0 at start), for workers and edges joining."""
+        return [theta_message(self.settings, self.signer, self.meta.theta, self.meta.version)]
+
+    def on_delta(self, value: bytes) -> list[Outgoing]:
+        """Apply one contribution message; returns the new θ version to publish."""
+        try:
+            deltas, weights, _ = decode_deltas(value)
+            if deltas.shape[1] != self.n_params or float(weights.sum()) <= 0:
+                raise CodecError(f"expected {self.n_params} parameters and a positive weight")
+        except CodecError as exc:
+            log.warning("ignoring meta contribution: %s", exc)
+            self.rejected += 1
+            return []
+        self.meta.step(deltas, weights)
+        return self.initial_theta()

@@ -1,0 +1,109 @@
+"""The worker's and meta agent's state machines, without a broker."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from connectors.settings import Settings
+from connectors.signing import Signer, Verifier
+from connectors.wire import DeadLetter, Reading, encode_readings
+from learners.edge_model import EdgeModel
+from learners.synthetic import make_fleet_stream
+from pipeline.worker_core import MetaAggregator, WorkerCore
+
+SETTINGS = Settings(n_features=8, micro_batch=100, learner={"meta_every": 200})
+
+
+def stream_messages(n_devices: int = 10, n_readings: int = 4000, gateway: int = 20) -> list[bytes]:
+    s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, late_joiners=0.0, seed=3)
+    readings = [
+        Reading(d, tuple(x), float(y)) for d, x, y in zip(s.device_ids, s.x.tolist(), s.y, strict=True)
+    ]
+    return [encode_readings(readings[i : i + gateway]) for i in range(0, len(readings), gateway)]
+
+
+def test_bad_input_goes_to_dead_letters_with_reason_and_original_bytes() -> None:
+    # Prepare
+    core = WorkerCore(SETTINGS, Signer.generate())
+    bad = [
+        b'{"v":1,"device_id":"d","x":[1,2',  # truncated JSON
+        b'{"v":1,"device_id":"d","x":"abc","y":1}',  # wrong type
+        b'{"v":1,"device_id":"d","x":[NaN,1,1,1,1,1,1,1],"y":1}',
+        b'{"v":1,"device_id":"d","x":[1,2],"y":1}',  # wrong feature count
+        b'{"v":1,"device_id":"d","x":[1e300,1,1,1,1,1,1,1],"y":1}',
+        b'{"v":9,"device_id":"d","x":[1,1,1,1,1,1,1,1],"y":1}',
+        b'{"v":1,"device_id":"","x":[1,1,1,1,1,1,1,1],"y":1}',
+        b"x" * 1_000_001,
+    ]
+    # Execute
+    out = core.on_readings([(b, 0, i) for i, b in enumerate(bad)])
+    # Assert
+    letters = [DeadLetter.decode(o.value) for o in out]
+    assert [d.reason for d in letters] == [
+        "malformed_json",
+        "bad_features",
+        "non_finite",
+        "wrong_feature_count",
+        "out_of_range",
+        "unknown_schema_version",
+        "bad_device_id",
+        "oversized",
+    ]
+    assert [d.original for d in letters] == bad
+    assert [d.offset for d in letters] == list(range(8))
+    assert core.stats()["readings"] == 0 and len(core.fleet.devices) == 0  # no model touched
+
+
+def test_models_are_signed_versioned_and_run_at_the_edge() -> None:
+    # Prepare
+    signer = Signer.generate()
+    core = WorkerCore(SETTINGS, signer, clock=lambda: 5.0)
+    # Execute
+    out = [o for m in stream_messages() for o in core.on_readings([(m, 0, 0)])]
+    # Assert
+    models = [o for o in out if o.topic == SETTINGS.topic_models]
+    assert models, "new devices must get a model"
+    verifier = Verifier([signer.public_key])
+    last: dict[str, int] = {}
+    for o in models:
+        edge = EdgeModel.from_payload(verifier.open(o.value))
+        device = o.key.decode() if o.key else ""
+        assert edge.header.device_id == device
+        assert edge.header.model_version == last.get(device, 0) + 1  # in order, none lost
+        last[device] = edge.header.model_version
+        assert np.isfinite(edge.predict(np.zeros((1, 8)))).all()
+    assert core.stats()["drifts"] >= 1
+    assert any(o.topic == SETTINGS.topic_events for o in out)
+
+
+def test_meta_loop_worker_to_aggregator_and_back() -> None:
+    # Prepare
+    signer = Signer.generate()
+    core = WorkerCore(SETTINGS, signer)
+    agg = MetaAggregator(SETTINGS, signer)
+    theta0 = {k: v.clone() for k, v in core.fleet.theta.items()}
+    # Execute: worker contributions → aggregator → θ versions → worker
+    for m in stream_messages():
+        for o in core.on_readings([(m, 0, 0)]):
+            if o.topic == SETTINGS.topic_deltas:
+                for theta in agg.on_delta(o.value):
+                    core.on_meta(theta.value)
+    # Assert
+    assert agg.version >= 10
+    assert core.fleet.meta_version == agg.version
+    assert any(not torch.equal(theta0[k], core.fleet.theta[k]) for k in theta0)
+
+
+def test_worker_refuses_theta_it_cannot_trust() -> None:
+    # Prepare
+    core = WorkerCore(SETTINGS, Signer.generate())
+    forged = MetaAggregator(SETTINGS, Signer.generate())
+    n = forged.n_params
+    from learners.codec import DeltaHeader, encode_deltas
+
+    (theta,) = forged.on_delta(encode_deltas(torch.ones(1, n), torch.ones(1), DeltaHeader("x", 0, n)))
+    # Execute / Assert
+    assert core.on_meta(theta.value) is False
+    assert core.on_meta(theta.value[80:]) is False  # stripped signature
+    assert core.fleet.meta_version == 0 and core.stats()["meta_refused"] == 2
