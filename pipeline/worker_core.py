@@ -21,6 +21,7 @@ import numpy as np
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import DeadLetter, Reading, decode_readings, encode_event
+from learners.base import reading_errors
 from learners.codec import (
     CodecError,
     DeltaHeader,
@@ -30,6 +31,7 @@ from learners.codec import (
     encode_deltas,
     encode_model,
 )
+from learners.evaluation import AdaptationTracker
 from learners.fleet import FleetLearner
 from learners.meta import MetaLearner
 from learners.nets import Params, init_params
@@ -102,6 +104,7 @@ class WorkerCore:
         self.versions: dict[str, int] = {}
         self._drift_at: dict[str, float] = {}
         self._counts: Counter[str] = Counter()
+        self.tracker = AdaptationTracker()
 
     def stats(self) -> dict[str, int]:
         """Counters: readings, dead_letters, drifts, adaptations, published, meta_refused, meta_version."""
@@ -134,6 +137,8 @@ class WorkerCore:
         result = self.fleet.learn_predict(ids, x, y)
         now = self.clock()
         self._counts["readings"] += len(readings)
+        slots, _ = self.fleet.devices.slots_for(ids)
+        self.tracker.update(slots, reading_errors(self.cfg.task, y, result.y_pred))
         out: list[Outgoing] = []
         for d in result.drifted:
             self._drift_at[d] = now
@@ -142,6 +147,17 @@ class WorkerCore:
             out.append(Outgoing(s.topic_events, d.encode(), event, []))
         for d in result.adapted:
             out += self._publish(d, now)
+        for tag, before, after in self.tracker.finished():
+            device, version = tag.rsplit(" ", 1)
+            event = encode_event(
+                "adaptation_result",
+                device_id=device,
+                model_version=int(version),
+                error_before=before,
+                error_after=after,
+                readings=self.tracker.after,
+            )
+            out.append(Outgoing(s.topic_events, device.encode(), event, []))
         for deltas, weights in self.fleet.take_contributions():
             header = DeltaHeader(f"worker:{self.worker_id}", self.fleet.meta_version, deltas.shape[1])
             out.append(
@@ -162,6 +178,7 @@ class WorkerCore:
             ("published_at", repr(now).encode()),
         ]
         model = self.signer.seal(self.fleet.export(device_id, version))
+        self.tracker.adapted(self.fleet.devices.slot(device_id), f"{device_id} {version}")
         event = encode_event(
             "adapted",
             device_id=device_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -107,3 +109,16 @@ def test_worker_refuses_theta_it_cannot_trust() -> None:
     assert core.on_meta(theta.value) is False
     assert core.on_meta(theta.value[80:]) is False  # stripped signature
     assert core.fleet.meta_version == 0 and core.stats()["meta_refused"] == 2
+
+
+def test_adaptations_report_error_before_and_after() -> None:
+    # Prepare
+    core = WorkerCore(SETTINGS, Signer.generate())
+    # Execute
+    out = [o for m in stream_messages() for o in core.on_readings([(m, 0, 0)])]
+    # Assert
+
+    results = [json.loads(o.value) for o in out if b'"adaptation_result"' in o.value]
+    assert results
+    for r in results:
+        assert r["error_before"] >= 0 and r["error_after"] >= 0 and r["readings"] == 30
