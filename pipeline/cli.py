@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    from pipeline import broker_cli
+
+    broker_cli.add_cli(sub)
     return parser
 
 
