@@ -92,7 +92,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
-def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``broker start|stop|status``."""
     p = sub.add_parser("broker", help="start or stop a local Kafka broker (Apache Kafka or embedded)")
     actions = p.add_subparsers(dest="action", required=True)

@@ -198,9 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
+    from connectors import edge, producer
     from pipeline import broker_cli
 
     broker_cli.add_cli(sub)
+    producer.add_cli(sub)
+    edge.add_cli(sub)
     return parser
 
 
@@ -208,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:  # bad input, missing file, broker problems
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,410 @@
+"""Sensor producer SDK: send readings to the readings topic, one by one or gateway-packed.
+
+Two ways to send:
+
+* :meth:`SensorProducer.send` — one reading per message, keyed by device id,
+  so one device always lands on one partition (what a device does itself).
+* :meth:`SensorProducer.send_batch` — "gateway" mode: readings of many devices
+  grouped by the partition their device id hashes to, each group packed into
+  messages of up to ``gateway_size`` readings (:func:`connectors.wire.encode_readings`)
+  and sent to that partition explicitly.  Per-device order and partition
+  placement are the same as in keyed mode, with far fewer messages, which is
+  what lets a worker approach the broker's raw consume rate.
+
+Sources are plain iterables of :class:`~connectors.wire.Reading`:
+:func:`csv_source`, :func:`synthetic_source`, or any list or generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sized
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from kafka import KafkaProducer
+from kafka.future import Future
+
+from connectors.admin import ensure_topics, partition_for
+from connectors.settings import Settings
+from connectors.wire import MAX_MESSAGE_BYTES, Reading, encode_readings
+
+log = logging.getLogger(__name__)
+
+
+class ProducerClient(Protocol):
+    """The part of :class:`kafka.KafkaProducer` the SDK uses."""
+
+    def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int | None = None
+    ) -> Any: ...
+
+    def partitions_for(self, topic: str) -> set[int]: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """One message as :class:`MemoryProducer` recorded it."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes
+
+
+class MemoryProducer:
+    """An in-memory stand-in for :class:`kafka.KafkaProducer` (tests, doctests, dry runs).
+
+    Keyed messages are placed like the real default partitioner places them.
+
+    Examples
+    --------
+    >>> client = MemoryProducer(partitions=4)
+    >>> _ = client.send("t", b"v", key=b"sensor-42")
+    >>> client.sent
+    [SentMessage(topic='t', partition=1, key=b'sensor-42', value=b'v')]
+    """
+
+    def __init__(self, partitions: int = 4) -> None:
+        self.partitions = partitions
+        self.sent: list[SentMessage] = []
+
+    def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int | None = None
+    ) -> Future:
+        if partition is None:
+            partition = partition_for(key.decode(), self.partitions) if key is not None else 0
+        self.sent.append(SentMessage(topic, partition, key, value or b""))
+        return Future().success(None)
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        return None
+
+
+class SensorProducer:
+    """Sends readings to ``settings.topic_readings``.
+
+    Parameters
+    ----------
+    settings : Settings
+        Broker, topic names and TLS/SASL options.
+    gateway_size : int
+        Most readings packed into one message by :meth:`send_batch`.
+    client : ProducerClient, optional
+        A ready producer client; by default a :class:`kafka.KafkaProducer`
+        with ``acks="all"`` and a 5 ms linger.
+
+    Examples
+    --------
+    >>> client = MemoryProducer(partitions=2)
+    >>> readings = [Reading(f"dev-{i % 5}", (1.0, 2.0), 0.5) for i in range(10)]
+    >>> with SensorProducer(Settings(partitions=2), gateway_size=3, client=client) as producer:
+    ...     producer.send_batch(readings)
+    >>> producer.readings_sent, producer.messages_sent
+    (10, 4)
+    >>> sorted({m.partition for m in client.sent}), {m.key for m in client.sent}
+    ([0, 1], {None})
+    """
+
+    def __init__(
+        self, settings: Settings, gateway_size: int = 1, client: ProducerClient | None = None
+    ) -> None:
+        if gateway_size < 1:
+            raise ValueError(f"gateway_size must be >= 1, got {gateway_size}")
+        self.settings = settings
+        self.gateway_size = gateway_size
+        self.topic = settings.topic_readings
+        self.readings_sent = 0
+        self.messages_sent = 0
+        self.failed = 0
+        self._last_error: BaseException | None = None
+        self._n_partitions: int | None = None
+        self._client: ProducerClient = (
+            client
+            if client is not None
+            else KafkaProducer(
+                bootstrap_servers=settings.bootstrap,
+                client_id=f"{settings.app_id}-producer",
+                acks="all",
+                linger_ms=5,
+                **settings.kafka_python_security(),
+            )
+        )
+
+    @property
+    def n_partitions(self) -> int:
+        """Partition count of the readings topic (fetched once: it only grows by operator action)."""
+        if self._n_partitions is None:
+            partitions = self._client.partitions_for(self.topic)
+            if not partitions:
+                raise RuntimeError(f"topic {self.topic!r} has no partitions (does it exist?)")
+            if len(partitions) != self.settings.partitions:
+                # kafka-python 3.0.12 ignores allow_auto_create_topics=False: a missing topic
+                # gets auto-created with the broker's default partition count.
+                log.warning(
+                    "topic %r has %d partitions, settings say %d (auto-created? run ensure_topics first)",
+                    self.topic,
+                    len(partitions),
+                    self.settings.partitions,
+                )
+            self._n_partitions = len(partitions)
+        return self._n_partitions
+
+    def send(self, reading: Reading) -> None:
+        """Send one reading keyed by its device id."""
+        self._send(encode_readings([reading]), reading.device_id.encode(), None, 1)
+
+    def send_batch(self, readings: Iterable[Reading]) -> None:
+        """Send readings gateway-style: per destination partition, up to ``gateway_size`` per message."""
+        groups: dict[int, list[Reading]] = defaultdict(list)
+        for r in readings:
+            groups[partition_for(r.device_id, self.n_partitions)].append(r)
+        for partition, group in groups.items():
+            for i in range(0, len(group), self.gateway_size):
+                chunk = group[i : i + self.gateway_size]
+                self._send(encode_readings(chunk), None, partition, len(chunk))
+
+    def _send(self, value: bytes, key: bytes | None, partition: int | None, n: int) -> None:
+        if len(value) > MAX_MESSAGE_BYTES:
+            # Workers would dead-letter it as oversized; fail here where it can be fixed.
+            raise ValueError(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}: lower gateway_size")
+        future = self._client.send(self.topic, value=value, key=key, partition=partition)
+        future.add_errback(self._on_error)
+        self.readings_sent += n
+        self.messages_sent += 1
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.failed += 1
+        self._last_error = exc
+
+    def flush(self) -> None:
+        """Wait until everything sent so far is acknowledged.
+
+        Raises
+        ------
+        RuntimeError
+            If any message was not acknowledged (``acks="all"``), so losses are never silent.
+        """
+        self._client.flush()
+        if self.failed:
+            raise RuntimeError(
+                f"{self.failed} messages were not acknowledged; last error: {self._last_error!r}"
+            )
+
+    def close(self) -> None:
+        """Flush, then close the client."""
+        try:
+            self.flush()
+        finally:
+            self._client.close()
+
+    def __enter__(self) -> SensorProducer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# -- sources ---------------------------------------------------------------------------
+
+
+def csv_source(
+    path: str | Path, device_col: str, target_col: str, time_col: str | None = None
+) -> list[Reading]:
+    """Readings of a CSV (see :func:`connectors.csv_source.load_readings_csv`), in time order.
+
+    Bad rows are skipped and counted in a warning.  Classification labels
+    become class indices, as in ``metastream replay``.
+    """
+    from connectors.csv_source import load_readings_csv
+
+    table = load_readings_csv(path, device_col, target_col, time_col)
+    if table.skipped:
+        first = table.skipped[0]
+        log.warning(
+            "%s: skipped %d bad rows (first: line %d, %s)", path, len(table.skipped), first.line, first.reason
+        )
+    return [
+        Reading(device, tuple(x), y)
+        for device, x, y in zip(table.device_ids, table.x.tolist(), table.y.tolist(), strict=True)
+    ]
+
+
+def synthetic_source(n_devices: int, n_readings: int, seed: int = 0, **options: Any) -> Iterator[Reading]:
+    """Readings of a seeded synthetic fleet with drift (:func:`learners.synthetic.make_fleet_stream`).
+
+    ``options`` go to ``make_fleet_stream`` (``n_features``, ``task``, …).
+
+    Examples
+    --------
+    >>> next(synthetic_source(2, 10, seed=1, n_features=2)).device_id
+    'dev-0000'
+    """
+    from learners.synthetic import make_fleet_stream
+
+    stream = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed, **options)
+    # Lazily, so a long stream never exists as millions of Reading objects at once.
+    for device, x, y in zip(stream.device_ids, stream.x, stream.y.tolist(), strict=True):
+        yield Reading(device, tuple(x.tolist()), y)
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+def _chunks(readings: Iterator[Reading], size: int) -> Iterator[list[Reading]]:
+    while chunk := list(islice(readings, size)):
+        yield chunk
+
+
+def run_producer(
+    settings: Settings,
+    readings: Iterable[Reading],
+    rate: float | None,
+    gateway_size: int = 1,
+    limit: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    client: ProducerClient | None = None,
+) -> dict[str, Any]:
+    """Send ``readings`` at ``rate`` readings/s (``None``: as fast as possible).
+
+    Pacing follows an absolute schedule from the start (reading *i* is due
+    at ``start + i / rate``), so sleep overshoot never accumulates into
+    drift.  In gateway mode (``gateway_size > 1``) readings are taken
+    ``gateway_size × partitions`` at a time so messages come out nearly full.
+
+    Returns
+    -------
+    dict
+        ``readings``, ``messages``, ``seconds`` and the achieved ``rate``.
+
+    Examples
+    --------
+    >>> now = [0.0]
+    >>> def oversleep(s: float) -> None:  # a sleep that is always 1 ms late
+    ...     now[0] += s + 0.001
+    >>> readings = [Reading("d1", (1.0,), 2.0)] * 100
+    >>> out = run_producer(Settings(), readings, rate=50.0, clock=lambda: now[0], sleep=oversleep,
+    ...                    client=MemoryProducer())
+    >>> out["readings"], out["messages"], round(out["seconds"], 3)
+    (100, 100, 2.001)
+    """
+    if rate is not None and rate <= 0:
+        raise ValueError(f"rate must be > 0 readings/s, got {rate}")
+    from pipeline.progress import Progress
+
+    total = limit if limit is not None else (len(readings) if isinstance(readings, Sized) else None)
+    stream = iter(readings) if limit is None else islice(readings, limit)
+    producer = SensorProducer(settings, gateway_size, client)
+    progress = Progress(total or 0, "produce", enabled=None if total else False, clock=clock)
+    start = clock()
+    done = 0
+    try:
+        size = 1 if gateway_size == 1 else gateway_size * producer.n_partitions
+        for chunk in _chunks(stream, size):
+            if gateway_size == 1:
+                producer.send(chunk[0])
+            else:
+                producer.send_batch(chunk)
+            done += len(chunk)
+            if rate is not None:
+                # Wait until this chunk's time slot is over (absolute target: no drift).
+                wait = start + done / rate - clock()
+                if wait > 0:
+                    sleep(wait)
+            progress.update(done)
+        producer.flush()
+    finally:
+        producer.close()
+        progress.close()
+    seconds = clock() - start
+    return {
+        "readings": done,
+        "messages": producer.messages_sent,
+        "seconds": seconds,
+        "rate": done / seconds if seconds > 0 else float("inf"),
+    }
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Handler of ``metastream produce``."""
+    settings = Settings.load(args.settings, broker=args.broker)
+    readings: Iterable[Reading]
+    if args.source == "csv":
+        if not (args.file and args.device_col and args.target_col):
+            raise ValueError("--source csv needs --file, --device-col and --target-col")
+        table = csv_source(args.file, args.device_col, args.target_col, args.time_col)
+        if table and len(table[0].x) != settings.n_features:
+            raise ValueError(
+                f"{args.file} has {len(table[0].x)} features but settings.n_features is "
+                f"{settings.n_features}; workers would dead-letter every reading"
+            )
+        readings, limit = table, args.limit
+    else:
+        readings = synthetic_source(
+            args.devices,
+            args.readings,
+            args.seed,
+            n_features=settings.n_features,
+            task=settings.task,
+            n_classes=settings.n_classes,
+        )
+        limit = args.readings if args.limit is None else min(args.limit, args.readings)
+    if args.ensure_topics:
+        ensure_topics(settings)
+    out = run_producer(settings, readings, args.rate, args.gateway_size, limit)
+    print(
+        f"produced {out['readings']:,} readings in {out['messages']:,} messages to "
+        f"{settings.topic_readings} in {out['seconds']:.1f} s ({out['rate']:,.0f} readings/s)"
+    )
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Register the ``produce`` sub-command; returns its parser."""
+    p = subparsers.add_parser("produce", help="send sensor readings (synthetic or CSV) to the readings topic")
+    p.add_argument("--settings", help="JSON settings file (else METASTREAM_* environment and defaults)")
+    p.add_argument("--broker", help="kafka://host:port[,host:port]; overrides the settings")
+    p.add_argument("--source", choices=["synthetic", "csv"], default="synthetic")
+    p.add_argument("--file", help="CSV file (--source csv)")
+    p.add_argument("--device-col", help="CSV column with the device id")
+    p.add_argument("--target-col", help="CSV column with the target")
+    p.add_argument("--time-col", help="CSV column to sort by (optional)")
+    p.add_argument("--devices", type=int, default=100, help="synthetic devices")
+    p.add_argument("--readings", type=int, default=60_000, help="synthetic readings")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate", type=float, help="readings per second (default: as fast as possible)")
+    p.add_argument("--gateway-size", type=int, default=1, help="readings packed per message (1: keyed)")
+    p.add_argument("--limit", type=int, help="stop after this many readings")
+    p.add_argument(
+        "--no-ensure-topics",
+        dest="ensure_topics",
+        action="store_false",
+        help="do not create missing topics first (e.g. no admin rights on the cluster)",
+    )
+    p.set_defaults(func=cmd_produce)
+    return p
