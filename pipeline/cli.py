@@ -122,7 +122,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Offline demo: a synthetic fleet with drift, replayed through every strategy."""
+    """The end-to-end streaming demo, or (``--offline``) a replay of every strategy."""
+    if not args.offline:
+        from pipeline.demo import format_summary, run_demo
+
+        summary = run_demo(args.duration, args.devices, args.rate, args.edges, args.broker_kind, args.seed)
+        print(json.dumps(summary) if args.json else format_summary(summary))
+        return 0
     import tempfile
     from pathlib import Path
 
@@ -182,7 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("demo", help="replay a synthetic fleet with drift through every strategy")
+    p = sub.add_parser("demo", help="the whole loop in a minute: broker, worker, fleet with drift, edges")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of produced readings")
+    p.add_argument("--devices", type=int, default=200)
+    p.add_argument("--rate", type=float, default=2000.0, help="readings/s")
+    p.add_argument("--edges", type=int, default=3, help="edge subscribers (one device each)")
+    p.add_argument("--broker-kind", choices=["embedded", "kafka"], default="embedded")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--offline", action="store_true", help="no broker: replay a fleet through every strategy")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 

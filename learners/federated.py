@@ -1,0 +1,73 @@
+"""The device side of federated mode: raw readings stay here, only φ − θ leaves."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from learners.buffers import DeviceBuffers
+from learners.config import LearnerConfig
+from learners.nets import FunctionalNet, Params, flatten, flatten_stacked
+from learners.scaling import TaskScaler
+
+
+class FederatedDevice:
+    """Adapts θ locally on the device's own recent readings and reports the change.
+
+    Standardisation uses the device's own running moments (no raw data or
+    statistics leave the device).  :meth:`update` returns ``(φ − θ, n)``,
+    the proposed change of θ and the number of readings behind it, which
+    the meta agent aggregates exactly like workers' contributions.
+
+    Examples
+    --------
+    >>> from learners.nets import init_params
+    >>> cfg = LearnerConfig(n_features=2, adapt_after=8, buffer_size=16)
+    >>> device = FederatedDevice(cfg)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(20, 2)); y = 3 * x[:, 0]
+    >>> device.observe(x, y)
+    >>> theta = init_params(cfg)
+    >>> delta, n = device.update(theta)
+    >>> tuple(delta.shape), n, device.update(theta)  # nothing new since the last update
+    ((129,), 20, None)
+    """
+
+    def __init__(self, cfg: LearnerConfig) -> None:
+        self.cfg = cfg
+        self.net = FunctionalNet(cfg)
+        self.scaler = TaskScaler(cfg.task, cfg.n_features)
+        self.buffer = DeviceBuffers(cfg.n_features, cfg.buffer_size, capacity=1)
+        self.phi: Params | None = None
+        self._new = 0
+
+    def observe(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Keep new local readings (they never leave the device)."""
+        xs, ys = self.scaler.fit_transform(np.atleast_2d(x), np.atleast_1d(y))
+        self.buffer.push(np.zeros(len(ys), dtype=np.int64), xs, ys)
+        self._new += len(ys)
+
+    def update(self, theta: Params) -> tuple[Tensor, int] | None:
+        """φ ← k SGD steps from θ on local data; returns ``(φ − θ, readings)`` or ``None``.
+
+        ``None`` until at least ``adapt_after`` new readings arrived since the
+        previous update.
+        """
+        if self._new < self.cfg.adapt_after:
+            return None
+        x, y, mask = self.buffer.recent(np.zeros(1, dtype=np.int64), self.cfg.buffer_size)
+        phi = self.net.adapt(theta, x, y, mask)
+        self.phi = {k: v[0] for k, v in phi.items()}
+        n, self._new = self._new, 0
+        return flatten_stacked(phi)[0] - flatten(theta), n
+
+    def predict(self, x: np.ndarray, theta: Params | None = None) -> np.ndarray:
+        """Local inference with φ (or ``theta`` before the first update)."""
+        params = self.phi if self.phi is not None else theta
+        if params is None:
+            raise LookupError("no model yet: call update() with θ first")
+        xs = torch.as_tensor(self.scaler.x.transform(np.atleast_2d(x)), dtype=torch.float32)
+        with torch.no_grad():
+            pred = self.net.predict(self.net.forward(params, xs)).double().numpy()
+        return self.scaler.inverse_y(pred)

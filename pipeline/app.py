@@ -1,0 +1,405 @@
+"""The Faust app: topics and agents, a thin shell over :mod:`pipeline.worker_core`.
+
+Everything that decides *what* to send lives in :class:`WorkerCore` and
+:class:`MetaAggregator`; this module only moves bytes between Kafka and them:
+
+- ``readings`` agent: micro-batches of raw messages (value, partition,
+  offset) → :meth:`WorkerCore.on_readings` → dead letters, drift events,
+  signed model updates and meta contributions.
+- ``deltas`` agent (one partition, so exactly one worker of the group runs
+  it): :meth:`MetaAggregator.on_delta` → a new signed θ on the meta topic.
+- meta follower (every worker, outside the consumer group): every θ version
+  on the meta topic → :meth:`WorkerCore.on_meta`.  A Faust agent would be
+  load-balanced and a ``GlobalTable`` is known to fall out of sync, so this
+  is a plain aiokafka consumer with ``assign()`` started as an app task.
+
+Delivery is at least once: an agent awaits the broker's ack of everything a
+batch produced before Faust acks (and later commits) the batch's offsets.
+The learner core runs on one dedicated thread, so the event loop keeps
+fetching, heartbeating and producing while torch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.helpers import create_ssl_context
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from faust.types import EventT, StreamT
+from faust.types.auth import CredentialsT
+
+from connectors.admin import topic_specs
+from connectors.settings import Settings
+from connectors.signing import SignatureError, Signer, Verifier
+from learners.codec import CodecError, decode_model
+from pipeline.worker_core import META_KEY, MetaAggregator, Outgoing, WorkerCore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Faust/aiokafka knobs that matter for throughput (see ``pipeline/worker.py --help``).
+
+    The defaults are what measured best on a 2-core machine with gateway
+    messages of ~100 readings; see the module docs of :mod:`pipeline.worker`.
+    """
+
+    max_poll_records: int | None = 2000
+    """Records per aiokafka ``getmany`` (Faust default: unlimited)."""
+    stream_buffer_maxsize: int = 8192
+    """Events a stream may prefetch before Faust pauses the partition (Faust default 4096)."""
+    max_fetch_bytes: int = 16 * 1024 * 1024
+    """Per-partition fetch size; gateway messages are ~10 KB each (Faust default 4 MiB)."""
+    producer_linger_s: float = 0.005
+    """Let the producer batch the outputs of one micro-batch (Faust default 0)."""
+    commit_interval_s: float = 1.0
+    """How often acked offsets are committed (Faust default 2.8 s)."""
+    offload: bool = True
+    """Run the learner core on its own thread so fetching overlaps with learning."""
+    monitor: bool = False
+    """Keep Faust's per-event Monitor sensor (costs per event; nothing here reads it)."""
+
+
+@dataclass
+class PipelineState:
+    """What the agents share; exposed as ``app.pipeline`` for tests and tools."""
+
+    settings: Settings
+    core: WorkerCore
+    aggregator: MetaAggregator
+    verifier: Verifier
+    worker_id: str
+    executor: ThreadPoolExecutor | None
+    messages: int = 0
+    batches: int = 0
+    sent: int = 0
+    theta_seen: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    async def run(self, fun: Callable[..., T], *args: Any) -> T:
+        """Call the (single-threaded, CPU-bound) core off the event loop, one call at a time."""
+        if self.executor is None:
+            return fun(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fun, *args)
+
+    def stats(self) -> dict[str, Any]:
+        """Core counters plus what went through the agents."""
+        elapsed = time.monotonic() - self.started_at
+        return {
+            **self.core.stats(),
+            "messages": self.messages,
+            "batches": self.batches,
+            "sent": self.sent,
+            "theta_seen": self.theta_seen,
+            "aggregator_version": self.aggregator.version,
+            "uptime_s": round(elapsed, 1),
+        }
+
+
+class ReadingsPerMessage:
+    """Running estimate of readings per message, to cut batches into learner-sized chunks.
+
+    Examples
+    --------
+    >>> est = ReadingsPerMessage()
+    >>> est.chunk(1000)  # nothing seen yet: one message, to learn how many readings they carry
+    1
+    >>> est.update(10, {"readings": 990, "dead_letters": 10})
+    >>> est.chunk(1000)
+    10
+    """
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.readings = 0
+        self._last = 0
+
+    def update(self, n_messages: int, core_stats: dict[str, int]) -> None:
+        """Count ``n_messages`` that brought the core's readings+dead letters to ``core_stats``."""
+        total = core_stats.get("readings", 0) + core_stats.get("dead_letters", 0)
+        self.messages += n_messages
+        self.readings += max(0, total - self._last)
+        self._last = total
+
+    def chunk(self, readings_per_step: int) -> int:
+        """Messages per core call so that one call is about ``readings_per_step`` readings."""
+        if not self.messages:
+            return 1
+        return max(1, round(readings_per_step / max(self.readings / self.messages, 1.0)))
+
+
+def default_worker_id() -> str:
+    """``host-pid``: names this worker in its meta contributions."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if "SSL" not in settings.security_protocol.upper():
+        return None
+    return create_ssl_context(
+        cafile=settings.ssl_cafile or None,
+        certfile=settings.ssl_certfile or None,
+        keyfile=settings.ssl_keyfile or None,
+    )
+
+
+def broker_credentials(settings: Settings) -> CredentialsT | None:
+    """Faust credentials for ``settings.security_protocol`` (``None`` for PLAINTEXT).
+
+    Examples
+    --------
+    >>> broker_credentials(Settings()) is None
+    True
+    >>> broker_credentials(Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
+    ...                             sasl_username="u", sasl_password="p"))
+    <SASLCredentials: username=u>
+    """
+    protocol = settings.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = _ssl_context(settings)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism or "PLAIN",
+        )
+    raise ValueError(f"unsupported security_protocol {settings.security_protocol!r}")
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """The same credentials in aiokafka's spelling (for the meta follower)."""
+    return dict(credentials_to_aiokafka_auth(broker_credentials(settings)))
+
+
+def broker_urls(settings: Settings) -> list[str]:
+    """``kafka://host:port`` for each bootstrap server (Faust takes a list)."""
+    return [f"kafka://{hp}" for hp in settings.bootstrap.split(",") if hp]
+
+
+def create_app(
+    settings: Settings,
+    signer: Signer,
+    *,
+    worker_id: str | None = None,
+    web_port: int | None = None,
+    tuning: Tuning | None = None,
+    core: WorkerCore | None = None,
+    aggregator: MetaAggregator | None = None,
+) -> faust.App:
+    """The Faust app of one worker; several with the same ``app_id`` share the partitions.
+
+    Parameters
+    ----------
+    settings
+        Broker, topics, partitions, security and learner settings.
+    signer
+        Signs every model update and θ version this worker publishes.
+    worker_id
+        Names this worker in its meta contributions (default ``host-pid``).
+    web_port
+        Enable Faust's web server (``/stats`` etc.) on this port; off when ``None``.
+    tuning
+        Throughput knobs (:class:`Tuning`).
+    core, aggregator
+        Injected state machines (tests, benchmarks); built from ``settings`` when absent.
+    """
+    tune = tuning or Tuning()
+    wid = worker_id or default_worker_id()
+    app = faust.App(
+        settings.app_id,
+        broker=broker_urls(settings),
+        broker_credentials=broker_credentials(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        # Topics are created by connectors.admin.ensure_topics before start (with the right
+        # cleanup.policy); Faust only declares its internal ones, and we have none.
+        topic_disable_leader=True,
+        store="memory://",
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=tune.producer_linger_s,
+        broker_max_poll_records=tune.max_poll_records,
+        stream_buffer_maxsize=tune.stream_buffer_maxsize,
+        consumer_max_fetch_size=tune.max_fetch_bytes,
+        broker_commit_interval=tune.commit_interval_s,
+        # Rebalances must not wait forever for an agent that is in the middle of a big batch.
+        stream_wait_empty=False,
+        worker_redirect_stdouts=False,
+        autodiscover=False,
+    )
+    state = PipelineState(
+        settings=settings,
+        core=core or WorkerCore(settings, signer, worker_id=wid),
+        aggregator=aggregator or MetaAggregator(settings, signer),
+        verifier=Verifier([signer.public_key]),
+        worker_id=wid,
+        executor=ThreadPoolExecutor(1, thread_name_prefix="learner") if tune.offload else None,
+    )
+    app.pipeline = state  # type: ignore[attr-defined]  # read by tests and tools
+
+    specs = {s.name: s for s in topic_specs(settings)}
+
+    def topic(name: str) -> faust.TopicT:
+        spec = specs.get(name)
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=spec.partitions if spec else None,
+            compacting="compact" in spec.configs.get("cleanup.policy", "") if spec else None,
+        )
+
+    out_topics: dict[str, faust.TopicT] = {name: topic(name) for name in specs}
+    readings = out_topics[settings.topic_readings]
+    deltas = out_topics[settings.topic_deltas]
+
+    async def send_soon(outgoing: Sequence[Outgoing], pending: list[Awaitable[Any]]) -> None:
+        """Hand every message to the producer now; their delivery futures go to ``pending``."""
+        for o in outgoing:
+            t = out_topics.get(o.topic)
+            if t is None:
+                t = out_topics[o.topic] = topic(o.topic)
+            # force=True: send now instead of attaching to the current event (Faust would hold
+            # attached messages until the next commit, adding up to commit_interval of latency).
+            pending.append(await t.send(key=o.key, value=o.value, headers=o.headers, force=True))
+
+    async def send_all(outgoing: Sequence[Outgoing]) -> None:
+        """Produce every message, then wait until the broker has acked all of them."""
+        pending: list[Awaitable[Any]] = []
+        await send_soon(outgoing, pending)
+        await asyncio.gather(*pending)
+        state.sent += len(pending)
+
+    @app.agent(readings, name="readings")
+    async def on_readings(stream: StreamT[bytes]) -> None:
+        """Batches of raw reading messages through the learner core, at least once.
+
+        A batch (up to ``micro_batch`` messages or ``batch_window_s``) is acked,
+        and so committed, only after the broker has acked everything it produced.
+        Inside a batch the core gets chunks of about ``micro_batch`` *readings*
+        (gateway messages pack many), and each chunk's outputs are sent as soon
+        as it is done, so a drift is published without waiting for the batch.
+        """
+        per_message = ReadingsPerMessage()
+        async for events in stream.take_events(settings.micro_batch, within=settings.batch_window_s):
+            batch = [_raw(e) for e in events]
+            pending: list[Awaitable[Any]] = []
+            start = 0
+            while start < len(batch):
+                chunk = batch[start : start + per_message.chunk(settings.micro_batch)]
+                start += len(chunk)
+                outgoing = await state.run(state.core.on_readings, chunk)
+                per_message.update(len(chunk), state.core.stats())
+                await send_soon(outgoing, pending)
+            await asyncio.gather(*pending)
+            state.sent += len(pending)
+            state.messages += len(batch)
+            state.batches += 1
+
+    @app.agent(deltas, name="meta-aggregator")
+    async def on_deltas(stream: StreamT[bytes]) -> None:
+        """Meta contributions → θ versions (only the owner of the single deltas partition)."""
+        async for event in stream.events():
+            outgoing = await state.run(state.aggregator.on_delta, _value(event))
+            await send_all(outgoing)
+
+    @app.task
+    async def follow_meta() -> None:
+        """Every θ version → this worker's core (and the aggregator, so a new owner resumes)."""
+        await _follow_meta(settings, state, send_all)
+
+    if not tune.monitor:
+
+        @app.task
+        async def drop_monitor() -> None:
+            """Faust adds its Monitor sensor at start; it times every event and nothing here reads it."""
+            if app.monitor in set(app.sensors):
+                app.sensors.remove(app.monitor)
+
+    _ = (on_readings, on_deltas, follow_meta)  # registered on the app by the decorators
+    return app
+
+
+def _value(event: EventT) -> bytes:
+    value = event.message.value
+    return value if isinstance(value, bytes) else b""
+
+
+def _raw(event: EventT) -> tuple[bytes | None, int, int]:
+    m = event.message
+    return m.value, m.partition, m.offset
+
+
+async def _follow_meta(
+    settings: Settings, state: PipelineState, send_all: Callable[[Sequence[Outgoing]], Awaitable[None]]
+) -> None:
+    """Read the meta topic from the start, outside the consumer group, for as long as the app runs."""
+    tp = TopicPartition(settings.topic_meta, 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,  # not load-balanced: every worker sees every θ version
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id=f"{settings.app_id}-meta-{state.worker_id}",
+        **aiokafka_security(settings),
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        if end == 0:
+            # Nothing published yet: θ version 0, so workers and edges have something to start
+            # from. Two workers racing here publish the same signed version 0: harmless.
+            await send_all(state.aggregator.initial_theta())
+        async for records in _batches(consumer):
+            for record in records:
+                if record.value is not None:
+                    await state.run(_adopt, state, record.value)
+    finally:
+        await consumer.stop()
+
+
+async def _batches(consumer: AIOKafkaConsumer) -> AsyncIterable[list[Any]]:
+    while True:
+        got = await consumer.getmany(timeout_ms=1000)
+        for records in got.values():
+            yield records
+
+
+def _adopt(state: PipelineState, value: bytes) -> None:
+    """A θ message from the meta topic: into the core, and into the aggregator when it is newer.
+
+    The aggregator must continue from the newest θ when it starts, or when the
+    deltas partition moves to this worker; otherwise it would publish versions
+    1, 2, … again that every worker refuses as older than what it has.
+    """
+    state.theta_seen += 1
+    state.core.on_meta(value)
+    try:
+        tensors, header = decode_model(state.verifier.open(value))
+    except (SignatureError, CodecError):
+        return  # the core already logged and counted it
+    if header.device_id == META_KEY:
+        state.aggregator.meta.adopt(tensors, header.model_version)

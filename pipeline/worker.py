@@ -1,0 +1,198 @@
+"""Run one stream worker in this process: ``metastream worker`` or ``python -m pipeline.worker``.
+
+Start as many as you like with the same settings (same ``app_id``): they form
+one consumer group and share the readings partitions; exactly one of them
+owns the single deltas partition and so runs the meta aggregator.  They must
+share one signing key (``--signing-key``), since every worker and edge only
+trusts θ and models signed by the keys it knows.
+
+Examples
+--------
+.. code-block:: bash
+
+    metastream worker --broker kafka://127.0.0.1:9092 --partitions 8 --signing-key worker.pem
+    METASTREAM_BROKER=kafka://kafka:9092 python -m pipeline.worker --settings prod.json
+
+SIGTERM or SIGINT stops the worker cleanly: the current batch finishes, its
+outputs are acked by the broker, offsets are committed, the group is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from connectors.admin import ensure_topics
+from connectors.settings import Settings
+from connectors.signing import Signer
+from pipeline.app import PipelineState, Tuning, create_app
+
+log = logging.getLogger(__name__)
+
+
+def load_signer(settings: Settings) -> Signer:
+    """The worker's signing key: ``settings.signing_key``, or an ephemeral one (with a warning).
+
+    The ephemeral key's public half is written to a temporary file whose path
+    is printed, so edge clients of a demo or test can trust it.
+    """
+    if settings.signing_key:
+        return Signer.from_file(settings.signing_key)
+    signer = Signer.generate()
+    with tempfile.NamedTemporaryFile(prefix="metastream-worker-", suffix=".pub.pem", delete=False) as f:
+        public = Path(f.name)
+    private = public.with_suffix("").with_suffix(".key.pem")
+    # The private half is written (owner-only) so a second worker of the same demo can share it.
+    signer.save(private, public)
+    print(
+        f"warning: no signing key given; using an ephemeral Ed25519 key (demo/tests only).\n"
+        f"  public key (give to edge clients as trusted_keys): {public}\n"
+        f"  private key (pass to other workers as --signing-key): {private}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return signer
+
+
+def run_worker(
+    settings: Settings,
+    signer: Signer | None = None,
+    loglevel: str = "warning",
+    *,
+    web_port: int | None = None,
+    tuning: Tuning | None = None,
+    worker_id: str | None = None,
+    stats_interval_s: float = 0.0,
+) -> None:
+    """Create the topics if needed, then run the Faust worker until SIGTERM/SIGINT.
+
+    Parameters
+    ----------
+    settings
+        Deployment settings (broker, topics, partitions, security, learner).
+    signer
+        Signs published models and θ; :func:`load_signer` when ``None``.
+    loglevel
+        ``debug``, ``info``, ``warning`` or ``error``.
+    web_port
+        Serve Faust's web views (``/stats/`` …) on this port; off when ``None``.
+    tuning
+        Throughput knobs (:class:`pipeline.app.Tuning`).
+    worker_id
+        Name of this worker in meta contributions (default ``host-pid``).
+    stats_interval_s
+        When > 0, print a JSON line of counters to stderr this often.
+    """
+    signer = signer or load_signer(settings)
+    # Before Faust subscribes: a subscription to a missing topic may let the broker
+    # auto-create it with the wrong partition count and without compaction.
+    ensure_topics(settings)
+    # A fresh loop: mode's Worker closes its loop on exit, so a second run in the same
+    # process (tests, notebooks) must not inherit a closed one.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app = create_app(settings, signer, worker_id=worker_id, web_port=web_port, tuning=tuning)
+    state: PipelineState = app.pipeline  # type: ignore[attr-defined]
+    if stats_interval_s > 0:
+
+        @app.timer(stats_interval_s)
+        async def print_stats() -> None:
+            print(json.dumps({"stats": state.stats()}), file=sys.stderr, flush=True)
+
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, loop=loop, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()  # returns by raising SystemExit
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        if state.executor is not None:
+            state.executor.shutdown(wait=True, cancel_futures=True)
+        asyncio.set_event_loop(None)
+    if stats_interval_s > 0:
+        print(json.dumps({"stats": state.stats(), "final": True}), file=sys.stderr, flush=True)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Defaults ← ``METASTREAM_*`` environment ← ``--settings`` file ← flags."""
+    return Settings.load(
+        args.settings,
+        broker=args.broker,
+        partitions=args.partitions,
+        app_id=args.app_id,
+        signing_key=args.signing_key,
+    )
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--settings", metavar="FILE", help="JSON settings file (see connectors/settings.py)")
+    p.add_argument("--broker", help="bootstrap servers, e.g. kafka://127.0.0.1:9092")
+    p.add_argument("--partitions", type=int, help="partitions of the readings/models/events topics")
+    p.add_argument("--app-id", help="consumer group / Faust app id (same for every worker of a deployment)")
+    p.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        help="Ed25519 private key (PEM); without it an ephemeral key is generated (demo/tests only)",
+    )
+    p.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--web-port", type=int, help="serve Faust's web views on this port")
+    p.add_argument("--worker-id", help="name in meta contributions (default host-pid)")
+    p.add_argument("--stats-interval", type=float, default=0.0, metavar="S", help="print counters every S s")
+    t = p.add_argument_group("throughput tuning (defaults measured on 2 cores)")
+    d = Tuning()
+    t.add_argument("--max-poll-records", type=int, default=d.max_poll_records)
+    t.add_argument("--stream-buffer", type=int, default=d.stream_buffer_maxsize)
+    t.add_argument("--linger-ms", type=float, default=d.producer_linger_s * 1000)
+    t.add_argument(
+        "--no-offload", action="store_true", help="run the learner on the event loop instead of a thread"
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Entry point of the ``worker`` sub-command."""
+    settings = settings_from_args(args)
+    d = Tuning()
+    tuning = Tuning(
+        max_poll_records=args.max_poll_records,
+        stream_buffer_maxsize=args.stream_buffer,
+        max_fetch_bytes=d.max_fetch_bytes,
+        producer_linger_s=args.linger_ms / 1000,
+        commit_interval_s=d.commit_interval_s,
+        offload=not args.no_offload,
+    )
+    run_worker(
+        settings,
+        loglevel=args.loglevel,
+        web_port=args.web_port,
+        tuning=tuning,
+        worker_id=args.worker_id,
+        stats_interval_s=args.stats_interval,
+    )
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register the ``worker`` sub-command on an ``argparse`` sub-parsers object."""
+    p = subparsers.add_parser("worker", help="run a stream worker (Faust) until SIGTERM/SIGINT")
+    _add_arguments(p)
+    p.set_defaults(func=cmd_worker)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipeline.worker [flags]``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.worker", description=__doc__.split("\n")[0])
+    _add_arguments(parser)
+    return cmd_worker(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
