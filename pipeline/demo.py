@@ -8,6 +8,7 @@ error before and after adaptation, and drift-to-edge latency.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -17,6 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,52 +124,64 @@ def run_loop(
     )
     # Watch devices with an abrupt drift: their second model version is the adapted one.
     watched = sorted({d.device_id for d in stream.drifts if d.kind == "abrupt"})[:n_edges]
-    (work / "settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
-    ensure_topics(settings)
-    say("starting a stream worker (a first group join can take ~20 s on the embedded broker)")
-    worker: subprocess.Popen[bytes] | None = None
     tally = EventTally(settings)
     edges: list[EdgeSubscriber] = []
     edge_stop = threading.Event()
     try:
-        with open(work / "worker.log", "wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.worker", "--settings", str(work / "settings.json")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
+        with running_worker(settings, work):
+            tally.start()
+            edges = [EdgeSubscriber(settings, [d]) for d in watched]
+            threads = [
+                threading.Thread(target=e.run, kwargs={"until": edge_stop.is_set}, daemon=True) for e in edges
+            ]
+            for t in threads:
+                t.start()
+            if not tally.first_meta.wait(120):
+                raise RuntimeError(f"the worker did not start; see its log:\n{_tail(work / 'worker.log')}")
+            say(f"worker ready; edge subscribers follow {', '.join(watched)}")
+            say(
+                f"producing {n_readings:,} readings of {n_devices} devices at {rate:,.0f}/s (gateway batches)"
             )
-        tally.start()
-        edges = [EdgeSubscriber(settings, [d]) for d in watched]
-        threads = [
-            threading.Thread(target=e.run, kwargs={"until": edge_stop.is_set}, daemon=True) for e in edges
-        ]
-        for t in threads:
-            t.start()
-        if not tally.first_meta.wait(120):
-            raise RuntimeError(f"the worker did not start; see its log:\n{_tail(work / 'worker.log')}")
-        say(f"worker ready; edge subscribers follow {', '.join(watched)}")
-        say(f"producing {n_readings:,} readings of {n_devices} devices at {rate:,.0f}/s (gateway batches)")
-        readings = (
-            Reading(d, tuple(x), float(y))
-            for d, x, y in zip(stream.device_ids, stream.x.tolist(), stream.y, strict=True)
-        )
-        produced = run_producer(settings, readings, rate=rate, gateway_size=100)
-        _settle(tally, quiet_s=3.0, limit_s=30.0)
-        edge_stop.set()
-        for t in threads:
-            t.join(timeout=5)
-        return summarise(produced, tally, edges, watched)
+            readings = (
+                Reading(d, tuple(x), float(y))
+                for d, x, y in zip(stream.device_ids, stream.x.tolist(), stream.y, strict=True)
+            )
+            produced = run_producer(settings, readings, rate=rate, gateway_size=100)
+            _settle(tally, quiet_s=3.0, limit_s=30.0)
+            edge_stop.set()
+            for t in threads:
+                t.join(timeout=5)
+            return summarise(produced, tally, edges, watched)
     finally:
         edge_stop.set()
         tally.stop.set()
         for e in edges:
             e.close()
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+
+
+@contextlib.contextmanager
+def running_worker(settings: Settings, work: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``python -m pipeline.worker`` subprocess for ``settings``, stopped (SIGTERM) on exit.
+
+    Creates the topics first; the worker logs to ``work/worker.log``.
+    """
+    (work / "settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    ensure_topics(settings)
+    say("starting a stream worker (a first group join can take ~20 s on the embedded broker)")
+    with open(work / "worker.log", "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.worker", "--settings", str(work / "settings.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield worker
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
 
 
 def summarise(
