@@ -24,7 +24,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not integration"
 
 bench: $(STAMP)
-	$(BIN)/metastream bench
+	$(BIN)/metastream bench --e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -113,19 +113,35 @@ def run_core_bench(args: argparse.Namespace) -> int:
     loop = rows[2]["readings_per_s"]
     for r in rows:
         r["x_vs_torch_loop"] = round(r["readings_per_s"] / loop, 1)
+    if args.e2e:
+        from pipeline.bench_e2e import run_e2e_bench
+
+        e2e = run_e2e_bench()
+        if args.json:
+            rows += e2e
+        else:
+            _print_core(rows, args)
+            print()
+            for r in e2e:
+                print(json.dumps(r))
+            return 0
     if args.json:
         for r in rows:
             print(json.dumps(r))
     else:
-        w = max(len(r["bench"]) for r in rows)
-        print(f"{'core benchmark':<{w}}  {'readings/s':>12}  {'× torch loop':>12}")
-        for r in rows:
-            print(f"{r['bench']:<{w}}  {r['readings_per_s']:>12,.0f}  {r['x_vs_torch_loop']:>12.1f}")
-        print(
-            f"({args.devices} devices, 8 features, MLP 8→32→1, micro-batch {BATCH}, "
-            f"{torch.get_num_threads()} torch threads, seed 0)"
-        )
+        _print_core(rows, args)
     return 0
+
+
+def _print_core(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    w = max(len(r["bench"]) for r in rows)
+    print(f"{'core benchmark':<{w}}  {'readings/s':>12}  {'× torch loop':>12}")
+    for r in rows:
+        print(f"{r['bench']:<{w}}  {r['readings_per_s']:>12,.0f}  {r['x_vs_torch_loop']:>12.1f}")
+    print(
+        f"({args.devices} devices, 8 features, MLP 8→32→1, micro-batch {BATCH}, "
+        f"{torch.get_num_threads()} torch threads, seed 0)"
+    )
 
 
 __all__ = ["run_core_bench"]

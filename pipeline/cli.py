@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=5_000,
         help="readings for the slow one-sample-at-a-time torch loop",
     )
+    p.add_argument("--e2e", action="store_true", help="also the end-to-end figures on Apache Kafka")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 

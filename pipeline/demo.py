@@ -160,7 +160,9 @@ def run_loop(
 
 
 @contextlib.contextmanager
-def running_worker(settings: Settings, work: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_worker(
+    settings: Settings, work: Path, *extra_args: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """A ``python -m pipeline.worker`` subprocess for ``settings``, stopped (SIGTERM) on exit.
 
     Creates the topics first; the worker logs to ``work/worker.log``.
@@ -170,7 +172,7 @@ def running_worker(settings: Settings, work: Path) -> Iterator[subprocess.Popen[
     say("starting a stream worker (a first group join can take ~20 s on the embedded broker)")
     with open(work / "worker.log", "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.worker", "--settings", str(work / "settings.json")],
+            [sys.executable, "-m", "pipeline.worker", "--settings", str(work / "settings.json"), *extra_args],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
