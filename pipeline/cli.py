@@ -213,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     from connectors import edge, producer
-    from pipeline import broker_cli
+    from pipeline import broker_cli, worker
 
+    worker.add_cli(sub)
     broker_cli.add_cli(sub)
     producer.add_cli(sub)
     edge.add_cli(sub)
@@ -222,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    import torch
+
+    # The per-op work is tiny: one thread is fastest, and two processes with
+    # two threads each on two cores slow torch down several times over.
+    torch.set_num_threads(int(os.environ.get("METASTREAM_TORCH_THREADS", "1")))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

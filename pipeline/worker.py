@@ -109,6 +109,7 @@ def run_worker(
             print(json.dumps({"stats": state.stats()}), file=sys.stderr, flush=True)
 
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, loop=loop, redirect_stdouts=False)
+    worker.spinner = None  # it writes cursor escape codes to stdout even when that is not a terminal
     try:
         worker.execute_from_commandline()  # returns by raising SystemExit
     except SystemExit as exc:
