@@ -113,12 +113,11 @@ def decode_readings(raw: bytes | None, n_features: int | None = None) -> tuple[l
     good: list[Reading] = []
     bad: list[Rejected] = []
     for item in items:
-        original = raw if whole else _dumps(item)
         reading, problem = _reading(item, n_features)
         if reading is not None:
             good.append(reading)
         else:
-            bad.append(Rejected(problem[0], problem[1], original))
+            bad.append(Rejected(problem[0], problem[1], raw if whole else _dumps(item)))
     return good, bad
 
 
@@ -129,26 +128,31 @@ def _reading(item: Any, n_features: int | None) -> tuple[Reading | None, tuple[s
     if not isinstance(device, str) or not device.strip() or len(device) > MAX_DEVICE_ID:
         return None, ("bad_device_id", f"device_id must be a non-empty string of <= {MAX_DEVICE_ID} chars")
     x = item.get("x")
-    if not isinstance(x, list) or not x or not all(_is_number(v) for v in x):
+    # type() rather than isinstance(): JSON numbers are exactly int or float, and bool must not pass.
+    if type(x) is not list or not x or any(type(v) not in _NUMBER_TYPES for v in x):
         return None, ("bad_features", "x must be a non-empty list of numbers")
     if n_features is not None and len(x) != n_features:
         return None, ("wrong_feature_count", f"expected {n_features} features, got {len(x)}")
     y: Any = item.get("y")
-    if not _is_number(y):
+    if type(y) not in _NUMBER_TYPES:
         return None, ("bad_target", "y must be a number")
     ts = item.get("ts")
-    if ts is not None and not (_is_number(ts) and math.isfinite(ts)):
+    if ts is not None and not (type(ts) in _NUMBER_TYPES and math.isfinite(ts)):
         return None, ("bad_timestamp", "ts must be a finite number")
-    values = [float(v) for v in x] + [float(y)]
-    if not all(math.isfinite(v) for v in values):
-        return None, ("non_finite", "NaN or infinity in x or y")
-    if any(abs(v) > MAX_ABS_VALUE for v in values):
+    values = [*x, y]
+    try:
+        # One sum finds NaN/inf in any value (fast path for the common, valid reading).
+        ok = math.isfinite(sum(values)) and min(values) >= -MAX_ABS_VALUE and max(values) <= MAX_ABS_VALUE
+    except OverflowError:  # an integer too large for a float
         return None, ("out_of_range", f"a value exceeds {MAX_ABS_VALUE:g} in magnitude")
-    return Reading(device, tuple(values[:-1]), values[-1], None if ts is None else float(ts)), ("", "")
+    if not ok:
+        if not all(math.isfinite(v) for v in values):
+            return None, ("non_finite", "NaN or infinity in x or y")
+        return None, ("out_of_range", f"a value exceeds {MAX_ABS_VALUE:g} in magnitude")
+    return Reading(device, tuple(map(float, x)), float(y), None if ts is None else float(ts)), ("", "")
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+_NUMBER_TYPES = (int, float)
 
 
 def _dumps(item: Any) -> bytes:
