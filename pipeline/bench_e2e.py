@@ -15,7 +15,6 @@ import json
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,9 @@ from connectors.brokers import ApacheKafkaBroker
 from connectors.edge import EdgeSubscriber
 from connectors.producer import run_producer
 from connectors.settings import Settings
-from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
-from pipeline.demo import running_worker, say
+from pipeline.demo import running_worker, say, scratch_settings
 
 
 def fleet_readings(n_devices: int, n_readings: int, seed: int) -> list[Reading]:
@@ -96,14 +94,7 @@ def run_e2e_bench(
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="metastream-bench-") as tmp, ApacheKafkaBroker() as broker:
         work = Path(tmp)
-        Signer.generate().save(work / "k.pem", work / "k.pub.pem")
-        settings = Settings(
-            broker=f"kafka://{broker.bootstrap}",
-            app_id=f"bench-{uuid.uuid4().hex[:8]}",
-            partitions=4,
-            signing_key=str(work / "k.pem"),
-            trusted_keys=str(work / "k.pub.pem"),
-        )
+        settings = scratch_settings(broker.bootstrap, work, "bench")
         ensure_topics(settings)
         say(f"producing a backlog of {n_readings:,} readings ({n_devices} devices, {gateway} per message)")
         sent = run_producer(

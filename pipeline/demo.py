@@ -71,6 +71,25 @@ class EventTally(threading.Thread):
         return [e for e in self.events if e.get("type") == kind]
 
 
+def scratch_settings(bootstrap: str, work: Path, prefix: str, partitions: int = 4) -> Settings:
+    """Settings for a throw-away run: a fresh signing key in ``work``, own app id and topics.
+
+    Runs sharing one broker (tests, benchmarks, demos) never see each other's messages.
+    """
+    tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    Signer.generate().save(work / "worker.key.pem", work / "worker.pub.pem")
+    topics = ("readings", "models", "meta", "deltas", "events", "deadletter")
+    return Settings.load(
+        environ={},
+        broker=f"kafka://{bootstrap}",
+        app_id=tag,
+        partitions=partitions,
+        signing_key=str(work / "worker.key.pem"),
+        trusted_keys=str(work / "worker.pub.pem"),
+        **{f"topic_{t}": f"{tag}.{t}" for t in topics},
+    )
+
+
 def run_demo(
     duration_s: float = 60.0,
     n_devices: int = 200,
@@ -84,16 +103,7 @@ def run_demo(
     broker = start_broker(broker_kind)  # type: ignore[arg-type]
     try:
         with tempfile.TemporaryDirectory(prefix="metastream-demo-") as tmp:
-            signer = Signer.generate()
-            key, pub = Path(tmp) / "worker.key.pem", Path(tmp) / "worker.pub.pem"
-            signer.save(key, pub)
-            settings = Settings(
-                broker=f"kafka://{broker.bootstrap}",
-                app_id=f"metastream-demo-{uuid.uuid4().hex[:8]}",
-                partitions=4,
-                signing_key=str(key),
-                trusted_keys=str(pub),
-            )
+            settings = scratch_settings(broker.bootstrap, Path(tmp), "demo")
             return run_loop(settings, Path(tmp), duration_s, n_devices, rate, n_edges, seed)
     finally:
         broker.close()
@@ -160,9 +170,7 @@ def run_loop(
 
 
 @contextlib.contextmanager
-def running_worker(
-    settings: Settings, work: Path, *extra_args: str
-) -> Iterator[subprocess.Popen[bytes]]:
+def running_worker(settings: Settings, work: Path, *extra_args: str) -> Iterator[subprocess.Popen[bytes]]:
     """A ``python -m pipeline.worker`` subprocess for ``settings``, stopped (SIGTERM) on exit.
 
     Creates the topics first; the worker logs to ``work/worker.log``.

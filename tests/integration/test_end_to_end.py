@@ -6,7 +6,6 @@ subscriber that verifies and hot-swaps it; bad readings → dead letters.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from connectors.admin import ensure_topics
 from connectors.brokers import ApacheKafkaBroker
 from connectors.settings import Settings
-from connectors.signing import Signer
 from connectors.wire import DeadLetter
-from pipeline.demo import run_loop
+from pipeline.demo import run_loop, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,20 +27,7 @@ def loop(
 ) -> tuple[Settings, dict[str, Any]]:
     # Prepare: fresh topics and app id on the shared broker; bad readings go in first
     work = tmp_path_factory.mktemp("e2e")
-    tag = uuid.uuid4().hex[:8]
-    signer = Signer.generate()
-    signer.save(work / "k.pem", work / "k.pub.pem")
-    settings = Settings(
-        broker=f"kafka://{kafka_broker.bootstrap}",
-        app_id=f"e2e-{tag}",
-        partitions=2,
-        signing_key=str(work / "k.pem"),
-        trusted_keys=str(work / "k.pub.pem"),
-        **{
-            f"topic_{t}": f"e2e-{tag}.{t}"
-            for t in ("readings", "models", "meta", "deltas", "events", "deadletter")
-        },
-    )
+    settings = scratch_settings(kafka_broker.bootstrap, work, "e2e", partitions=2)
     ensure_topics(settings)
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
     for bad in BAD:

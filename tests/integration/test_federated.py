@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -12,30 +11,16 @@ from kafka import KafkaConsumer, TopicPartition
 
 from connectors.brokers import ApacheKafkaBroker
 from connectors.federated import FederatedEdgeClient
-from connectors.settings import Settings
-from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
-from pipeline.demo import running_worker
+from pipeline.demo import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_federated_devices_move_theta(kafka_broker: ApacheKafkaBroker, tmp_path: Path) -> None:
     # Prepare: a worker (it runs the meta agent) and three federated devices with local data only
-    tag = uuid.uuid4().hex[:8]
-    Signer.generate().save(tmp_path / "k.pem", tmp_path / "k.pub.pem")
-    settings = Settings(
-        broker=f"kafka://{kafka_broker.bootstrap}",
-        app_id=f"fed-{tag}",
-        partitions=1,
-        signing_key=str(tmp_path / "k.pem"),
-        trusted_keys=str(tmp_path / "k.pub.pem"),
-        **{
-            f"topic_{t}": f"fed-{tag}.{t}"
-            for t in ("readings", "models", "meta", "deltas", "events", "deadletter")
-        },
-    )
+    settings = scratch_settings(kafka_broker.bootstrap, tmp_path, "fed", partitions=1)
     stream = make_fleet_stream(n_devices=3, n_readings=600, late_joiners=0.0, drifts_per_device=0, seed=4)
     ids = np.array(stream.device_ids)
     with running_worker(settings, tmp_path):
