@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# PyTorch from PyPI is a large download: keep pip's wheels between installs.
+export PIP_CACHE_DIR ?= $(HOME)/.cache/metastream/pip
 
 .PHONY: install demo test test-fast bench lint clean
 
