@@ -49,12 +49,10 @@ class Settings:
     n_classes: int = 2
     micro_batch: int = 1000
     batch_window_s: float = 0.05
-    publish_min_interval_s: float = 0.0
     signing_key: str = ""
     """PEM Ed25519 private key (worker); empty: an ephemeral key (demo/tests only)."""
     trusted_keys: str = ""
     """Comma-separated PEM public keys an edge client trusts."""
-    state_dir: str = ""
     security_protocol: str = "PLAINTEXT"
     ssl_cafile: str = ""
     ssl_certfile: str = ""
