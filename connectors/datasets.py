@@ -1,0 +1,317 @@
+"""Real multi-device sensor data sets, as time-ordered :class:`ReadingsTable` s.
+
+=========  ==============================================================  ==============
+name       what                                                            task
+=========  ==============================================================  ==============
+``air``    70 German air-quality stations, daily PM10, 1998–2009           regression
+``wind``   12 Irish weather stations, daily mean wind speed, 1961–1978     regression
+``watch``  smartwatch IMU of 10 subjects doing 7 exercises (seglearn)      classification
+=========  ==============================================================  ==============
+
+``air`` and ``wind`` predict a station's value of tomorrow from its last
+``lags`` days and the day of the year (sin/cos); every feature of a reading
+is known the day before its target, so there is no look-ahead.  Readings of
+all stations are interleaved by date.  Their drift is natural: seasons and
+years.  ``air``'s PM10 is on the ``log1p`` scale (it is heavy-tailed).
+
+``watch`` cuts each recording into 2 s windows (100 samples at 50 Hz) with
+50 % overlap and describes a window by the mean and standard deviation of
+its 6 channels.  There is no natural time order across subjects: a subject's
+windows come recording by recording, and subjects are interleaved window by
+window.  There is no natural drift either; the change of exercise between
+two recordings acts as a concept change.  The file is a pickled NumPy object
+from the PyPI package ``seglearn`` 1.2.5, fetched by pip from the registry
+(never at run time), so unpickling it is as trusted as installing a package.
+
+The files are fetched once by ``scripts/fetch_datasets.sh`` into
+``${METASTREAM_CACHE:-~/.cache/metastream}/datasets``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connectors.csv_source import ReadingsTable, load_readings_csv
+from learners.config import Task
+
+DATASETS = ("air", "wind", "watch", "synthetic")
+FETCH_HINT = "run scripts/fetch_datasets.sh (or make datasets) first"
+
+
+class DatasetMissing(FileNotFoundError):
+    """A data set's file is not in the cache; the message says how to fetch it."""
+
+
+@dataclass
+class Dataset(ReadingsTable):
+    """A :class:`ReadingsTable` that also knows each reading's time and its own name.
+
+    Examples
+    --------
+    >>> d = Dataset(["a", "b"], np.zeros((2, 1)), np.zeros(2), "regression", ["x"], time=np.arange(2.0))
+    >>> len(d), d.time.tolist(), isinstance(d, ReadingsTable)
+    (2, [0.0, 1.0], True)
+    """
+
+    time: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    name: str = ""
+    description: str = ""
+    time_unit: str = "reading"
+    """``"day"`` (days since 1970-01-01), ``"second"`` or ``"reading"`` (a rank)."""
+
+
+def data_dir() -> Path:
+    """Where ``scripts/fetch_datasets.sh`` puts the data files."""
+    root = os.environ.get("METASTREAM_CACHE") or Path.home() / ".cache" / "metastream"
+    return Path(root) / "datasets"
+
+
+def _require(filename: str, what: str) -> Path:
+    path = data_dir() / filename
+    if not path.is_file():
+        raise DatasetMissing(f"{what} data not found at {path}: {FETCH_HINT}")
+    return path
+
+
+# -- daily series of many stations → lag features -----------------------------------
+
+
+def lag_readings(
+    series: np.ndarray,
+    days: np.ndarray,
+    station_ids: list[str],
+    lags: int = 7,
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Readings "predict day *t* from days *t-1 … t-lags* and the season", interleaved by date.
+
+    ``series`` is ``[stations, days]`` with NaN for missing days; ``days``
+    counts days since 1970-01-01 and must be consecutive.  A reading exists
+    where the target and all its lags are present.  Features are
+    ``lag1 … lag{lags}, doy_sin, doy_cos``.
+
+    Examples
+    --------
+    >>> s = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, np.nan, 7.0, 8.0]])
+    >>> ids, x, y, t = lag_readings(s, np.arange(4.0), ["a", "b"], lags=1)
+    >>> ids, y.tolist(), x[:, 0].tolist(), t.tolist()
+    (['a', 'a', 'a', 'b'], [2.0, 3.0, 4.0, 8.0], [1.0, 2.0, 3.0, 7.0], [1.0, 2.0, 3.0, 3.0])
+    """
+    if np.any(np.diff(days) != 1):
+        raise ValueError("days must be consecutive")
+    n_days = series.shape[1]
+    dates = np.datetime64("1970-01-01") + days.astype("timedelta64[D]")
+    doy = (dates - dates.astype("datetime64[Y]")).astype(np.int64)
+    angle = 2 * np.pi * doy / 365.25
+    cols = [series[:, lags - lag : n_days - lag] for lag in range(1, lags + 1)]
+    target = series[:, lags:]
+    lagged = np.stack(cols, axis=-1)  # [stations, days - lags, lags]
+    ok = np.isfinite(target) & np.isfinite(lagged).all(-1)
+    day_idx, st_idx = np.nonzero(ok.T)  # day-major: interleaved by date, stations in order
+    x = np.concatenate(
+        [
+            lagged[st_idx, day_idx],
+            np.sin(angle[lags:][day_idx])[:, None],
+            np.cos(angle[lags:][day_idx])[:, None],
+        ],
+        axis=1,
+    )
+    return (
+        [station_ids[s] for s in st_idx],
+        x,
+        target[st_idx, day_idx],
+        days[lags:][day_idx].astype(np.float64),
+    )
+
+
+def _lag_names(lags: int) -> list[str]:
+    return [f"lag{lag}" for lag in range(1, lags + 1)] + ["doy_sin", "doy_cos"]
+
+
+# -- loaders -------------------------------------------------------------------------
+
+
+def _rda_objects(path: Path) -> dict[str, Any]:
+    """Top-level objects of an ``.rda`` file, via ``rdata``'s low-level parser."""
+    import rdata
+
+    def name(tag: Any) -> str:
+        return str((tag.referenced_object or tag).value.value.decode())
+
+    def pairlist(obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        while obj is not None and obj.info.type.name == "LIST":
+            out[name(obj.tag)] = obj.value[0]
+            obj = obj.value[1]
+        return out
+
+    objs = pairlist(rdata.parser.parse_file(path).object)
+    return {k: (v, pairlist(v.attributes)) for k, v in objs.items()}
+
+
+def load_air(lags: int = 7) -> Dataset:
+    """70 German stations' daily PM10 (``log1p`` µg/m³), 1998–2009, from R's ``spacetime``."""
+    path = _require("air.rda", "air")
+    objs = _rda_objects(path)
+    air, attrs = objs["air"]
+    ids = [c.value.decode() for c in attrs["dimnames"].value[0].value]
+    matrix = np.asarray(air.value, dtype=np.float64).reshape(attrs["dim"].value, order="F")
+    days = np.asarray(objs["dates"][0].value, dtype=np.float64)
+    dev, x, y, t = lag_readings(np.log1p(matrix), days, ids, lags)
+    return Dataset(
+        dev,
+        x,
+        y,
+        "regression",
+        _lag_names(lags),
+        time=t,
+        time_unit="day",
+        name="air",
+        description="70 German air-quality stations, daily PM10 (log1p), 1998-2009; "
+        f"predict tomorrow from the last {lags} days and the season",
+    )
+
+
+def load_wind(lags: int = 7) -> Dataset:
+    """12 Irish stations' daily mean wind speed (knots), 1961–1978, from R's ``gstat``."""
+    import rdata
+
+    path = _require("wind.rda", "wind")
+    frame = rdata.read_rda(str(path))["wind"]
+    stations = [str(c) for c in frame.columns if c not in ("year", "month", "day")]
+    ymd = frame[["year", "month", "day"]].to_numpy(dtype=np.int64)
+    stamps = [np.datetime64(f"{1900 + yy:04d}-{mm:02d}-{dd:02d}") for yy, mm, dd in ymd]
+    days = np.array(stamps, dtype="datetime64[D]").astype(np.int64).astype(np.float64)
+    matrix = frame[stations].to_numpy(dtype=np.float64).T
+    dev, x, y, t = lag_readings(matrix, days, stations, lags)
+    return Dataset(
+        dev,
+        x,
+        y,
+        "regression",
+        _lag_names(lags),
+        time=t,
+        time_unit="day",
+        name="wind",
+        description="12 Irish weather stations, daily mean wind speed (knots), 1961-1978; "
+        f"predict tomorrow from the last {lags} days and the season",
+    )
+
+
+def window_features(signal: np.ndarray, window: int = 100, step: int = 50) -> np.ndarray:
+    """Mean and standard deviation of each channel over sliding windows.
+
+    Examples
+    --------
+    >>> window_features(np.arange(10.0)[:, None], window=4, step=3).tolist()
+    [[1.5, 1.118033988749895], [4.5, 1.118033988749895], [7.5, 1.118033988749895]]
+    """
+    starts = np.arange(0, len(signal) - window + 1, step)
+    w = np.stack([signal[s : s + window] for s in starts]) if len(starts) else np.zeros((0, window, 1))
+    return np.concatenate([w.mean(1), w.std(1)], axis=1)
+
+
+def load_watch(window: int = 100, step: int = 50) -> Dataset:
+    """10 subjects' smartwatch IMU windows, 7 exercise classes, from seglearn 1.2.5."""
+    path = _require("watch_dataset.npy", "watch")
+    # A pickled dict of numpy arrays, shipped inside a PyPI package we fetched
+    # ourselves (see the module docstring); never data from the network at run time.
+    raw = np.load(path, allow_pickle=True).item()
+    channels = [str(c) for c in raw["X_labels"]]
+    per_subject: dict[int, list[tuple[np.ndarray, int]]] = {}
+    for signal, label, subject in zip(raw["X"], raw["y"], raw["subject"], strict=True):
+        per_subject.setdefault(int(subject), []).append((window_features(signal, window, step), int(label)))
+    dev: list[str] = []
+    xs, ys, ts = [], [], []
+    for subject, recordings in sorted(per_subject.items()):
+        feats = np.concatenate([f for f, _ in recordings])
+        labels = np.concatenate([np.full(len(f), lab) for f, lab in recordings])
+        dev += [f"subject-{subject:02d}"] * len(feats)
+        xs.append(feats)
+        ys.append(labels)
+        ts.append(np.arange(len(feats)) * step / 50.0)  # seconds of exercise at 50 Hz
+    order = np.argsort(np.concatenate(ts), kind="stable")  # subjects interleaved window by window
+    return Dataset(
+        [dev[i] for i in order],
+        np.concatenate(xs)[order],
+        np.concatenate(ys).astype(np.float64)[order],
+        "classification",
+        [f"{c}_{s}" for s in ("mean", "std") for c in channels],
+        classes=[str(c) for c in raw["y_labels"]],
+        time=np.concatenate(ts)[order],
+        time_unit="second",
+        name="watch",
+        description="smartwatch IMU of 10 subjects, 7 exercises; 2 s windows, 50% overlap, "
+        "mean/std of 6 channels; no natural drift (exercise changes between recordings)",
+    )
+
+
+def load_synthetic(seed: int = 0, n_devices: int = 100, n_readings: int = 60_000) -> Dataset:
+    """The seeded synthetic fleet of :mod:`learners.synthetic` (the demo's)."""
+    from learners.synthetic import make_fleet_stream
+
+    s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed)
+    return Dataset(
+        s.device_ids,
+        s.x,
+        s.y,
+        s.task,
+        s.feature_names(),
+        time=s.time,
+        name="synthetic",
+        description=f"seeded synthetic fleet: {n_devices} devices, abrupt and gradual drift",
+    )
+
+
+def load_dataset(
+    name: str,
+    device_col: str | None = None,
+    target_col: str | None = None,
+    time_col: str | None = None,
+    task: Task | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """A data set by name (``air``, ``wind``, ``watch``, ``synthetic``) or a CSV path.
+
+    A CSV needs ``device_col`` and ``target_col``; see
+    :func:`connectors.csv_source.load_readings_csv`.  Its time is the row's
+    rank after sorting by ``time_col``.
+
+    Examples
+    --------
+    >>> load_dataset("synthetic").name, len(load_dataset("synthetic", seed=1).classes)
+    ('synthetic', 0)
+    >>> load_dataset("nonesuch.csv")
+    Traceback (most recent call last):
+    ...
+    ValueError: a CSV data set needs --device-col and --target-col
+    """
+    if name == "air":
+        return load_air()
+    if name == "wind":
+        return load_wind()
+    if name == "watch":
+        return load_watch()
+    if name == "synthetic":
+        return load_synthetic(seed)
+    if device_col is None or target_col is None:
+        if not name.endswith(".csv") and not Path(name).exists():
+            raise ValueError(f"unknown data set {name!r}; choose {', '.join(DATASETS)} or a CSV path")
+        raise ValueError("a CSV data set needs --device-col and --target-col")
+    table = load_readings_csv(name, device_col, target_col, time_col, task)
+    return Dataset(
+        table.device_ids,
+        table.x,
+        table.y,
+        table.task,
+        table.feature_names,
+        table.classes,
+        table.skipped,
+        time=np.arange(len(table), dtype=np.float64),
+        name=Path(name).stem,
+        description=f"CSV {name}",
+    )

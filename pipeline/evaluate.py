@@ -1,0 +1,342 @@
+"""``metastream evaluate``: every strategy on a real data set, and the drift detectors.
+
+For a data set (``air``, ``wind``, ``watch``, ``synthetic`` or a CSV) it
+holds out a seeded share of the devices, replays the others' readings
+through each strategy (prequential error, drifts, recovery), then scores
+k-shot personalisation on the held-out devices (:mod:`learners.kshot`).
+``evaluate detectors`` scores ADWIN, PageHinkley and KSWIN on synthetic
+error streams with known drifts (:mod:`learners.detector_eval`).
+
+Wire it in with ``add_cli(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+
+FLAGS_HELP = (
+    "reptile|fomaml|scratch|global|finetune|river|river-linear|river-hat|all; repeatable (default all)"
+)
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register the ``evaluate`` sub-command on ``metastream``'s sub-parsers."""
+    from pipeline.cli import _learner_args
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="strategies on a data set: prequential error, recovery, k-shot on held-out devices",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dataset", help="air | wind | watch | synthetic | detectors | path to a CSV")
+    p.add_argument("--device-col", help="CSV only: device id column")
+    p.add_argument("--target-col", help="CSV only: target column")
+    p.add_argument("--time-col", help="CSV only: sort by this column")
+    p.add_argument("--task", choices=["regression", "classification"], help="CSV only; inferred if absent")
+    p.add_argument("--strategy", action="append", help=FLAGS_HELP)
+    p.add_argument("--held-out", type=float, default=0.2, help="share of devices held out (default 0.2)")
+    p.add_argument("--ks", default="5,10,20,50", help="k-shot sizes (default 5,10,20,50)")
+    p.add_argument("--horizon", type=int, default=100, help="readings scored after the k (default 100)")
+    p.add_argument(
+        "--episodes", type=int, default=10, help="k-shot episodes per held-out device (default 10)"
+    )
+    p.add_argument(
+        "--kshot-order",
+        choices=["time", "shuffled"],
+        default="time",
+        help="support = a device's next k readings (time) or a random k (shuffled)",
+    )
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="for tuning: drop the held-out test devices and hold out a share of the training devices",
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="STRATEGY:NAME=VALUE[,NAME=VALUE]",
+        help="learner settings for one strategy only, e.g. global:online_lr=0.002; repeatable",
+    )
+    p.add_argument("--max-readings", type=int, help="subsample: keep only the first N readings in time order")
+    p.add_argument("--batch-size", type=int, help="readings per micro-batch (default: ~1 per device)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: tiny models)")
+    p.add_argument("--detectors", action="store_true", help="also evaluate the drift detectors")
+    p.add_argument("--streams", type=int, default=200, help="error streams for the detector evaluation")
+    p.add_argument(
+        "--detector-modes",
+        default="raw,monitor",
+        help="raw,monitor,monitor-lockstep (lockstep: every device drifts at once)",
+    )
+    p.add_argument("--report", metavar="DIR", help="write DIR/index.html, DIR/*.png and DIR/results.json")
+    p.add_argument("--json", action="store_true", help="one JSON object per strategy (or detector) per line")
+    _learner_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run the evaluation the flags ask for; print a table or JSON lines; write the report."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(args.threads, 1))
+    try:
+        return _evaluate(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """The body of :func:`cmd_evaluate`."""
+    seed = args.seed or 0
+    results: dict[str, Any] = {"seed": seed}
+    runs: dict[str, Any] = {}
+    data = None
+    if args.dataset != "detectors":
+        data, runs, results = evaluate_dataset(args, seed)
+    if args.dataset == "detectors" or args.detectors:
+        modes = args.detector_modes.split(",")
+        results["detectors"] = evaluate_detectors(args.streams, seed, args.json, modes)
+    if not args.json:
+        if runs:
+            print(format_results(results["strategies"], results["task"]))
+        if "detectors" in results:
+            print(format_detectors(results["detectors"]))
+    if args.report:
+        from pipeline.report import write_report
+
+        path = write_report(args.report, results, runs, data)
+        print(f"report: {path}", file=sys.stderr)
+    return 0
+
+
+def evaluate_dataset(args: argparse.Namespace, seed: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Load, split, run every strategy; returns the data, the runs and JSON-ready results."""
+    from connectors.datasets import load_dataset
+    from learners.kshot import run_held_out, split_devices
+    from learners.replay import default_batch_size
+    from learners.strategies import make_strategy, resolve
+    from pipeline.cli import learner_config
+    from pipeline.progress import Progress
+
+    names = resolve(args.strategy or ["all"])
+    overrides = parse_overrides(args.override)
+    ks = sorted({int(k) for k in args.ks.split(",")})
+    data = load_dataset(args.dataset, args.device_col, args.target_col, args.time_col, args.task, seed)
+    if args.max_readings:
+        data = take_first(data, args.max_readings)
+    min_readings = ks[-1] + args.horizon
+    train, held = split_devices(data.device_ids, args.held_out, seed, min_readings)
+    split = "test"
+    if args.validation:
+        data = keep_devices(data, set(train))
+        train, held = split_devices(data.device_ids, args.held_out, seed + 1, min_readings)
+        split = "validation"
+    cfg = learner_config(
+        args, n_features=data.x.shape[1], task=data.task, n_classes=max(len(data.classes), 2)
+    )
+    batch = args.batch_size or default_batch_size(len(train))
+    shuffle_seed = seed if args.kshot_order == "shuffled" else None
+    n_train = len(data) - sum(np.isin(np.asarray(data.device_ids), held))
+    rows, runs = [], {}
+    for name in names:
+        bar = Progress(n_train, f"{name:>12}")
+        run = run_held_out(
+            make_strategy(name, replace(cfg, **overrides.get(name, {}))),
+            data.device_ids,
+            data.x,
+            data.y,
+            data.task,
+            held,
+            batch,
+            ks,
+            args.horizon,
+            args.episodes,
+            shuffle_seed,
+            bar.update,
+        )
+        bar.close()
+        row = {"dataset": data.name, "split": split, **run.summary, "overrides": overrides.get(name, {})}
+        rows.append(row)
+        runs[name] = run
+        if args.json:
+            print(json.dumps(row), flush=True)
+    add_paired_differences(rows, runs)
+    results = {
+        "dataset": data.name,
+        "description": data.description,
+        "task": data.task,
+        "readings": len(data),
+        "devices": len(train) + len(held),
+        "training_devices": len(train),
+        "held_out_devices": held,
+        "split": split,
+        "kshot_order": args.kshot_order,
+        "ks": ks,
+        "horizon": args.horizon,
+        "episodes": args.episodes,
+        "batch_size": batch,
+        "seed": seed,
+        "config": asdict(cfg),
+        "overrides": overrides,
+        "strategies": rows,
+    }
+    return data, runs, results
+
+
+def add_paired_differences(
+    rows: list[dict[str, Any]], runs: dict[str, Any], reference: str = "reptile"
+) -> None:
+    """Add ``kshot_minus_<reference>`` (and online): per k, mean ± s.e. of the per-episode difference.
+
+    All strategies are scored on the same episodes, so paired differences are
+    much tighter than the curves' own standard errors.  Positive: the
+    reference has the lower error.
+    """
+    from learners.kshot import paired_difference
+
+    if reference not in runs:
+        return
+    ref = runs[reference]
+    for row in rows:
+        run = runs[row["strategy"]]
+        if row["strategy"] == reference:
+            continue
+        row[f"kshot_minus_{reference}"] = paired_difference(run.curve, ref.curve)
+        if run.online is not None and ref.online is not None:
+            row[f"kshot_online_minus_{reference}"] = paired_difference(run.online, ref.online)
+
+
+def parse_overrides(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["global:online_lr=0.002", "finetune:inner-lr=0.02,online_lr=0.01"]`` → settings per strategy.
+
+    Examples
+    --------
+    >>> parse_overrides(["global:online-lr=0.002", "reptile:inner_steps=5,clip=1"])
+    {'global': {'online_lr': 0.002}, 'reptile': {'inner_steps': 5, 'clip': 1.0}}
+    >>> parse_overrides(["reptile:hiden=3"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --override reptile:hiden=3: unknown or unsupported setting 'hiden'
+    """
+    from dataclasses import fields
+
+    from learners.config import LearnerConfig
+    from learners.strategies import resolve
+
+    kinds = {f.name: f.type for f in fields(LearnerConfig)}
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name, _, assignments = spec.partition(":")
+        (strategy,) = resolve([name])
+        for item in assignments.split(","):
+            key, _, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            kind = str(kinds.get(key, ""))
+            if kind not in ("int", "float", "float | None", "str", "DetectorName"):
+                raise ValueError(f"--override {spec}: unknown or unsupported setting {key!r}")
+            converted: Any = (
+                int(value) if kind == "int" else value if kind in ("str", "DetectorName") else float(value)
+            )
+            out.setdefault(strategy, {})[key] = converted
+    return out
+
+
+def take_first(data: Any, n: int) -> Any:
+    """The first ``n`` readings of a data set (it is in time order)."""
+    return replace(data, device_ids=data.device_ids[:n], x=data.x[:n], y=data.y[:n], time=data.time[:n])
+
+
+def keep_devices(data: Any, devices: set[str]) -> Any:
+    """Only the readings of ``devices``."""
+    rows = np.flatnonzero([d in devices for d in data.device_ids])
+    return replace(
+        data,
+        device_ids=[data.device_ids[i] for i in rows],
+        x=data.x[rows],
+        y=data.y[rows],
+        time=data.time[rows],
+    )
+
+
+def evaluate_detectors(
+    n_streams: int, seed: int, as_json: bool, modes: Sequence[str] = ("raw", "monitor")
+) -> list[dict[str, Any]]:
+    """Detector × mode × stream-kind rows on seeded synthetic error streams."""
+    from learners.detector_eval import evaluate_detectors as run
+    from learners.detector_eval import make_error_streams
+
+    rows = run(make_error_streams(n_streams=n_streams, seed=seed), seed=seed, modes=modes)
+    if as_json:
+        for r in rows:
+            print(json.dumps(r), flush=True)
+    return rows
+
+
+def format_results(rows: Sequence[dict[str, Any]], task: str) -> str:
+    """One line per strategy: prequential error, drifts, recovery, k-shot error per k."""
+    metric = ["mae", "rmse"] if task == "regression" else ["accuracy"]
+    ks = list(rows[0]["kshot"]) if rows else []
+    online = bool(rows) and "kshot_online" in rows[0]
+    head = ["strategy", "n", *metric, "drifts", "recovery_median", "recovery_measured"]
+    head += [f"k{k}" for k in ks] + ([f"online_k{k}" for k in ks] if online else []) + ["seconds"]
+    table = [
+        [
+            r["strategy"],
+            r["n"],
+            *(r.get(m) for m in metric),
+            r["drifts"],
+            r["recovery_median"],
+            r["recovery_measured"],
+            *(r["kshot"][k] for k in ks),
+            *((r["kshot_online"][k] for k in ks) if online else ()),
+            r["seconds"],
+        ]
+        for r in rows
+    ]
+    note = (
+        "k-shot: " + ("MAE" if task == "regression" else "error rate") + " on the held-out devices, "
+        "personalised from the state at the end of the stream (k…) or when the episode began (online_k…)"
+    )
+    return _table(head, table) + "\n" + note
+
+
+def format_detectors(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per detector × mode × stream kind."""
+    head = ["detector", "mode", "kind", "drifts", "missed", "mean_delay", "false_alarms_per_1000"]
+    head.append("us_per_reading")
+    return _table(head, [[r[c] for c in head] for r in rows])
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    from pipeline.cli import _fmt
+
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) for c in cells]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipeline.evaluate DATASET …``: the same as ``metastream evaluate DATASET …``."""
+    parser = argparse.ArgumentParser(prog="metastream")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
