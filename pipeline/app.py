@@ -398,7 +398,7 @@ async def _follow_meta(
         if end == 0:
             # Nothing published yet: θ version 0, so workers and edges have something to start
             # from. Two workers racing here publish the same signed version 0: harmless.
-            await send_all(state.aggregator.initial_theta())
+            await send_all(state.aggregator.current_theta())
             state.meta_ready.set()
         async for records in _batches(consumer):
             for record in records:

@@ -236,8 +236,8 @@ class MetaAggregator:
         """Current θ version."""
         return self.meta.version
 
-    def initial_theta(self) -> list[Outgoing]:
-        """θ as it is now (version 0 at start), for workers and edges joining."""
+    def current_theta(self) -> list[Outgoing]:
+        """θ as it is now, as the message to publish (at start, and after every step)."""
         return [theta_message(self.settings, self.signer, self.meta.theta, self.meta.version)]
 
     def on_delta(self, value: bytes) -> list[Outgoing]:
@@ -251,4 +251,4 @@ class MetaAggregator:
             self.rejected += 1
             return []
         self.meta.step(deltas, weights)
-        return self.initial_theta()
+        return self.current_theta()
