@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from learners.grouping import DeviceGroups
+
 
 class DeviceBuffers:
     """Ring buffers of ``size`` readings per device, stored as ``[devices, size, …]``.
@@ -43,21 +45,22 @@ class DeviceBuffers:
         self.count = np.concatenate([self.count, np.zeros(pad, np.int64)])
         self._next = np.concatenate([self._next, np.zeros(pad, np.int64)])
 
-    def push(self, slots: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-        """Append one batch of readings; ``slots[i]`` owns ``x[i], y[i]``."""
+    def push(
+        self, slots: np.ndarray, x: np.ndarray, y: np.ndarray, groups: DeviceGroups | None = None
+    ) -> None:
+        """Append one batch of readings; ``slots[i]`` owns ``x[i], y[i]``.
+
+        ``groups`` is ``DeviceGroups.of(slots)`` when the caller already has it.
+        """
         self.ensure(int(slots.max()) + 1)
-        order = np.argsort(slots, kind="stable")
-        uniq, first, counts = np.unique(slots[order], return_index=True, return_counts=True)
-        rank = np.empty_like(slots)
-        rank[order] = np.arange(len(slots)) - np.repeat(first, counts)
-        per_sample_count = np.repeat(counts, counts)[np.argsort(order)]
-        keep = rank >= per_sample_count - self.size  # only the last `size` of a device
-        s, r = slots[keep], rank[keep]
+        g = groups or DeviceGroups.of(slots)
+        keep = g.rank >= g.counts[g.group] - self.size  # only the last `size` of a device
+        s, r = slots[keep], g.rank[keep]
         pos = (self._next[s] + r) % self.size
         self.x[s, pos] = x[keep]
         self.y[s, pos] = y[keep]
-        self._next[uniq] = (self._next[uniq] + counts) % self.size
-        self.count[uniq] = np.minimum(self.count[uniq] + counts, self.size)
+        self._next[g.slots] = (self._next[g.slots] + g.counts) % self.size
+        self.count[g.slots] = np.minimum(self.count[g.slots] + g.counts, self.size)
 
     def keep_newest(self, slots: np.ndarray, keep: np.ndarray | int) -> None:
         """Forget all but the ``keep`` newest readings of each of ``slots``."""

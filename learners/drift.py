@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from river import base, drift
@@ -72,6 +73,7 @@ class DriftMonitor:
         self.cooldown = cooldown
         self.seed = seed
         self._detectors: list[base.DriftDetector] = []
+        self._windows: list[Any] = []
         self._slow: list[float] = []
         self._cut_n: list[int] = []
         self._cut_sum: list[float] = []
@@ -83,7 +85,9 @@ class DriftMonitor:
 
     def _grow(self, slot: int) -> None:
         while len(self._detectors) <= slot:
-            self._detectors.append(make_detector(self.detector, self.seed + len(self._detectors)))
+            det, window = self._new_detector(len(self._detectors))
+            self._detectors.append(det)
+            self._windows.append(window)
             self._slow.append(0.0)
             self._cut_n.append(0)
             self._cut_sum.append(0.0)
@@ -109,7 +113,7 @@ class DriftMonitor:
             self._scale = batch_mean if self._scale == 0.0 else (1 - w) * self._scale + w * batch_mean
         scaled = (errs / self._scale if self._scale > 0 else errs).tolist()
         ok = finite.tolist()
-        detectors, seen = self._detectors, self._seen
+        detectors, windows, seen = self._detectors, self._windows, self._seen
         cut_n, cut_sum, slow = self._cut_n, self._cut_sum, self._slow
         adwin, kswin = self.detector == "adwin", self.detector == "kswin"
         accepted: list[int] = []
@@ -118,38 +122,51 @@ class DriftMonitor:
                 continue
             err = scaled[i]
             n = seen[slot] = seen[slot] + 1
-            det = detectors[slot]
-            det.update(err)
             if adwin:
                 cut_n[slot] += 1
                 cut_sum[slot] += err
-            elif kswin:
-                slow[slot] = err if n == 1 else slow[slot] + 0.01 * (err - slow[slot])
-            if det.drift_detected and self._on_alarm(slot, det, n):
+                alarm = windows[slot].update(err)
+            else:
+                det = detectors[slot]
+                det.update(err)
+                alarm = det.drift_detected
+                if kswin:
+                    slow[slot] = err if n == 1 else slow[slot] + 0.01 * (err - slow[slot])
+            if alarm and self._on_alarm(slot, n):
                 accepted.append(i)
         return accepted
 
-    def _on_alarm(self, slot: int, det: base.DriftDetector, n: int) -> bool:
+    def _on_alarm(self, slot: int, n: int) -> bool:
         """Decide whether an alarm is an accepted (upward, out of cooldown) drift."""
+        det = self._detectors[slot]
         fresh = 0
         if self.detector == "adwin":
             # ADWIN's window is everything since its last cut, which we track.
             kept_w, kept_mean = det.width, det.estimation  # type: ignore[attr-defined]
             dropped = (self._cut_sum[slot] - kept_w * kept_mean) / max(self._cut_n[slot] - kept_w, 1)
             upward = kept_mean > dropped
-            self._cut_n[slot], self._cut_sum[slot] = int(kept_w), kept_w * kept_mean
             fresh = int(kept_w)  # readings since the estimated change point
         elif self.detector == "kswin":
             window = det.window  # type: ignore[attr-defined]
             upward = sum(window) / len(window) > self._slow[slot]
         else:
             upward = True  # PageHinkley runs in "up" mode
+        # Any alarm empties the detector (River resets it on its next update);
+        # after an accepted one this also keeps old-concept readings left in
+        # the window from raising a second alarm for the same drift.
+        self._reset(slot)
         if not upward or n < self._quiet_until[slot]:
             return False
         self._quiet_until[slot] = n + self.cooldown
         self.fresh[slot] = fresh
-        # Start afresh: old-concept readings left in the window would raise a
-        # second alarm for the same drift when they are finally cut.
-        self._detectors[slot] = make_detector(self.detector, self.seed + slot)
-        self._cut_n[slot], self._cut_sum[slot] = 0, 0.0
         return True
+
+    def _reset(self, slot: int) -> None:
+        self._detectors[slot], self._windows[slot] = self._new_detector(slot)
+        self._cut_n[slot], self._cut_sum[slot] = 0, 0.0
+
+    def _new_detector(self, slot: int) -> tuple[base.DriftDetector, Any]:
+        det = make_detector(self.detector, self.seed + slot)
+        # For ADWIN, its compiled window is updated directly: River's Python
+        # wrapper around it costs as much per reading as the window itself.
+        return det, det._helper if self.detector == "adwin" else None  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from learners.buffers import DeviceBuffers
 from learners.codec import ModelHeader, encode_model
 from learners.config import LearnerConfig
 from learners.drift import DriftMonitor
+from learners.grouping import DeviceGroups
 from learners.meta import MetaLearner, MetaRule, rule_by_name
 from learners.nets import FunctionalNet, Params, init_params, stack
 from learners.registry import DeviceIndex
@@ -149,17 +150,18 @@ class FleetLearner:
         if new:
             self._add_devices(new)
         xs, ys = self.scaler.fit_transform(x, y)
-        xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
-        uniq, inverse, counts = torch.unique(torch.from_numpy(slots), return_inverse=True, return_counts=True)
+        groups = DeviceGroups.of(slots)
+        uniq = torch.from_numpy(groups.slots)
         sub = {k: v[uniq] for k, v in self.params.items()}
-        step, out = self.net.online_step(sub, inverse, xt, yt, 1.0 / counts[inverse])
+        xp, yp, mask = (torch.from_numpy(a) for a in (groups.pad(xs), groups.pad(ys), groups.mask()))
+        step, out = self.net.online_step(sub, xp, yp, mask)
         for k, v in self.params.items():
             v[uniq] = sub[k] - self.cfg.online_lr * step[k]
         if self._pooled is not None:
-            self._pooled.learn_predict(xt, yt)
-        pred = self.net.predict(out).numpy().astype(np.float64)
+            self._pooled.learn_predict(torch.from_numpy(xs), torch.from_numpy(ys))
+        pred = groups.unpad(self.net.predict(out).numpy()).astype(np.float64)
 
-        self.buffers.push(slots, xs, ys)
+        self.buffers.push(slots, xs, ys, groups)
         drift_at = self.monitor.update(slots.tolist(), reading_errors(self.cfg.task, ys, pred).tolist())
         self.n_drifts += len(drift_at)
         drifted = list(dict.fromkeys(device_ids[i] for i in drift_at))
@@ -174,7 +176,7 @@ class FleetLearner:
         ready = np.flatnonzero(self._pending[:n] & (self.buffers.count[:n] >= self.cfg.adapt_after))
         adapted = self._adapt(ready)
 
-        self._since_meta[uniq.numpy()] += counts.numpy()
+        self._since_meta[groups.slots] += groups.counts
         before = self.processed // self.cfg.meta_every
         self.processed += len(slots)
         if self._meta is not None and self.processed // self.cfg.meta_every > before:

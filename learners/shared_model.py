@@ -35,11 +35,10 @@ class GlobalModel:
         outs = []
         for start in range(0, len(x), self.chunk):
             xc, yc = x[start : start + self.chunk], y[start : start + self.chunk]
-            zeros = torch.zeros(len(xc), dtype=torch.long)
-            weight = torch.full((len(xc),), 1.0 / len(xc))
-            step, out = self.net.online_step(self.params, zeros, xc, yc, weight)
+            mask = torch.ones(1, len(xc))
+            step, out = self.net.online_step(self.params, xc[None], yc[None], mask)
             self.params = {k: v - self.cfg.online_lr * step[k] for k, v in self.params.items()}
-            outs.append(out)
+            outs.append(out[0])
         return torch.cat(outs)
 
     @property

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from learners.drift import DriftMonitor
+from learners.drift import DriftMonitor, make_detector
 
 
 def step_stream(before: float, after: float, n: int = 1000, at: int = 500, seed: int = 0) -> list[float]:
@@ -62,3 +62,24 @@ def test_devices_are_watched_independently_and_bad_errors_are_ignored() -> None:
     # Assert
     assert hits == [1]
     assert monitor.seen(0) == 990 and monitor.seen(1) == 1000
+
+
+def test_adwin_monitor_alarms_where_rivers_own_adwin_does() -> None:
+    # Prepare: only rising steps, so every ADWIN alarm is an upward one; one
+    # batch, so every error is scaled by the same fleet mean.
+    errors = [
+        e for level, seed in ((0.2, 1), (1.0, 2), (3.0, 3)) for e in step_stream(level, level, 400, 0, seed)
+    ]
+    scale = sum(errors) / len(errors)
+    reference = make_detector("adwin")
+    expected = []
+    for t, e in enumerate(errors):
+        reference.update(e / scale)
+        if reference.drift_detected:
+            expected.append(t)
+    monitor = DriftMonitor("adwin", cooldown=0)
+    # Execute
+    drifts = monitor.update([0] * len(errors), errors)
+    # Assert: the monitor's direct use of ADWIN's window changes nothing
+    assert len(expected) >= 2
+    assert drifts == expected
