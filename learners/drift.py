@@ -64,7 +64,7 @@ class DriftMonitor:
     >>> errors = [rng.gauss(0.2, 0.05) for _ in range(500)] + [rng.gauss(1.0, 0.05) for _ in range(500)]
     >>> drifts = [t for t, e in enumerate(errors) if monitor.update([0], [e])]
     >>> drifts
-    [511]
+    [503]
     """
 
     def __init__(self, detector: DetectorName = "adwin", cooldown: int = 100, seed: int = 0) -> None:
@@ -79,7 +79,8 @@ class DriftMonitor:
         self._cut_sum: list[float] = []
         self._seen: list[int] = []
         self._quiet_until: list[int] = []
-        self._scale = 0.0  # running mean error of the fleet
+        self._scale = np.zeros(0)  # per device: running mean error
+        self._scaled_n = np.zeros(0, dtype=np.int64)  # per device: finite errors in that mean
         self.fresh: dict[int, int] = {}
         """Per device, readings after the change point of its latest drift (0: unknown)."""
 
@@ -93,6 +94,25 @@ class DriftMonitor:
             self._cut_sum.append(0.0)
             self._seen.append(0)
             self._quiet_until.append(0)
+        grow = len(self._detectors) - len(self._scale)
+        self._scale = np.concatenate([self._scale, np.zeros(grow)])
+        self._scaled_n = np.concatenate([self._scaled_n, np.zeros(grow, dtype=np.int64)])
+
+    def _update_scale(self, slots: np.ndarray, errors: np.ndarray) -> None:
+        """Each device's mean error over about its last 1,000 readings, whatever the batch size.
+
+        Per device, not fleet-wide: a drift that hits every device at once
+        (a season, a firmware roll-out) would otherwise raise the scale as
+        fast as the errors and hide itself.
+        """
+        if len(slots) == 0:
+            return
+        uniq, inverse, counts = np.unique(slots, return_inverse=True, return_counts=True)
+        mean = np.bincount(inverse.reshape(-1), weights=errors) / counts
+        n = self._scaled_n[uniq] = self._scaled_n[uniq] + counts
+        # The plain mean until a device has 1,000 readings, then a moving average.
+        w = np.maximum(counts / n, 1.0 - 0.999**counts)
+        self._scale[uniq] += w * (mean - self._scale[uniq])
 
     def seen(self, slot: int) -> int:
         """Readings of device ``slot`` observed so far."""
@@ -106,12 +126,10 @@ class DriftMonitor:
             self._grow(max(slots))
         errs = np.asarray(errors, dtype=np.float64)
         finite = np.isfinite(errs)  # a broken reading must never poison a detector
-        if finite.any():
-            batch_mean = float(errs[finite].mean())
-            # A moving average over about the last 1,000 readings, whatever the batch size.
-            w = 1.0 - 0.999 ** int(finite.sum())
-            self._scale = batch_mean if self._scale == 0.0 else (1 - w) * self._scale + w * batch_mean
-        scaled = (errs / self._scale if self._scale > 0 else errs).tolist()
+        slot_arr = np.asarray(slots, dtype=np.int64)
+        self._update_scale(slot_arr[finite], errs[finite])
+        scale = self._scale[slot_arr]
+        scaled = np.divide(errs, scale, out=errs.copy(), where=scale > 0).tolist()
         ok = finite.tolist()
         detectors, windows, seen = self._detectors, self._windows, self._seen
         cut_n, cut_sum, slow = self._cut_n, self._cut_sum, self._slow

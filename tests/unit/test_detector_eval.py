@@ -96,7 +96,7 @@ def test_monitor_finds_the_step_among_a_steady_fleet() -> None:
     alarms = monitor_alarms("adwin", [step_stream(1, at=400, n=800), *flat])
     # Assert
     assert score_alarms(alarms[0], [(400, 400)], 800).delays == [15]
-    assert sum(len(a) for a in alarms[1:]) == 1
+    assert sum(len(a) for a in alarms[1:]) == 0
 
 
 def test_evaluate_detectors_exact_numbers_for_a_seed() -> None:
@@ -111,12 +111,12 @@ def test_evaluate_detectors_exact_numbers_for_a_seed() -> None:
     assert got == {
         ("adwin", "raw", "regression"): (0, 72.33, 0),
         ("adwin", "raw", "classification"): (0, 194.67, 0),
-        ("adwin", "monitor", "regression"): (0, 71.0, 0),
-        ("adwin", "monitor", "classification"): (0, 144.0, 0),
+        ("adwin", "monitor", "regression"): (0, 77.67, 0),
+        ("adwin", "monitor", "classification"): (0, 165.33, 0),
         ("page_hinkley", "raw", "regression"): (0, 63.67, 4),
         ("page_hinkley", "raw", "classification"): (1, 275.0, 1),
-        ("page_hinkley", "monitor", "regression"): (0, 97.5, 0),
-        ("page_hinkley", "monitor", "classification"): (0, 119.83, 2),
+        ("page_hinkley", "monitor", "regression"): (0, 79.33, 0),
+        ("page_hinkley", "monitor", "classification"): (0, 74.67, 4),
     }
     assert all(r["drifts"] == 6 and r["us_per_reading"] == 0.0 for r in rows)
 
