@@ -15,10 +15,10 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dockerfile
 import jsonschema
 import yaml
 
@@ -178,20 +178,13 @@ def keda_kafka_metadata_keys(scaler_go: Path) -> set[str]:
 # -- Dockerfile and Makefile --------------------------------------------------------------------
 
 
-def dockerfile_instructions(path: Path) -> Iterator[tuple[str, str]]:
-    """``(INSTRUCTION, arguments)`` pairs, with continuation lines joined and comments dropped."""
-    logical = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            logical += line[:-1] + " "
-            continue
-        logical += line
-        name, _, args = logical.partition(" ")
-        yield name.upper(), args.strip()
-        logical = ""
+def dockerfile_instructions(path: Path) -> list[tuple[str, tuple[str, ...], bool]]:
+    """``(INSTRUCTION, arguments, is_json_form)`` of every instruction, by Docker's own parser.
+
+    The ``dockerfile`` package wraps BuildKit's Go parser, so continuation lines, comments
+    and the JSON (exec) form are read exactly as ``docker build`` reads them.
+    """
+    return [(c.cmd.upper(), tuple(c.value), bool(c.json)) for c in dockerfile.parse_file(str(path))]
 
 
 def pip_install_targets(command: str) -> list[str]:

@@ -84,13 +84,11 @@ def test_compose_check_rejects_a_broken_copy(
 @pytest.mark.slow
 def test_every_metastream_service_runs_a_valid_command_line(project: dict[str, Any]) -> None:
     # Prepare: the image's entrypoint is `metastream` (Dockerfile)
-    entrypoint = [
-        json.loads(a) for i, a in dockerfile_instructions(DEPLOY / "Dockerfile") if i == "ENTRYPOINT"
-    ]
+    entrypoint = [a for i, a, _ in dockerfile_instructions(DEPLOY / "Dockerfile") if i == "ENTRYPOINT"]
     # Execute
     commands = {name: parse_cli(project["services"][name]["command"]).command for name in ROLES}
     # Assert
-    assert entrypoint == [["metastream"]]
+    assert entrypoint == [("metastream",)]
     assert all(project["services"][name]["entrypoint"] is None for name in ROLES)
     assert commands == ROLES
 

