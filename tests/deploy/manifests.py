@@ -29,6 +29,9 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 FETCH_SCRIPT = ROOT / "scripts" / "fetch_validators.sh"
 
+FETCHED_VERSIONS = dict(re.findall(r"^(\w+_VERSION)=(\S+)$", FETCH_SCRIPT.read_text(), re.MULTILINE))
+"""The validator versions ``scripts/fetch_validators.sh`` pins (``STRIMZI_VERSION``, ``KEDA_VERSION``, …)."""
+
 KUBERNETES_VERSION = "1.31.0"
 """Built-in kinds are checked against this Kubernetes release's schemas (strict: no unknown fields)."""
 

@@ -19,6 +19,7 @@ from connectors.brokers import KAFKA_VERSION
 from connectors.settings import Settings
 from tests.deploy.manifests import (
     DEPLOY,
+    FETCHED_VERSIONS,
     K8S,
     KUBERNETES_VERSION,
     NOT_SETTINGS,
@@ -31,8 +32,8 @@ from tests.deploy.manifests import (
     schema_errors,
 )
 
-STRIMZI_VERSION = "0.49.0"
-KEDA_VERSION = "v2.18.0"
+STRIMZI_VERSION = FETCHED_VERSIONS["STRIMZI_VERSION"]
+KEDA_VERSION = FETCHED_VERSIONS["KEDA_VERSION"]
 CUSTOM = {
     ("kafka.strimzi.io/v1beta2", "Kafka"): f"strimzi-{STRIMZI_VERSION}/kafka.yaml",
     ("kafka.strimzi.io/v1beta2", "KafkaNodePool"): f"strimzi-{STRIMZI_VERSION}/kafkanodepool.yaml",
