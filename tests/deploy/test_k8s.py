@@ -264,17 +264,24 @@ def test_keda_offset_reset_policy_matches_the_workers_consumer() -> None:
     )
 
 
-def test_readme_creates_the_secret_the_deployment_mounts() -> None:
-    # Prepare
+def test_documented_commands_create_the_secret_the_deployment_mounts() -> None:
+    # Prepare: deploy/README.md and the example's own comment both show the command
     secret = load_yaml_docs(K8S / "secret.example.yaml")[0]
-    readme = (DEPLOY / "README.md").read_text()
-    # Execute
-    commands = [
-        shlex.split(m.replace("\\\n", " "))
-        for m in re.findall(r"kubectl (?:-n \S+ )?create secret generic .*?(?:\n(?!\s)|$)", readme, re.S)
-    ]
+    texts = {
+        "README.md": (DEPLOY / "README.md").read_text(),
+        "secret.example.yaml": re.sub(r"^# ?", "", (K8S / "secret.example.yaml").read_text(), flags=re.M),
+    }
+    # Execute: one shell command each, backslash continuations joined
+    commands = {
+        name: [
+            shlex.split(m.replace("\\\n", " "))
+            for m in re.findall(r"kubectl (?:-n \S+ )?create secret generic (?:[^\n\\]|\\\n)*", text)
+        ]
+        for name, text in texts.items()
+    }
     # Assert
-    assert commands, "deploy/README.md shows no `kubectl create secret generic` command"
-    for argv in commands:
-        assert secret["metadata"]["name"] in argv
-        assert any(a.startswith("--from-file=") and a.split("=")[1] in secret["stringData"] for a in argv)
+    assert {name: len(found) for name, found in commands.items()} == dict.fromkeys(texts, 1)
+    for (argv,) in commands.values():
+        assert argv[argv.index("generic") + 1] == secret["metadata"]["name"]
+        (from_file,) = [a for a in argv if a.startswith("--from-file=")]
+        assert from_file.split("=")[1] in secret["stringData"]
