@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.manifests import RegistryUnreachable, fetch_validators, in_ci, render_kustomization
+from tests.deploy.manifests import (
+    RegistryUnreachable,
+    fetch_validators,
+    in_ci,
+    kafka_config_names,
+    render_kustomization,
+)
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +38,14 @@ def k8s_docs(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
         return render_kustomization(["kubectl", "kustomize"])
     fetched: Path = request.getfixturevalue("validators")
     return render_kustomization([str(fetched / "kustomize"), "build"])
+
+
+@pytest.fixture(scope="session")
+def kafka_configs() -> set[str]:
+    """The configuration names Apache Kafka (the project's version) accepts (~7 s of Java)."""
+    try:
+        return kafka_config_names()
+    except RegistryUnreachable as exc:
+        if in_ci():
+            raise
+        pytest.skip(f"package registry unreachable, Kafka jars not fetched:\n{exc}")

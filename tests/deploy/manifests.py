@@ -69,6 +69,40 @@ def fetch_validators() -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
+def kafka_config_names() -> set[str]:
+    """Every configuration name of the project's Apache Kafka broker (its own ``ConfigDef``).
+
+    Uses the broker jars :func:`connectors.brokers.ensure_jars` caches (the integration tests'
+    broker); raises :class:`RegistryUnreachable` if they cannot be fetched for lack of network.
+    """
+    from connectors.brokers import ensure_jars
+
+    try:
+        libs = ensure_jars()
+    except RuntimeError as exc:
+        if _UNREACHABLE.search(str(exc)):
+            raise RegistryUnreachable(str(exc)) from exc
+        raise
+    java = Path(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
+    proc = subprocess.run(
+        [str(java), "-cp", f"{libs}/*", str(Path(__file__).with_name("KafkaConfigNames.java"))],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"listing Kafka's configuration names failed:\n{proc.stderr[-3000:]}")
+    return set(proc.stdout.split())
+
+
+def kafka_env_to_config(name: str) -> str:
+    """The broker setting an ``apache/kafka`` image variable sets: ``KAFKA_LOG_DIRS`` → ``log.dirs``.
+
+    The image's rule: ``_`` → ``.``, ``__`` → ``_``, ``___`` → ``-``.
+    """
+    rest = name.removeprefix("KAFKA_").lower()
+    return rest.replace("___", "-").replace("__", "\0").replace("_", ".").replace("\0", "_")
+
+
 def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
     """Every non-empty YAML document of ``path``."""
     return [d for d in yaml.safe_load_all(path.read_text()) if d]

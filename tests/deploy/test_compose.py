@@ -17,7 +17,13 @@ import pytest
 from connectors.brokers import KAFKA_VERSION
 from connectors.producer import synthetic_source
 from connectors.settings import Settings
-from tests.deploy.manifests import DEPLOY, NOT_SETTINGS, dockerfile_instructions, parse_cli
+from tests.deploy.manifests import (
+    DEPLOY,
+    NOT_SETTINGS,
+    dockerfile_instructions,
+    kafka_env_to_config,
+    parse_cli,
+)
 
 COMPOSE = DEPLOY / "compose.yaml"
 ROLES = {"worker-1": "worker", "worker-2": "worker", "producer": "produce", "edge": "edge"}
@@ -177,3 +183,43 @@ def test_one_core_per_worker_and_distinct_worker_ids(project: dict[str, Any]) ->
     # Assert
     assert [w["cpus"] for w in workers] == [1.0, 1.0]
     assert ids == ["worker-1", "worker-2"]
+
+
+@pytest.mark.slow
+def test_kafka_environment_names_real_broker_settings(
+    project: dict[str, Any], kafka_configs: set[str]
+) -> None:
+    # Prepare
+    env = project["services"]["kafka"]["environment"]
+    # Execute
+    unknown = {k for k in env if k.startswith("KAFKA_") and kafka_env_to_config(k) not in kafka_configs}
+    # Assert
+    assert unknown == set()
+    assert kafka_env_to_config("KAFKA_AUTO_CREATE_TOPIC_ENABLE") not in kafka_configs  # a typo is caught
+
+
+def test_keygen_writes_a_key_pair_workers_and_edges_can_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: keygen's own script from compose.yaml, with /keys moved into tmp_path and
+    # chown recorded instead of done (the test is not root)
+    import os
+
+    import yaml
+
+    from connectors.signing import Signer, Verifier
+
+    script = yaml.safe_load(COMPOSE.read_text())["services"]["keygen"]["command"][0]
+    script = script.replace('"/keys/', f'"{tmp_path}/')
+    owners: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(os, "chown", lambda path, uid, gid: owners.append((Path(path).name, uid, gid)))
+    # Execute: twice, as on a second `docker compose up`
+    exec(compile(script, "keygen", "exec"), {})
+    first = (tmp_path / "worker.key.pem").read_bytes()
+    exec(compile(script, "keygen", "exec"), {})
+    # Assert
+    signer = Signer.from_file(tmp_path / "worker.key.pem")
+    assert Verifier.from_files(tmp_path / "worker.pub.pem").open(signer.seal(b"model")) == b"model"
+    assert (tmp_path / "worker.key.pem").read_bytes() == first  # an existing key is kept
+    assert (tmp_path / "worker.key.pem").stat().st_mode & 0o777 == 0o600
+    assert owners == [("worker.key.pem", 10001, 10001), ("worker.pub.pem", 10001, 10001)] * 2

@@ -285,3 +285,17 @@ def test_documented_commands_create_the_secret_the_deployment_mounts() -> None:
         assert argv[argv.index("generic") + 1] == secret["metadata"]["name"]
         (from_file,) = [a for a in argv if a.startswith("--from-file=")]
         assert from_file.split("=")[1] in secret["stringData"]
+
+
+@pytest.mark.slow
+def test_strimzi_kafka_config_names_real_broker_settings(
+    k8s_docs: list[dict[str, Any]], kafka_configs: set[str]
+) -> None:
+    # Prepare
+    config = one(k8s_docs, "Kafka")["spec"]["kafka"]["config"]
+    topic_configs = {k for t in by_kind(k8s_docs, "KafkaTopic") for k in t["spec"].get("config", {})}
+    # Execute
+    unknown = set(config) - kafka_configs
+    # Assert: topic-level names are the broker's log.* defaults' topic spellings
+    assert unknown == set()
+    assert topic_configs == {"cleanup.policy"} and "log.cleanup.policy" in kafka_configs
