@@ -112,11 +112,16 @@ class WorkerCore:
         """Counters of what this worker did, and the θ version it is on.
 
         readings, dead_letters, drifts, adaptations, rejected, published,
-        meta_refused, meta_version.  ``rejected`` counts adaptations the regression guard refused (the
+        meta_refused, devices (known to this worker), meta_version.
+        ``rejected`` counts adaptations the regression guard refused (the
         device kept its current model; nothing was published).
         """
         names = ("readings", "dead_letters", "drifts", "adaptations", "rejected", "published", "meta_refused")
-        return {**{n: self._counts[n] for n in names}, "meta_version": self.fleet.meta_version}
+        return {
+            **{n: self._counts[n] for n in names},
+            "devices": len(self.fleet.devices),
+            "meta_version": self.fleet.meta_version,
+        }
 
     def on_readings(self, messages: Sequence[tuple[bytes | None, int, int]]) -> list[Outgoing]:
         """Process raw reading messages ``(value, partition, offset)`` as one micro-batch."""
@@ -124,7 +129,7 @@ class WorkerCore:
         out: list[Outgoing] = []
         good: list[Reading] = []
         for value, partition, offset in messages:
-            ok, bad = decode_readings(value, self.cfg.n_features)
+            ok, bad = decode_readings(value, self.cfg.n_features, s.max_abs_value)
             good.extend(ok)
             for r in bad:
                 letter = DeadLetter.of(r, s.topic_readings, partition, offset)
