@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from learners.config import LearnerConfig
-from learners.federated import FederatedDevice
+from learners.federated import FederatedDevice, update_all
 from learners.meta import MetaLearner
 from learners.nets import Params, init_params
 from learners.synthetic import make_fleet_stream
@@ -119,10 +119,11 @@ def train_theta(setup: PoisonSetup, fleet: Fleet, aggregator: str, factor: float
     devices = {d: FederatedDevice(setup.cfg) for d in senders}
     m = setup.cfg.adapt_after
     for r in range(setup.rounds):
-        deltas, weights = [], []
         for d in senders:
             devices[d].observe(fleet.x[d][r * m : (r + 1) * m], fleet.y[d][r * m : (r + 1) * m])
-            update = devices[d].update(meta.theta)
+        updates = update_all([devices[d] for d in senders], meta.theta)
+        deltas, weights = [], []
+        for d, update in zip(senders, updates, strict=True):
             assert update is not None  # adapt_after new readings every round
             delta, n = update
             weight = float(n)
@@ -138,11 +139,12 @@ def train_theta(setup: PoisonSetup, fleet: Fleet, aggregator: str, factor: float
 def kshot_error(setup: PoisonSetup, fleet: Fleet, theta: Params) -> float:
     """Mean MAE of held-out devices adapted from θ on their first ``adapt_after`` readings."""
     m = setup.cfg.adapt_after
-    errors = []
-    for d in fleet.held_out:
-        device = FederatedDevice(setup.cfg)
+    devices = [FederatedDevice(setup.cfg) for _ in fleet.held_out]
+    for d, device in zip(fleet.held_out, devices, strict=True):
         device.observe(fleet.x[d][:m], fleet.y[d][:m])
-        device.update(theta)
+    update_all(devices, theta)
+    errors = []
+    for d, device in zip(fleet.held_out, devices, strict=True):
         xq, yq = fleet.x[d][m : m + setup.query], fleet.y[d][m : m + setup.query]
         errors.append(float(np.mean(np.abs(device.predict(xq) - yq))))
     return float(np.mean(errors))
@@ -166,6 +168,16 @@ def run_poison(
     if unknown:
         choices = f"{AGGREGATORS}, {tuple(ATTACKS)}"
         raise ValueError(f"unknown aggregator or attack {unknown}; choose from {choices}")
+    # Tiny models: one torch thread is many times faster than a team of them on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(setup, aggregators, attacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(setup: PoisonSetup, aggregators: tuple[str, ...], attacks: tuple[str, ...]) -> dict[str, Any]:
     fleet = Fleet(setup)
     error = {
         agg: {
