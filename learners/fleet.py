@@ -224,8 +224,9 @@ class FleetLearner:
         φ_d and the device's current model on them (θ for a device that has
         no adapted model yet), and keeps φ_d only where it does no worse;
         a kept φ_d is then refitted on all the readings, held-back ones
-        included.  Returns the slots whose φ_d was kept; the others keep their weights
-        untouched and wait for the next drift.
+        included.  Returns the slots whose φ_d was kept.  The others keep
+        their weights untouched and are retried a few readings later (see
+        :meth:`_retry`).
         """
         if len(slots) == 0:
             return slots
