@@ -17,6 +17,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from kafka.partitioner.default import murmur2
 
 from connectors.settings import Settings
+from connectors.wire import MAX_DEAD_LETTER_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # One partition keeps the meta agent's input totally ordered.
         TopicSpec(settings.topic_deltas, 1),
         TopicSpec(settings.topic_events, n),
-        TopicSpec(settings.topic_deadletter, n),
+        # A dead letter carries a refused record whole (base64), so it can exceed the 1 MiB default.
+        TopicSpec(settings.topic_deadletter, n, {"max.message.bytes": str(MAX_DEAD_LETTER_BYTES)}),
     ]
 
 
@@ -122,7 +124,7 @@ def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec], settings: S
             )
         if have != spec.partitions:
             log.warning("topic %r has %d partitions, settings say %d", spec.name, have, spec.partitions)
-    compacted = [s.name for s in specs if s.configs]
+    compacted = [s.name for s in specs if "compact" in s.configs.get("cleanup.policy", "")]
     if not compacted:
         return
     resources = [ConfigResource(ConfigResourceType.TOPIC, name, ["cleanup.policy"]) for name in compacted]

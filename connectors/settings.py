@@ -47,6 +47,8 @@ class Settings:
     n_features: int = 8
     task: str = "regression"
     n_classes: int = 2
+    max_abs_value: float = 1e9
+    """Readings with a feature or target beyond this magnitude are dead-lettered (``out_of_range``)."""
     micro_batch: int = 1000
     batch_window_s: float = 0.05
     signing_key: str = ""

@@ -16,6 +16,7 @@ or a gateway batch of several::
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -26,6 +27,13 @@ SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 1_000_000
 MAX_DEVICE_ID = 128
 MAX_ABS_VALUE = 1e9
+MAX_DEAD_LETTER_BYTES = 2 * 1024 * 1024
+"""Largest dead letter the worker sends; the dead-letter topic and the worker's producer accept it.
+
+A record as large as a broker with default settings delivers (~1 MiB) still
+fits whole once base64-encoded; anything larger has its original cut (see
+:meth:`DeadLetter.of`), so one huge record can never stop the worker.
+"""
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,14 @@ def encode_readings(readings: Sequence[Reading]) -> bytes:
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
-def decode_readings(raw: bytes | None, n_features: int | None = None) -> tuple[list[Reading], list[Rejected]]:
+def decode_readings(
+    raw: bytes | None, n_features: int | None = None, max_abs: float = MAX_ABS_VALUE
+) -> tuple[list[Reading], list[Rejected]]:
     """Validate a reading message; never raises on bad input.
+
+    ``max_abs`` bounds the magnitude of every feature and target
+    (``out_of_range`` beyond it).  A message without ``"v"`` or with another
+    version than :data:`SCHEMA_VERSION` is ``unknown_schema_version``.
 
     Every bad reading becomes a :class:`Rejected` with one of the reasons
     ``oversized``, ``malformed_json``, ``not_an_object``,
@@ -89,6 +103,8 @@ def decode_readings(raw: bytes | None, n_features: int | None = None) -> tuple[l
     'expected 3 features, got 2'
     >>> decode_readings(b'{"v":1,"device_id":"d1","x":[1,2]')[1][0].reason
     'malformed_json'
+    >>> decode_readings(b'{"v":1,"device_id":"d1","x":[1,2e3],"y":1}', max_abs=1000.0)[1][0].detail
+    'a value exceeds 1000 in magnitude'
     """
     raw = raw or b""
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -113,7 +129,7 @@ def decode_readings(raw: bytes | None, n_features: int | None = None) -> tuple[l
     good: list[Reading] = []
     bad: list[Rejected] = []
     for item in items:
-        reading, problem = _reading(item, n_features)
+        reading, problem = _reading(item, n_features, max_abs)
         if reading is not None:
             good.append(reading)
         else:
@@ -121,7 +137,7 @@ def decode_readings(raw: bytes | None, n_features: int | None = None) -> tuple[l
     return good, bad
 
 
-def _reading(item: Any, n_features: int | None) -> tuple[Reading | None, tuple[str, str]]:
+def _reading(item: Any, n_features: int | None, max_abs: float) -> tuple[Reading | None, tuple[str, str]]:
     if not isinstance(item, dict):
         return None, ("not_an_object", f"reading is {type(item).__name__}")
     device = item.get("device_id")
@@ -142,13 +158,13 @@ def _reading(item: Any, n_features: int | None) -> tuple[Reading | None, tuple[s
     values = [*x, y]
     try:
         # One sum finds NaN/inf in any value (fast path for the common, valid reading).
-        ok = math.isfinite(sum(values)) and min(values) >= -MAX_ABS_VALUE and max(values) <= MAX_ABS_VALUE
+        ok = math.isfinite(sum(values)) and min(values) >= -max_abs and max(values) <= max_abs
     except OverflowError:  # an integer too large for a float
-        return None, ("out_of_range", f"a value exceeds {MAX_ABS_VALUE:g} in magnitude")
+        return None, ("out_of_range", f"a value exceeds {max_abs:g} in magnitude")
     if not ok:
         if not all(math.isfinite(v) for v in values):
             return None, ("non_finite", "NaN or infinity in x or y")
-        return None, ("out_of_range", f"a value exceeds {MAX_ABS_VALUE:g} in magnitude")
+        return None, ("out_of_range", f"a value exceeds {max_abs:g} in magnitude")
     return Reading(device, tuple(map(float, x)), float(y), None if ts is None else float(ts)), ("", "")
 
 
@@ -161,7 +177,11 @@ def _dumps(item: Any) -> bytes:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """What lands on the dead-letter topic for each refused input."""
+    """What lands on the dead-letter topic for each refused input.
+
+    ``truncated`` is true only when the original was too large to carry
+    whole (see :meth:`of`); ``detail`` then gives its size and sha256.
+    """
 
     reason: str
     detail: str
@@ -170,18 +190,44 @@ class DeadLetter:
     partition: int = -1
     offset: int = -1
     v: int = SCHEMA_VERSION
+    truncated: bool = False
 
     @classmethod
-    def of(cls, rejected: Rejected, topic: str = "", partition: int = -1, offset: int = -1) -> DeadLetter:
-        """Wrap a rejection with where it came from."""
-        return cls(
-            rejected.reason,
-            rejected.detail,
-            base64.b64encode(rejected.original).decode(),
-            topic,
-            partition,
-            offset,
+    def of(
+        cls,
+        rejected: Rejected,
+        topic: str = "",
+        partition: int = -1,
+        offset: int = -1,
+        max_bytes: int = MAX_DEAD_LETTER_BYTES,
+    ) -> DeadLetter:
+        """Wrap a rejection with where it came from, in at most ``max_bytes`` once encoded.
+
+        An original too large for that keeps only its first bytes (the
+        reason and the rest of the letter are what tools act on).
+
+        Examples
+        --------
+        >>> letter = DeadLetter.of(Rejected("oversized", "big", b"x" * 5000), max_bytes=2000)
+        >>> len(letter.encode()) <= 2000, letter.truncated, letter.detail.split(",")[0]
+        (True, True, 'big; original cut to 1257 of 5000 bytes')
+        >>> letter.original == b"x" * 1257
+        True
+        """
+        raw = rejected.original
+        b64 = base64.b64encode(raw).decode()
+        letter = cls(rejected.reason, rejected.detail, b64, topic, partition, offset)
+        size = len(letter.encode())
+        if size <= max_bytes:
+            return letter
+        # base64 makes 3 bytes 4 characters; leave room for the longer detail.
+        keep = max(0, (max_bytes - (size - len(letter.original_b64)) - 200) // 4 * 3)
+        detail = (
+            f"{rejected.detail}; original cut to {keep} of {len(raw)} bytes, "
+            f"sha256 {hashlib.sha256(raw).hexdigest()}"
         )
+        b64 = base64.b64encode(raw[:keep]).decode()
+        return cls(rejected.reason, detail, b64, topic, partition, offset, truncated=True)
 
     def encode(self) -> bytes:
         """JSON bytes."""

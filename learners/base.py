@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from learners.config import Task
+from learners.guard import GuardCheck
 
 
 @dataclass
@@ -23,15 +24,25 @@ class StepResult:
     drifted
         Devices whose drift was detected in this batch, in order.
     adapted
-        Devices whose model was re-adapted from θ in this batch.
+        Devices whose model was re-adapted from θ in this batch and kept
+        (the regression guard accepted it): the ones to publish.
     meta_version
         Version of θ after the batch (0 for strategies without one).
+    checks
+        The regression guard's comparison for every adaptation it judged in
+        this batch, accepted or not, in order.
     """
 
     y_pred: np.ndarray
     drifted: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)
     meta_version: int = 0
+    checks: list[GuardCheck] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> list[GuardCheck]:
+        """Adaptations the guard refused: those devices kept their current model."""
+        return [c for c in self.checks if not c.accepted]
 
 
 class Strategy(Protocol):

@@ -40,6 +40,11 @@ class LearnerConfig:
     detector, cooldown
         River drift detector on each device's error stream, and the number of
         the device's readings during which a new alarm is ignored.
+    guard_holdout, guard_min_holdout
+        Regression guard (:mod:`learners.guard`): an adaptation holds back
+        this share (at least ``guard_min_holdout``) of the device's newest
+        readings, and its result replaces the device's current model only
+        if it does no worse on them.  ``guard_holdout=0`` turns it off.
     clip, trim
         Robust aggregation: clip each device's update to this L2 norm, and
         drop this fraction of the lowest and highest values per coordinate.
@@ -71,6 +76,8 @@ class LearnerConfig:
     meta_batch: int = 32
     detector: DetectorName = "adwin"
     cooldown: int = 100
+    guard_holdout: float = 0.25
+    guard_min_holdout: int = 4
     clip: float | None = None
     trim: float = 0.0
     seed: int = 0
@@ -84,6 +91,7 @@ class LearnerConfig:
             "meta_every": (self.meta_every, 1),
             "meta_batch": (self.meta_batch, 1),
             "cooldown": (self.cooldown, 0),
+            "guard_min_holdout": (self.guard_min_holdout, 0),
         }
         for name, (value, low) in checks.items():
             if value < low:
@@ -96,6 +104,8 @@ class LearnerConfig:
             raise ValueError("adapt_after must not exceed buffer_size")
         if not 0.0 <= self.trim < 0.5:
             raise ValueError(f"trim must be in [0, 0.5), got {self.trim}")
+        if not 0.0 <= self.guard_holdout < 1.0:
+            raise ValueError(f"guard_holdout must be in [0, 1), got {self.guard_holdout}")
         if self.clip is not None and self.clip <= 0:
             raise ValueError(f"clip must be positive, got {self.clip}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -56,11 +58,19 @@ class FederatedDevice:
         """
         if self._new < self.cfg.adapt_after:
             return None
-        x, y, mask = self.buffer.recent(np.zeros(1, dtype=np.int64), self.cfg.buffer_size)
+        x, y, mask = self._local_data()
         phi = self.net.adapt(theta, x, y, mask)
-        self.phi = {k: v[0] for k, v in phi.items()}
-        n, self._new = self._new, 0
+        n = self._took({k: v[0] for k, v in phi.items()})
         return flatten_stacked(phi)[0] - flatten(theta), n
+
+    def _local_data(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.buffer.recent(np.zeros(1, dtype=np.int64), self.cfg.buffer_size)
+
+    def _took(self, phi: Params) -> int:
+        """Keep ``phi`` (one model, unstacked) as φ; returns the readings behind it."""
+        self.phi = phi
+        n, self._new = self._new, 0
+        return n
 
     def predict(self, x: np.ndarray, theta: Params | None = None) -> np.ndarray:
         """Local inference with φ (or ``theta`` before the first update)."""
@@ -71,3 +81,36 @@ class FederatedDevice:
         with torch.no_grad():
             pred = self.net.predict(self.net.forward(params, xs)).double().numpy()
         return self.scaler.inverse_y(pred)
+
+
+def update_all(devices: Sequence[FederatedDevice], theta: Params) -> list[tuple[Tensor, int] | None]:
+    """:meth:`FederatedDevice.update` of many simulated devices with one batched adaptation.
+
+    For simulations and experiments (one process plays many devices): the
+    same result per device as calling ``update`` on each, but every device
+    that is due adapts in one stacked ``k``-step loop.
+
+    Examples
+    --------
+    >>> from learners.nets import init_params
+    >>> cfg = LearnerConfig(n_features=2, adapt_after=4, buffer_size=8)
+    >>> devices = [FederatedDevice(cfg) for _ in range(3)]
+    >>> rng = np.random.default_rng(0)
+    >>> for i, d in enumerate(devices):
+    ...     d.observe(rng.normal(size=(4 + i, 2)), rng.normal(size=4 + i))
+    >>> out = update_all(devices, init_params(cfg))
+    >>> [n for _, n in out]
+    [4, 5, 6]
+    """
+    due = [i for i, d in enumerate(devices) if d._new >= d.cfg.adapt_after]
+    out: list[tuple[Tensor, int] | None] = [None] * len(devices)
+    if not due:
+        return out
+    data = [devices[i]._local_data() for i in due]
+    x, y, mask = (torch.cat(parts) for parts in zip(*data, strict=True))
+    phi = devices[due[0]].net.adapt(theta, x, y, mask)
+    deltas = flatten_stacked(phi) - flatten(theta)
+    for row, i in enumerate(due):
+        n = devices[i]._took({k: v[row] for k, v in phi.items()})
+        out[i] = deltas[row], n
+    return out

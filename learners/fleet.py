@@ -19,11 +19,15 @@ from learners.codec import ModelHeader, encode_model
 from learners.config import LearnerConfig
 from learners.drift import DriftMonitor
 from learners.grouping import DeviceGroups
+from learners.guard import GuardCheck, accept, split_holdout
 from learners.meta import MetaLearner, MetaRule, rule_by_name
 from learners.nets import FunctionalNet, Params, init_params, stack
 from learners.registry import DeviceIndex
 from learners.scaling import TaskScaler
 from learners.shared_model import GlobalModel
+
+GUARD_RETRIES = 3
+"""Rejected adaptations of one device in a row that are retried a few readings later."""
 
 InitName = Literal["reptile", "fomaml", "scratch", "finetune"]
 INITS: tuple[InitName, ...] = ("reptile", "fomaml", "scratch", "finetune")
@@ -83,11 +87,15 @@ class FleetLearner:
         self.scaler = TaskScaler(cfg.task, cfg.n_features)
         self.monitor = DriftMonitor(cfg.detector, cfg.cooldown, cfg.seed)
         self._pending = np.zeros(64, dtype=bool)
+        self._has_model = np.zeros(64, dtype=bool)
+        self._retries = np.zeros(64, dtype=np.int64)
         self._since_meta = np.zeros(64, dtype=np.int64)
         self._rng = np.random.default_rng(cfg.seed)
         self.processed = 0
         self.n_drifts = 0
         self.n_adaptations = 0
+        self.n_rejected = 0
+        self._checks: list[GuardCheck] = []
 
     # -- θ -----------------------------------------------------------------------
 
@@ -174,6 +182,7 @@ class FleetLearner:
             self._pending[drift_slots] = True
         n = len(self.devices)
         ready = np.flatnonzero(self._pending[:n] & (self.buffers.count[:n] >= self.cfg.adapt_after))
+        self._checks = []
         adapted = self._adapt(ready)
 
         self._since_meta[groups.slots] += groups.counts
@@ -186,6 +195,7 @@ class FleetLearner:
             drifted=drifted,
             adapted=[self.devices.ids[s] for s in adapted],
             meta_version=self.meta_version,
+            checks=self._checks,
         )
 
     # -- internals ------------------------------------------------------------------
@@ -200,6 +210,8 @@ class FleetLearner:
                 k: torch.cat([v, v.new_zeros((grow, *v.shape[1:]))]) for k, v in self.params.items()
             }
             self._pending = np.concatenate([self._pending, np.zeros(grow, bool)])
+            self._has_model = np.concatenate([self._has_model, np.zeros(grow, bool)])
+            self._retries = np.concatenate([self._retries, np.zeros(grow, np.int64)])
             self._since_meta = np.concatenate([self._since_meta, np.zeros(grow, np.int64)])
         self.buffers.ensure(needed)
         idx = torch.tensor(slots)
@@ -208,17 +220,83 @@ class FleetLearner:
         self._pending[slots] = True
 
     def _adapt(self, slots: np.ndarray) -> np.ndarray:
-        """φ_d ← k SGD steps from θ on each device's newest ``adapt_after`` readings."""
+        """φ_d ← k SGD steps from θ on each device's newest ``adapt_after`` readings.
+
+        The regression guard holds back the newest of those readings, scores
+        φ_d and the device's current model on them (θ for a device that has
+        no adapted model yet), and keeps φ_d only where it does no worse;
+        a kept φ_d is then refitted on all the readings, held-back ones
+        included.  Returns the slots whose φ_d was kept.  The others keep
+        their weights untouched and are retried a few readings later (see
+        :meth:`_retry`).
+        """
         if len(slots) == 0:
             return slots
         x, y, mask = self.buffers.recent(slots, self.cfg.adapt_after)
-        phi = self.net.adapt(self.theta, x, y, mask)
+        train, hold = split_holdout(mask, self.cfg.guard_holdout, self.cfg.guard_min_holdout)
+        phi = self.net.adapt(self.theta, x, y, train)
         idx = torch.from_numpy(slots)
+        keep = torch.ones(len(slots), dtype=torch.bool)
+        n_hold = hold.sum(1)
+        guarded = n_hold > 0
+        if bool(guarded.any()):
+            # A device without an adapted model yet is judged against θ itself.
+            has_model = torch.from_numpy(self._has_model[slots])
+            current = {
+                k: torch.where(has_model.view(-1, *([1] * (v.dim() - 1))), v[idx], self.theta[k])
+                for k, v in self.params.items()
+            }
+            before = self.net.masked_loss(current, x, y, hold)
+            after = self.net.masked_loss(phi, x, y, hold)
+            keep = accept(before, after) | ~guarded
+            for i in np.flatnonzero(guarded.numpy()):
+                self._checks.append(
+                    GuardCheck(
+                        self.devices.ids[int(slots[i])],
+                        float(before[i]),
+                        float(after[i]),
+                        int(n_hold[i]),
+                        bool(keep[i]),
+                    )
+                )
+        kept = slots[keep.numpy()]
+        refit = (keep & guarded).numpy()
+        if refit.any():
+            # Judged on held-back readings, published fitted on all of them: a kept φ_d
+            # is refitted from θ with the held-back readings included.
+            t = torch.from_numpy(refit)
+            full = self.net.adapt(self.theta, x[t], y[t], mask[t])
+            phi = {k: v.clone() for k, v in phi.items()}
+            for k in phi:
+                phi[k][t] = full[k]
+        if len(kept) < len(slots):
+            phi = {k: v[keep] for k, v in phi.items()}
+            idx = torch.from_numpy(kept)
         for k, v in self.params.items():
             v[idx] = phi[k]
         self._pending[slots] = False
-        self.n_adaptations += len(slots)
-        return slots
+        self._has_model[kept] = True
+        self._retries[kept] = 0
+        self._retry(slots[~keep.numpy()], n_hold[~keep].numpy())
+        self.n_adaptations += len(kept)
+        self.n_rejected += len(slots) - len(kept)
+        return kept
+
+    def _retry(self, slots: np.ndarray, held_back: np.ndarray) -> None:
+        """Try a rejected device again once as many new readings as were held back arrived.
+
+        A gradual drift, or an alarm right at the change, leaves the held-back
+        readings still mostly of the old concept; a few readings later the
+        adaptation may win.  After ``GUARD_RETRIES`` rejections in a row the
+        device keeps its current model until its next drift.
+        """
+        again = self._retries[slots] < GUARD_RETRIES
+        self._retries[slots] = np.where(again, self._retries[slots] + 1, 0)
+        retry = slots[again]
+        if len(retry):
+            # Ready again when the buffer is back to adapt_after readings, i.e. after held_back new ones.
+            self.buffers.keep_newest(retry, self.cfg.adapt_after - held_back[again].astype(np.int64))
+            self._pending[retry] = True
 
     def _meta_step(self) -> None:
         assert self._meta is not None and self._rule is not None

@@ -44,6 +44,7 @@ from faust.types.auth import CredentialsT
 from connectors.admin import topic_specs
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
+from connectors.wire import MAX_DEAD_LETTER_BYTES
 from learners.codec import CodecError, decode_model
 from pipeline.worker_core import META_KEY, MetaAggregator, Outgoing, WorkerCore
 
@@ -254,6 +255,8 @@ def create_app(
         web_port=web_port or 6066,
         consumer_auto_offset_reset="earliest",
         producer_linger=tune.producer_linger_s,
+        # Dead letters carry refused records whole: up to MAX_DEAD_LETTER_BYTES plus headers.
+        producer_max_request_size=MAX_DEAD_LETTER_BYTES + 64 * 1024,
         broker_max_poll_records=tune.max_poll_records,
         stream_buffer_maxsize=tune.stream_buffer_maxsize,
         consumer_max_fetch_size=tune.max_fetch_bytes,

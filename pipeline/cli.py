@@ -25,6 +25,8 @@ def _learner_args(p: argparse.ArgumentParser) -> None:
         ("meta-every", int),
         ("meta-batch", int),
         ("cooldown", int),
+        ("guard-holdout", float),
+        ("guard-min-holdout", int),
         ("clip", float),
         ("trim", float),
         ("seed", int),
@@ -213,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     from connectors import edge, producer
-    from pipeline import broker_cli, evaluate, worker
+    from pipeline import broker_cli, evaluate, poison, worker
 
     evaluate.add_cli(sub)
+    poison.add_cli(sub)
     worker.add_cli(sub)
     broker_cli.add_cli(sub)
     producer.add_cli(sub)

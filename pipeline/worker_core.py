@@ -11,6 +11,7 @@ app in :mod:`pipeline.app` only moves bytes in and out of these.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from learners.codec import (
 )
 from learners.evaluation import AdaptationTracker
 from learners.fleet import FleetLearner
+from learners.guard import GuardCheck
 from learners.meta import MetaLearner
 from learners.nets import Params, init_params
 
@@ -107,9 +109,19 @@ class WorkerCore:
         self.tracker = AdaptationTracker()
 
     def stats(self) -> dict[str, int]:
-        """Counters: readings, dead_letters, drifts, adaptations, published, meta_refused, meta_version."""
-        names = ("readings", "dead_letters", "drifts", "adaptations", "published", "meta_refused")
-        return {**{n: self._counts[n] for n in names}, "meta_version": self.fleet.meta_version}
+        """Counters of what this worker did, and the θ version it is on.
+
+        readings, dead_letters, drifts, adaptations, rejected, published,
+        meta_refused, devices (known to this worker), meta_version.
+        ``rejected`` counts adaptations the regression guard refused (the
+        device kept its current model; nothing was published).
+        """
+        names = ("readings", "dead_letters", "drifts", "adaptations", "rejected", "published", "meta_refused")
+        return {
+            **{n: self._counts[n] for n in names},
+            "devices": len(self.fleet.devices),
+            "meta_version": self.fleet.meta_version,
+        }
 
     def on_readings(self, messages: Sequence[tuple[bytes | None, int, int]]) -> list[Outgoing]:
         """Process raw reading messages ``(value, partition, offset)`` as one micro-batch."""
@@ -117,7 +129,7 @@ class WorkerCore:
         out: list[Outgoing] = []
         good: list[Reading] = []
         for value, partition, offset in messages:
-            ok, bad = decode_readings(value, self.cfg.n_features)
+            ok, bad = decode_readings(value, self.cfg.n_features, s.max_abs_value)
             good.extend(ok)
             for r in bad:
                 letter = DeadLetter.of(r, s.topic_readings, partition, offset)
@@ -147,6 +159,8 @@ class WorkerCore:
             out.append(Outgoing(s.topic_events, d.encode(), event, []))
         for d in result.adapted:
             out += self._publish(d, now)
+        for check in result.rejected:
+            out.append(self._rejected(check, now))
         for tag, before, after in self.tracker.finished():
             device, version = tag.rsplit(" ", 1)
             event = encode_event(
@@ -194,6 +208,27 @@ class WorkerCore:
             Outgoing(s.topic_events, device_id.encode(), event, []),
         ]
 
+    def _rejected(self, check: GuardCheck, now: float) -> Outgoing:
+        """The guard kept the current model: nothing is published, an event says why.
+
+        The drift time stays: the fleet retries a rejected adaptation a few
+        readings later, and a model published then is still the drift's answer.
+        """
+        cause = "drift" if check.device_id in self._drift_at else "new_device"
+        self._counts["rejected"] += 1
+        event = encode_event(
+            "adaptation_rejected",
+            device_id=check.device_id,
+            cause=cause,
+            current_loss=_json_number(check.current_loss),
+            adapted_loss=_json_number(check.adapted_loss),
+            held_back=check.held_back,
+            model_version=self.versions.get(check.device_id, 0),
+            ts=now,
+            meta_version=self.fleet.meta_version,
+        )
+        return Outgoing(self.settings.topic_events, check.device_id.encode(), event, [])
+
     def on_meta(self, value: bytes) -> bool:
         """Adopt a θ version from the meta topic; refuses unsigned or foreign ones."""
         try:
@@ -205,6 +240,11 @@ class WorkerCore:
         if header.device_id != META_KEY:
             return False
         return self.fleet.adopt_theta(tensors, header.model_version)
+
+
+def _json_number(value: float) -> float | None:
+    """``None`` for NaN and infinities, which strict JSON cannot carry."""
+    return value if math.isfinite(value) else None
 
 
 class MetaAggregator:

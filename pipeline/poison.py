@@ -1,0 +1,253 @@
+"""Poisoned federated updates: how far can a few attackers push θ, and does robust aggregation hold?
+
+``metastream poison`` runs a seeded experiment on the pure core (no broker).
+Honest federated devices from the synthetic fleet adapt θ on their own
+readings and send ``(φ − θ, readings)`` exactly as
+:class:`learners.federated.FederatedDevice` does on the edge; ``k``
+attackers do the same on their own data but send the delta multiplied by a
+factor (``-10``: sign-flipped and scaled; ``100``: scaled) with their
+reading count inflated.  The meta agent's aggregation
+(:class:`learners.meta.MetaLearner`) runs as a plain weighted mean, with
+per-device clipping, with a trimmed mean, or with both, for ``R`` rounds.
+
+θ's error is the k-shot error of held-out devices (never seen in training):
+each one adapts θ on its first ``adapt_after`` readings, exactly like a
+federated device, and is scored (MAE, original units) on the readings that
+follow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from learners.config import LearnerConfig
+from learners.federated import FederatedDevice, update_all
+from learners.meta import MetaLearner
+from learners.nets import Params, init_params
+from learners.synthetic import make_fleet_stream
+
+ATTACKS: dict[str, float | None] = {"none": None, "sign_flip": -10.0, "scaled": 100.0}
+"""Attack name → factor the attackers multiply their honest delta by."""
+
+AGGREGATORS = ("mean", "clip", "trim", "clip+trim")
+
+
+@dataclass(frozen=True)
+class PoisonSetup:
+    """One experiment's sizes and robust-aggregation settings.
+
+    Parameters
+    ----------
+    honest, attackers, held_out
+        Numbers of honest training devices, attackers and held-out devices.
+    rounds
+        Federated rounds; in each, every training device observes
+        ``adapt_after`` new readings and sends one update.
+    weight_inflation
+        Attackers claim this many times their real reading count.
+    clip
+        L2 norm every update is clipped to (``clip`` and ``clip+trim``).
+    trim
+        Fraction dropped at each end of every coordinate (``trim`` and
+        ``clip+trim``); at least ``attackers / (honest + attackers)`` to
+        drop all of them.
+    query
+        Readings each held-out device is scored on after its support set.
+    seed
+        Seeds the fleet, θ and everything else.
+    """
+
+    honest: int = 20
+    attackers: int = 3
+    held_out: int = 20
+    rounds: int = 20
+    weight_inflation: float = 10.0
+    clip: float = 1.0
+    trim: float = 0.2
+    query: int = 100
+    seed: int = 0
+    cfg: LearnerConfig = field(
+        default_factory=lambda: LearnerConfig(n_features=8, adapt_after=16, buffer_size=16, meta_lr=0.5)
+    )
+
+    def __post_init__(self) -> None:
+        if self.honest < 1 or self.attackers < 0 or self.held_out < 1 or self.rounds < 1:
+            raise ValueError("need honest >= 1, attackers >= 0, held_out >= 1 and rounds >= 1")
+
+
+class Fleet:
+    """Every device's readings in its own order, cut from one synthetic stream."""
+
+    def __init__(self, setup: PoisonSetup) -> None:
+        n_devices = setup.honest + setup.attackers + setup.held_out
+        per_device = max(setup.rounds * setup.cfg.adapt_after, setup.cfg.adapt_after + setup.query)
+        stream = make_fleet_stream(
+            n_devices=n_devices,
+            n_readings=int(n_devices * per_device * 1.5),
+            n_features=setup.cfg.n_features,
+            drifts_per_device=0,
+            late_joiners=0.0,
+            seed=setup.seed,
+        )
+        ids = np.asarray(stream.device_ids)
+        self.devices = sorted(set(stream.device_ids))
+        self.x = {d: stream.x[ids == d] for d in self.devices}
+        self.y = {d: stream.y[ids == d] for d in self.devices}
+        short = [d for d in self.devices if len(self.y[d]) < per_device]
+        if short:
+            raise ValueError(f"{len(short)} devices have fewer than {per_device} readings; lower rounds")
+        rng = np.random.default_rng(setup.seed)
+        order = [self.devices[i] for i in rng.permutation(len(self.devices))]
+        self.honest = order[: setup.honest]
+        self.attackers = order[setup.honest : setup.honest + setup.attackers]
+        self.held_out = order[setup.honest + setup.attackers :]
+
+
+def train_theta(setup: PoisonSetup, fleet: Fleet, aggregator: str, factor: float | None) -> Params:
+    """θ after ``rounds`` federated rounds under one aggregator and one attack."""
+    clip = setup.clip if "clip" in aggregator else None
+    trim = setup.trim if "trim" in aggregator else 0.0
+    meta = MetaLearner(init_params(setup.cfg, setup.seed), setup.cfg.meta_lr, clip, trim)
+    senders = fleet.honest + (fleet.attackers if factor is not None else [])
+    devices = {d: FederatedDevice(setup.cfg) for d in senders}
+    m = setup.cfg.adapt_after
+    for r in range(setup.rounds):
+        for d in senders:
+            devices[d].observe(fleet.x[d][r * m : (r + 1) * m], fleet.y[d][r * m : (r + 1) * m])
+        updates = update_all([devices[d] for d in senders], meta.theta)
+        deltas, weights = [], []
+        for d, update in zip(senders, updates, strict=True):
+            assert update is not None  # adapt_after new readings every round
+            delta, n = update
+            weight = float(n)
+            if d in fleet.attackers:
+                assert factor is not None
+                delta, weight = delta * factor, weight * setup.weight_inflation
+            deltas.append(delta)
+            weights.append(weight)
+        meta.step(torch.stack(deltas), torch.tensor(weights))
+    return meta.theta
+
+
+def kshot_error(setup: PoisonSetup, fleet: Fleet, theta: Params) -> float:
+    """Mean MAE of held-out devices adapted from θ on their first ``adapt_after`` readings."""
+    m = setup.cfg.adapt_after
+    devices = [FederatedDevice(setup.cfg) for _ in fleet.held_out]
+    for d, device in zip(fleet.held_out, devices, strict=True):
+        device.observe(fleet.x[d][:m], fleet.y[d][:m])
+    update_all(devices, theta)
+    errors = []
+    for d, device in zip(fleet.held_out, devices, strict=True):
+        xq, yq = fleet.x[d][m : m + setup.query], fleet.y[d][m : m + setup.query]
+        errors.append(float(np.mean(np.abs(device.predict(xq) - yq))))
+    return float(np.mean(errors))
+
+
+def run_poison(
+    setup: PoisonSetup,
+    aggregators: tuple[str, ...] = AGGREGATORS,
+    attacks: tuple[str, ...] = tuple(ATTACKS),
+) -> dict[str, Any]:
+    """θ's k-shot error for every aggregator × attack, plus θ before training.
+
+    Examples
+    --------
+    >>> setup = PoisonSetup(honest=4, attackers=1, held_out=2, rounds=2, trim=0.2, query=20)
+    >>> out = run_poison(setup, aggregators=("mean",), attacks=("none",))
+    >>> sorted(out["error"]["mean"]), out["error"]["mean"]["none"] < out["untrained"]
+    (['none'], True)
+    """
+    unknown = [a for a in aggregators if a not in AGGREGATORS] + [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        choices = f"{AGGREGATORS}, {tuple(ATTACKS)}"
+        raise ValueError(f"unknown aggregator or attack {unknown}; choose from {choices}")
+    # Tiny models: one torch thread is many times faster than a team of them on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(setup, aggregators, attacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(setup: PoisonSetup, aggregators: tuple[str, ...], attacks: tuple[str, ...]) -> dict[str, Any]:
+    fleet = Fleet(setup)
+    error = {
+        agg: {
+            att: round(kshot_error(setup, fleet, train_theta(setup, fleet, agg, ATTACKS[att])), 4)
+            for att in attacks
+        }
+        for agg in aggregators
+    }
+    return {
+        "setup": {k: v for k, v in asdict(setup).items() if k != "cfg"},
+        "attack_factors": {a: ATTACKS[a] for a in attacks},
+        "untrained": round(kshot_error(setup, fleet, init_params(setup.cfg, setup.seed)), 4),
+        "error": error,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The error table as aligned text."""
+    error: dict[str, dict[str, float]] = result["error"]
+    attacks = list(next(iter(error.values())))
+    s = result["setup"]
+    lines = [
+        f"θ's k-shot MAE on {s['held_out']} held-out devices after {s['rounds']} rounds: "
+        f"{s['honest']} honest devices, {s['attackers']} attackers (weight ×{s['weight_inflation']:g}); "
+        f"clip={s['clip']:g}, trim={s['trim']:g}",
+        f"untrained θ: {result['untrained']:.4f}",
+        "  ".join(["aggregator".ljust(10), *(a.rjust(10) for a in attacks)]),
+    ]
+    factors = result["attack_factors"]
+    marks = ["" if factors[a] is None else f"×{factors[a]:g}" for a in attacks]
+    lines.append("  ".join(["".ljust(10), *(m.rjust(10) for m in marks)]))
+    for agg, row in error.items():
+        lines.append("  ".join([agg.ljust(10), *(f"{row[a]:.4f}".rjust(10) for a in attacks)]))
+    return "\n".join(lines)
+
+
+def cmd_poison(args: argparse.Namespace) -> int:
+    """Entry point of ``metastream poison``."""
+    setup = PoisonSetup(
+        honest=args.honest,
+        attackers=args.attackers,
+        held_out=args.held_out,
+        rounds=args.rounds,
+        weight_inflation=args.weight_inflation,
+        clip=args.clip,
+        trim=args.trim,
+        seed=args.seed,
+    )
+    result = run_poison(setup)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``metastream poison`` on an ``argparse`` sub-parsers object."""
+    d = PoisonSetup()
+    p = subparsers.add_parser("poison", help="poisoned federated updates vs robust aggregation (no broker)")
+    p.add_argument("--attackers", type=int, default=d.attackers)
+    p.add_argument("--honest", type=int, default=d.honest)
+    p.add_argument("--held-out", type=int, default=d.held_out)
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    p.add_argument("--weight-inflation", type=float, default=d.weight_inflation)
+    p.add_argument("--clip", type=float, default=d.clip, help="L2 norm bound per update")
+    p.add_argument("--trim", type=float, default=d.trim, help="fraction trimmed at each end per coordinate")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_poison)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m pipeline.poison")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    sys.exit(cmd_poison(parser.parse_args(["poison", *sys.argv[1:]])))

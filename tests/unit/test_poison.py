@@ -1,0 +1,53 @@
+"""Poisoned federated updates: robust aggregation bounds what a few attackers can do to θ."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.poison import PoisonSetup, run_poison
+
+SMALL = PoisonSetup(honest=8, attackers=2, held_out=8, rounds=10, trim=0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, dict[str, float]]:
+    out = run_poison(SMALL, aggregators=("mean", "trim"), attacks=("none", "sign_flip", "scaled"))
+    return dict(out["error"]) | {"untrained": {"none": out["untrained"]}}
+
+
+def test_federated_training_improves_theta_without_attack(result: dict[str, dict[str, float]]) -> None:
+    assert result["mean"]["none"] < 0.8 * result["untrained"]["none"]
+
+
+def test_plain_mean_is_ruined_by_two_attackers(result: dict[str, dict[str, float]]) -> None:
+    clean = result["mean"]["none"]
+    assert result["mean"]["sign_flip"] > 100 * clean
+    assert result["mean"]["scaled"] > 100 * clean
+
+
+def test_trimmed_mean_stays_within_ten_percent_of_no_attack(result: dict[str, dict[str, float]]) -> None:
+    clean = result["mean"]["none"]
+    assert result["trim"]["sign_flip"] <= 1.1 * clean
+    assert result["trim"]["scaled"] <= 1.1 * clean
+    assert result["trim"]["none"] <= 1.05 * clean  # trimming honest updates costs little
+
+
+def test_the_experiment_is_seeded() -> None:
+    setup = PoisonSetup(honest=3, attackers=1, held_out=2, rounds=2, trim=0.25, query=20)
+    first = run_poison(setup, aggregators=("trim",), attacks=("sign_flip",))
+    assert run_poison(setup, aggregators=("trim",), attacks=("sign_flip",)) == first
+
+
+def test_poison_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["poison", "--honest", "3", "--attackers", "1", "--held-out", "2", "--rounds", "2", "--trim", "0.25"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "clip+trim" in out and "sign_flip" in out and "untrained θ" in out
+
+
+def test_bad_setup_is_refused() -> None:
+    with pytest.raises(ValueError, match="honest"):
+        PoisonSetup(honest=0)
