@@ -178,8 +178,9 @@ def monitor_alarms(
     go and at any time about the same share is past its drift: ``lanes`` (a
     quarter of the streams) devices are always active; each lane plays its
     streams back to back, the lanes' phases are evenly spread, and both ends
-    are padded with unscored replays of other streams.  All streams must have one length.  Each micro-batch holds one
-    reading of every lane; alarm positions are per stream (its reading index).
+    are padded with unscored replays of other streams.  All streams must
+    have one length.  Each micro-batch holds one reading of every lane;
+    alarm positions are per stream (its reading index).
 
     With ``lockstep`` every stream is a device from the first step on, so
     all drifts fall in the same stretch of time: the case of a drift that
