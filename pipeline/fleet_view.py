@@ -11,12 +11,15 @@ Python: no Faust, no Kafka, no wall clock (every method takes ``now``).
 from __future__ import annotations
 
 import bisect
+import heapq
 import json
 import math
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from connectors.settings import Settings
 from pipeline.worker_core import Outgoing
@@ -241,9 +244,9 @@ class FleetView:
             e = errors.get(device)
             if e is not None and math.isfinite(e):
                 curve.append((now, e))
-        finite = [e for e in errors.values() if math.isfinite(e)]
-        if finite:
-            self.fleet_curve.append((now, sum(finite) / len(finite)))
+        mean = fleet_error_summary(errors)["mean"]
+        if mean is not None:
+            self.fleet_curve.append((now, float(mean)))
 
     def readings_per_s(self) -> float:
         """Readings per second over the last ``rate_window_s`` of samples (0 before two samples)."""
@@ -291,9 +294,10 @@ def worst_devices(errors: Mapping[str, float], versions: Mapping[str, int], n: i
     >>> [r.device_id for r in worst_devices({"a": 0.1, "b": 0.9, "c": float("nan"), "d": 0.9}, {"b": 2}, 2)]
     ['b', 'd']
     """
-    finite = [(d, e) for d, e in errors.items() if math.isfinite(e)]
-    finite.sort(key=lambda de: (-de[1], de[0]))
-    return [DeviceRow(d, e, versions.get(d, 0)) for d, e in finite[:n]]
+    finite = ((d, e) for d, e in errors.items() if math.isfinite(e))
+    # A heap, not a sort: a scrape of a 100k-device worker stays cheap.
+    worst = heapq.nsmallest(n, finite, key=lambda de: (-de[1], de[0]))
+    return [DeviceRow(d, e, versions.get(d, 0)) for d, e in worst]
 
 
 def fleet_error_summary(errors: Mapping[str, float]) -> dict[str, float | int | None]:
@@ -306,16 +310,17 @@ def fleet_error_summary(errors: Mapping[str, float]) -> dict[str, float | int | 
     >>> fleet_error_summary({})["mean"] is None
     True
     """
-    finite = sorted(e for e in errors.values() if math.isfinite(e))
-    if not finite:
+    values = np.fromiter(errors.values(), dtype=np.float64, count=len(errors))
+    finite = np.sort(values[np.isfinite(values)])
+    if not finite.size:
         return {"devices": len(errors), "with_error": 0, "mean": None, "p50": None, "p90": None, "max": None}
     return {
         "devices": len(errors),
-        "with_error": len(finite),
-        "mean": sum(finite) / len(finite),
+        "with_error": int(finite.size),
+        "mean": float(finite.mean()),
         "p50": _nearest_rank(finite, 0.5),
         "p90": _nearest_rank(finite, 0.9),
-        "max": finite[-1],
+        "max": float(finite[-1]),
     }
 
 
@@ -326,8 +331,8 @@ def _quantiles(histograms: Mapping[str, Histogram]) -> dict[str, dict[str, float
     }
 
 
-def _nearest_rank(ordered: Sequence[float], q: float) -> float:
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+def _nearest_rank(ordered: np.ndarray, q: float) -> float:
+    return float(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
 
 
 def _bounded(seen: Mapping[str, Any], label: str) -> str:
