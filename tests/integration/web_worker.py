@@ -102,4 +102,13 @@ def fed_worker(broker: ApacheKafkaBroker, work: Path) -> Iterator[FedWorker]:
             )
 
         wait_until(done, timeout=120, describe=lambda: f"{w.fleet()['stats']}\n{w.log()}")
+        # θ versions may still trail the last readings (queued meta contributions): wait until still.
+        settled: list[tuple[Any, ...]] = []
+
+        def still() -> bool:
+            s = w.fleet()["stats"]
+            settled.append((s["meta_version"], s["aggregator_version"], s["theta_seen"], s["sent"]))
+            return len(settled) >= 4 and len(set(settled[-4:])) == 1  # unchanged for 1.5 s
+
+        wait_until(still, timeout=60, describe=lambda: f"{settled[-5:]}\n{w.log()}")
         yield w
