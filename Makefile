@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # PyTorch from PyPI is a large download: keep pip's wheels between installs.
 export PIP_CACHE_DIR ?= $(HOME)/.cache/metastream/pip
 
-.PHONY: install datasets demo test test-fast bench lint clean
+.PHONY: install datasets chromium demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ datasets: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/metastream demo
 
-test: $(STAMP) datasets
+# Headless Chromium for the dashboard tests (apt; a no-op when it is there).
+chromium:
+	bash scripts/install_chromium.sh
+
+test: $(STAMP) datasets chromium
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -171,6 +171,10 @@ class AdaptationTracker:
         self._ema[hit] = keep * old + (1 - keep) * mean
         self._seen += counts
 
+    def smoothed(self) -> np.ndarray:
+        """Each slot's current smoothed error (NaN before its first reading); a copy."""
+        return self._ema.copy()
+
     def adapted(self, slot: int, tag: str) -> None:
         """Remember the device's current error as its before-adaptation level."""
         self._open.append((slot, tag, float(self._ema[slot]), int(self._seen[slot])))

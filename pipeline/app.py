@@ -46,6 +46,8 @@ from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import MAX_DEAD_LETTER_BYTES
 from learners.codec import CodecError, decode_model
+from pipeline import dashboard, metrics
+from pipeline.fleet_view import FleetView
 from pipeline.worker_core import META_KEY, MetaAggregator, Outgoing, WorkerCore
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,13 @@ class PipelineState:
     meta_ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the meta follower has read everything that was on the meta topic at start."""
     started_at: float = field(default_factory=time.monotonic)
+    processed: dict[int, int] = field(default_factory=dict)
+    """Next readings offset to process, per owned partition (for consumer lag)."""
+    view: FleetView = field(init=False)
+    """Bounded recent history for ``/metrics`` and the dashboard."""
+
+    def __post_init__(self) -> None:
+        self.view = FleetView(self.settings)
 
     async def run(self, fun: Callable[..., T], *args: Any) -> T:
         """Call the (single-threaded, CPU-bound) core off the event loop, one call at a time."""
@@ -229,7 +238,8 @@ def create_app(
     worker_id
         Names this worker in its meta contributions (default ``host-pid``).
     web_port
-        Enable Faust's web server (``/stats`` etc.) on this port; off when ``None``.
+        Enable Faust's web server on this port, with ``/metrics`` (Prometheus),
+        ``/dashboard`` and ``/fleet.json``; off when ``None``.
     tuning
         Throughput knobs (:class:`Tuning`).
     core, aggregator
@@ -331,10 +341,13 @@ def create_app(
                 start += len(chunk)
                 outgoing = await state.run(state.core.on_readings, chunk)
                 per_message.update(len(chunk), state.core.stats())
+                state.view.observe(outgoing, time.time())
                 await send_soon(outgoing, pending)
             await asyncio.gather(*pending)
+            state.view.acked(time.time())
             state.sent += len(pending)
             state.messages += len(batch)
+            metrics.track_processed(state.processed, batch)
             state.batches += 1
 
     @app.agent(deltas, name="meta-aggregator")
@@ -363,9 +376,15 @@ def create_app(
         """Remember what this worker owns after each rebalance (for stats and tests)."""
         assigned: set[TP] = args[0] if args else set()
         state.assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)
+        owned = {tp.partition for tp in assigned if tp.topic == settings.topic_readings}
+        for partition in set(state.processed) - owned:
+            del state.processed[partition]  # another worker moves it on from here
 
     # mode's signal typing does not accept a coroutine receiver, though it awaits one.
     app.on_partitions_assigned.connect(cast(Any, track_assignment))
+    if web_port is not None:
+        metrics.install(app, state)
+        dashboard.install(app, state)
     _ = (on_readings, on_deltas, follow_meta)  # registered on the app by the decorators
     return app
 
@@ -407,6 +426,8 @@ async def _follow_meta(
             for record in records:
                 if record.value is not None:
                     await state.run(_adopt, state, record.value)
+            if records:
+                state.view.on_meta(state.core.fleet.meta_version, time.time())
             if not state.meta_ready.is_set() and await consumer.position(tp) >= end:
                 state.meta_ready.set()
     finally:

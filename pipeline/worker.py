@@ -84,7 +84,8 @@ def run_worker(
     loglevel
         ``debug``, ``info``, ``warning`` or ``error``.
     web_port
-        Serve Faust's web views (``/stats/`` …) on this port; off when ``None``.
+        Serve ``/metrics`` (Prometheus), ``/dashboard``, ``/fleet.json`` and
+        Faust's web views on this port; off when ``None``.
     tuning
         Throughput knobs (:class:`pipeline.app.Tuning`).
     worker_id
@@ -145,7 +146,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="Ed25519 private key (PEM); without it an ephemeral key is generated (demo/tests only)",
     )
     p.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--web-port", type=int, help="serve Faust's web views on this port")
+    p.add_argument(
+        "--web-port", type=int, help="serve /metrics (Prometheus), /dashboard and Faust's views on this port"
+    )
     p.add_argument("--worker-id", help="name in meta contributions (default host-pid)")
     p.add_argument("--stats-interval", type=float, default=0.0, metavar="S", help="print counters every S s")
     t = p.add_argument_group("throughput tuning (defaults measured on 2 cores)")

@@ -123,6 +123,20 @@ class WorkerCore:
             "meta_version": self.fleet.meta_version,
         }
 
+    def device_errors(self) -> dict[str, float]:
+        """Each device's current smoothed error (NaN until it has one), by device id.
+
+        Safe to call from another thread while the core learns: it reads a
+        snapshot of the device list and a copy of the error array.
+        """
+        ids = list(self.fleet.devices.ids)
+        errors = self.tracker.smoothed()
+        return {d: float(e) for d, e in zip(ids, errors.tolist(), strict=False)}
+
+    def model_versions(self) -> dict[str, int]:
+        """The model version last published for each device (a copy)."""
+        return dict(self.versions)
+
     def on_readings(self, messages: Sequence[tuple[bytes | None, int, int]]) -> list[Outgoing]:
         """Process raw reading messages ``(value, partition, offset)`` as one micro-batch."""
         s = self.settings
