@@ -296,6 +296,8 @@ def test_strimzi_kafka_config_names_real_broker_settings(
     topic_configs = {k for t in by_kind(k8s_docs, "KafkaTopic") for k in t["spec"].get("config", {})}
     # Execute
     unknown = set(config) - kafka_configs
-    # Assert: topic-level names are the broker's log.* defaults' topic spellings
+    # Assert: topic-level names are the topic spellings of broker defaults
+    broker_default = {"cleanup.policy": "log.cleanup.policy", "max.message.bytes": "message.max.bytes"}
     assert unknown == set()
-    assert topic_configs == {"cleanup.policy"} and "log.cleanup.policy" in kafka_configs
+    assert topic_configs == set(broker_default)
+    assert set(broker_default.values()) <= kafka_configs
