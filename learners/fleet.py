@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from learners.base import StepResult, reading_errors
 from learners.buffers import DeviceBuffers
@@ -234,46 +235,22 @@ class FleetLearner:
             return slots
         x, y, mask = self.buffers.recent(slots, self.cfg.adapt_after)
         train, hold = split_holdout(mask, self.cfg.guard_holdout, self.cfg.guard_min_holdout)
-        phi = self.net.adapt(self.theta, x, y, train)
-        idx = torch.from_numpy(slots)
-        keep = torch.ones(len(slots), dtype=torch.bool)
         n_hold = hold.sum(1)
         guarded = n_hold > 0
+        keep = torch.ones(len(slots), dtype=torch.bool)
         if bool(guarded.any()):
-            # A device without an adapted model yet is judged against θ itself.
-            has_model = torch.from_numpy(self._has_model[slots])
-            current = {
-                k: torch.where(has_model.view(-1, *([1] * (v.dim() - 1))), v[idx], self.theta[k])
-                for k, v in self.params.items()
-            }
-            before = self.net.masked_loss(current, x, y, hold)
-            after = self.net.masked_loss(phi, x, y, hold)
-            keep = accept(before, after) | ~guarded
-            for i in np.flatnonzero(guarded.numpy()):
-                self._checks.append(
-                    GuardCheck(
-                        self.devices.ids[int(slots[i])],
-                        float(before[i]),
-                        float(after[i]),
-                        int(n_hold[i]),
-                        bool(keep[i]),
-                    )
-                )
+            # One batched call adapts each device twice: without its held-back
+            # readings (to be judged on them) and with them (what a kept device gets).
+            both = self.net.adapt(self.theta, torch.cat([x, x]), torch.cat([y, y]), torch.cat([train, mask]))
+            judged = {k: v[: len(slots)] for k, v in both.items()}
+            phi = {k: v[len(slots) :] for k, v in both.items()}
+            keep = self._judge(slots, judged, x, y, hold) | ~guarded
+        else:
+            phi = self.net.adapt(self.theta, x, y, mask)
         kept = slots[keep.numpy()]
-        refit = (keep & guarded).numpy()
-        if refit.any():
-            # Judged on held-back readings, published fitted on all of them: a kept φ_d
-            # is refitted from θ with the held-back readings included.
-            t = torch.from_numpy(refit)
-            full = self.net.adapt(self.theta, x[t], y[t], mask[t])
-            phi = {k: v.clone() for k, v in phi.items()}
-            for k in phi:
-                phi[k][t] = full[k]
-        if len(kept) < len(slots):
-            phi = {k: v[keep] for k, v in phi.items()}
-            idx = torch.from_numpy(kept)
+        idx = torch.from_numpy(kept)
         for k, v in self.params.items():
-            v[idx] = phi[k]
+            v[idx] = phi[k][keep]
         self._pending[slots] = False
         self._has_model[kept] = True
         self._retries[kept] = 0
@@ -281,6 +258,31 @@ class FleetLearner:
         self.n_adaptations += len(kept)
         self.n_rejected += len(slots) - len(kept)
         return kept
+
+    def _judge(self, slots: np.ndarray, judged: Params, x: Tensor, y: Tensor, hold: Tensor) -> Tensor:
+        """Where ``judged`` does no worse than each device's current model on its held-back readings."""
+        idx = torch.from_numpy(slots)
+        # A device without an adapted model yet is judged against θ itself.
+        has_model = torch.from_numpy(self._has_model[slots])
+        current = {
+            k: torch.where(has_model.view(-1, *([1] * (v.dim() - 1))), v[idx], self.theta[k])
+            for k, v in self.params.items()
+        }
+        before = self.net.masked_loss(current, x, y, hold)
+        after = self.net.masked_loss(judged, x, y, hold)
+        keep = accept(before, after)
+        n_hold = hold.sum(1)
+        for i in np.flatnonzero((n_hold > 0).numpy()):
+            self._checks.append(
+                GuardCheck(
+                    self.devices.ids[int(slots[i])],
+                    float(before[i]),
+                    float(after[i]),
+                    int(n_hold[i]),
+                    bool(keep[i]),
+                )
+            )
+        return keep
 
     def _retry(self, slots: np.ndarray, held_back: np.ndarray) -> None:
         """Try a rejected device again once as many new readings as were held back arrived.
