@@ -249,7 +249,7 @@ class FleetLearner:
         """
         slots = np.array([self.devices.slot(d) for d in device_ids], dtype=np.int64)
         idx = torch.from_numpy(slots)
-        tensors = {f"param.{k}": v[idx].clone() for k, v in self.params.items()}
+        tensors = {f"param.{k}": v[idx] for k, v in self.params.items()}  # indexing copies
         tensors["buffer.x"] = torch.from_numpy(self.buffers.x[slots].copy())
         tensors["buffer.y"] = torch.from_numpy(self.buffers.y[slots].copy())
         states, blobs = self.monitor.export_slots(slots.tolist())

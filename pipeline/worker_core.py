@@ -136,22 +136,25 @@ class WorkerCore:
     def on_readings(self, messages: Sequence[tuple[bytes | None, int, int]]) -> list[Outgoing]:
         """Process raw reading messages ``(value, partition, offset)`` as one micro-batch.
 
-        A message at or below the partition's last processed offset is a
+        Once partitions are managed by checkpoints (after :meth:`restore`), a
+        message at or below the partition's last processed offset is a
         redelivery (after a restart or rebalance) whose readings are already
         in the model: it is skipped.  So is a message of a partition this core
-        does not own (restore it first with :meth:`restore`).
+        does not own.  Without :meth:`restore` (benchmarks, tools) every
+        message is learned.
         """
         s = self.settings
         out: list[Outgoing] = []
         good: list[Reading] = []
         for value, partition, offset in messages:
-            if self.owned is not None and partition not in self.owned:
-                self._counts["not_owned_skipped"] += 1
-                continue
-            if offset <= self.offsets.get(partition, -1):
-                self._counts["duplicates_skipped"] += 1
-                continue
-            self.offsets[partition] = offset
+            if self.owned is not None:  # partitions restored from checkpoints (the Faust app)
+                if partition not in self.owned:
+                    self._counts["not_owned_skipped"] += 1
+                    continue
+                if offset <= self.offsets.get(partition, -1):
+                    self._counts["duplicates_skipped"] += 1
+                    continue
+            self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
             self._dirty.add(partition)
             ok, bad = decode_readings(value, self.cfg.n_features)
             good.extend(ok)
