@@ -463,9 +463,13 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
             ck = await newest_checkpoint(consumer, tp, state.core.open_checkpoint)
             devices = ck.device_ids if ck is not None else []
             models = {p} | {partition_for(d, settings.partitions) for d in devices}
+            # Models published before the checkpoint are in its versions; a minute of slack for clocks.
+            since = int(ck.created_at * 1000) - 60_000 if ck is not None else None
             published: dict[str, int] = {}
             for m in sorted(models):
-                published |= await published_versions(consumer, TopicPartition(settings.topic_models, m))
+                tp_models = TopicPartition(settings.topic_models, m)
+                for d, v in (await published_versions(consumer, tp_models, since)).items():
+                    published[d] = max(published.get(d, 0), v)
             await state.run(state.core.restore, p, ck, published)
             state.checkpointed[p] = ck.offset if ck is not None else -1
             log.info("partition %d restored: %s", p, f"offset {ck.offset}" if ck else "no checkpoint")

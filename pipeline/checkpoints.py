@@ -143,11 +143,21 @@ async def newest_checkpoint(
     return None
 
 
-async def published_versions(consumer: AIOKafkaConsumer, tp: TopicPartition) -> dict[str, int]:
-    """Newest ``model_version`` header per device key on one models-topic partition."""
+async def published_versions(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, since_ms: int | None = None
+) -> dict[str, int]:
+    """Newest ``model_version`` header per device key on one models-topic partition.
+
+    With ``since_ms`` only models with a timestamp from then on are read:
+    anything older than the checkpoint is covered by its versions, and the
+    models topic's uncompacted tail can be long.
+    """
     consumer.assign([tp])
     begin = (await consumer.beginning_offsets([tp]))[tp]
     end = (await consumer.end_offsets([tp]))[tp]
+    if since_ms is not None:
+        found = (await consumer.offsets_for_times({tp: since_ms}))[tp]
+        begin = end if found is None else max(begin, found.offset)
     versions: dict[str, int] = {}
     for record in await read_range(consumer, tp, begin, end):
         raw = dict(record.headers or ()).get("model_version")

@@ -9,6 +9,7 @@ model version is counted.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -18,14 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as AioTP
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from connectors.admin import partition_for
+from connectors.admin import ensure_topics, partition_for
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import Reading, encode_readings
 from learners.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
 from learners.synthetic import make_fleet_stream
+from pipeline.checkpoints import newest_checkpoint, published_versions
+from pipeline.worker_core import WorkerCore
 from tests.integration.test_worker import (  # noqa: F401  (fixtures: settings, signer, start_worker)
     Launch,
     last_stats,
@@ -35,7 +40,7 @@ from tests.integration.test_worker import (  # noqa: F401  (fixtures: settings, 
     worker_log,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 PARTITIONS = 6  # Faust's assignor gives 3 workers 2 each (with 4, one may get none)
 PER_MESSAGE = 20
@@ -127,6 +132,7 @@ def wait_until(cond: Any, timeout: float, describe: Any) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_sigkill_one_of_three_workers_then_count(
     settings: Settings,  # noqa: F811
     signer: Signer,  # noqa: F811
@@ -213,3 +219,47 @@ def test_sigkill_one_of_three_workers_then_count(
     restored = sum(st.get("checkpoints_restored", 0) for st in survivors)
     skipped = sum(st.get("duplicates_skipped", 0) for st in survivors)
     print(f"restored {restored} checkpoints; skipped {skipped} redelivered messages; versions {versions}")
+
+
+def test_restore_reads_the_newest_genuine_checkpoint_and_published_versions(
+    settings: Settings,  # noqa: F811
+    signer: Signer,  # noqa: F811
+) -> None:
+    # Prepare: on partition 1 of the checkpoint topic a genuine checkpoint at offset 29, then a
+    # newer one signed by a stranger, then garbage; two model versions of one device on the models topic.
+    s = crash_settings(settings)
+    ensure_topics(s)
+    core = WorkerCore(s, signer)
+    stranger = WorkerCore(s, Signer.generate())
+    device = next(f"dev-{i}" for i in range(100) if partition_for(f"dev-{i}", PARTITIONS) == 1)
+    message = encode_readings([Reading(device, (1.0, 2.0, 3.0, 4.0), 1.0)])
+    core.on_readings([(message, 1, 29)])
+    stranger.on_readings([(message, 1, 99)])
+    [(_, _, genuine)] = core.checkpoint()
+    [(_, _, forged)] = stranger.checkpoint()
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap, max_request_size=8 * 1024 * 1024)
+    for value in (genuine, forged, b"junk"):
+        producer.send(s.checkpoints_topic, key=b"1", value=value, partition=1)
+    for v in (1, 2):
+        headers = [("model_version", str(v).encode())]
+        producer.send(s.topic_models, key=device.encode(), value=b"m", headers=headers, partition=1)
+    producer.flush()
+    producer.close()
+
+    async def read() -> tuple[Checkpoint | None, Checkpoint | None, dict[str, int]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            ck = await newest_checkpoint(consumer, AioTP(s.checkpoints_topic, 1), core.open_checkpoint)
+            none = await newest_checkpoint(consumer, AioTP(s.checkpoints_topic, 0), core.open_checkpoint)
+            return ck, none, await published_versions(consumer, AioTP(s.topic_models, 1))
+        finally:
+            await consumer.stop()
+
+    # Execute
+    ck, none, published = asyncio.run(read())
+
+    # Assert: the stranger's newer checkpoint and the garbage are skipped; the empty partition has none.
+    assert ck is not None and (ck.partition, ck.offset, ck.readings) == (1, 29, {device: 1})
+    assert none is None
+    assert published == {device: 2}
