@@ -429,7 +429,17 @@ def create_app(
                 await _restore_partitions(settings, state, new)
         state.restored.set()
 
+    async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        """A last checkpoint on a clean stop, so the next owner need not learn anything again."""
+        try:
+            async with state.checkpoint_lock:
+                taken = await state.run(state.core.release, sorted(state.checkpointed))
+                await asyncio.wait_for(write_checkpoints(taken), timeout=10.0)
+        except Exception as exc:  # the next owner replays from the previous checkpoint: nothing is lost
+            log.warning("no final checkpoint at shutdown: %r", exc)
+
     # mode's signal typing does not accept a coroutine receiver, though it awaits one.
+    app.on_before_shutdown.connect(cast(Any, on_shutdown))
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
     app.on_partitions_assigned.connect(cast(Any, on_assigned))
     _ = (on_readings, on_deltas, follow_meta, checkpoint_changed)  # registered by the decorators
@@ -443,9 +453,11 @@ def _readings_partitions(tps: Any, topic: str) -> set[int]:
 async def _restore_partitions(settings: Settings, state: PipelineState, partitions: Sequence[int]) -> None:
     """Each partition's newest valid checkpoint and published model versions → the core.
 
-    Failing to read them is fatal (the worker crashes and its partitions move
-    on): learning a partition without its state would restart its devices'
-    model versions and weights.
+    Everything is assigned and its offsets are listed at once: each
+    ``assign`` of an aiokafka consumer costs a metadata round of ~0.5 s, and
+    this runs inside the rebalance (within the session timeout).  Failing to
+    read is fatal (the worker crashes and its partitions move on): learning
+    a partition without its state would restart its devices' model versions.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap,
@@ -458,18 +470,34 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
     )
     await consumer.start()
     try:
-        for p in partitions:
-            tp = TopicPartition(settings.checkpoints_topic, p)
-            ck = await newest_checkpoint(consumer, tp, state.core.open_checkpoint)
-            devices = ck.device_ids if ck is not None else []
-            models = {p} | {partition_for(d, settings.partitions) for d in devices}
-            # Models published before the checkpoint are in its versions; a minute of slack for clocks.
-            since = int(ck.created_at * 1000) - 60_000 if ck is not None else None
-            published: dict[str, int] = {}
-            for m in sorted(models):
-                tp_models = TopicPartition(settings.topic_models, m)
-                for d, v in (await published_versions(consumer, tp_models, since)).items():
-                    published[d] = max(published.get(d, 0), v)
+        ck_tps = {p: TopicPartition(settings.checkpoints_topic, p) for p in partitions}
+        model_tps = [TopicPartition(settings.topic_models, m) for m in range(settings.partitions)]
+        every = [*ck_tps.values(), *model_tps]
+        consumer.assign(every)
+        begins = await consumer.beginning_offsets(every)
+        ends = await consumer.end_offsets(every)
+        cks = {
+            p: await newest_checkpoint(consumer, tp, state.core.open_checkpoint, begins[tp], ends[tp])
+            for p, tp in ck_tps.items()
+        }
+        # Devices' models are keyed by device id: usually the same partition number, but not
+        # if a producer put a device on another readings partition than its key's.
+        devices = [d for ck in cks.values() if ck is not None for d in ck.device_ids]
+        wanted = [
+            model_tps[m]
+            for m in sorted(set(partitions) | {partition_for(d, len(model_tps)) for d in devices})
+        ]
+        starts = {tp: begins[tp] for tp in wanted}
+        if all(ck is not None for ck in cks.values()):
+            # Models published before a checkpoint are in its versions; a minute of slack for clocks.
+            since = min(int(ck.created_at * 1000) for ck in cks.values() if ck is not None) - 60_000
+            for tp, found in (await consumer.offsets_for_times(dict.fromkeys(wanted, since))).items():
+                starts[tp] = ends[tp] if found is None else max(begins[tp], found.offset)
+        published: dict[str, int] = {}
+        for tp in wanted:
+            for d, v in (await published_versions(consumer, tp, starts[tp], ends[tp])).items():
+                published[d] = max(published.get(d, 0), v)
+        for p, ck in cks.items():
             await state.run(state.core.restore, p, ck, published)
             state.checkpointed[p] = ck.offset if ck is not None else -1
             log.info("partition %d restored: %s", p, f"offset {ck.offset}" if ck else "no checkpoint")

@@ -110,17 +110,17 @@ async def newest_checkpoint(
     consumer: AIOKafkaConsumer,
     tp: TopicPartition,
     open_checkpoint: Callable[[bytes], Checkpoint],
+    begin: int,
+    end: int,
     window: int = 8,
 ) -> Checkpoint | None:
-    """The newest checkpoint in ``tp`` that verifies, or ``None`` if there is none.
+    """The newest checkpoint in ``tp`` (offsets ``begin`` … ``end`` - 1) that verifies, or ``None``.
 
-    Reads backwards from the end ``window`` records at a time, so start-up
-    does not read the whole (not yet compacted) history.  Refused payloads
-    (forged, altered, malformed, foreign) are logged and skipped.
+    ``tp`` must be assigned to ``consumer``.  Reads backwards from the end
+    ``window`` records at a time, so start-up does not read the whole (not
+    yet compacted) history.  Refused payloads (forged, altered, malformed,
+    foreign) are logged and skipped.
     """
-    consumer.assign([tp])
-    begin = (await consumer.beginning_offsets([tp]))[tp]
-    end = (await consumer.end_offsets([tp]))[tp]
     while end > begin:
         start = max(begin, end - window)
         for record in reversed(await read_range(consumer, tp, start, end)):
@@ -134,9 +134,7 @@ async def newest_checkpoint(
                 )
                 continue
             if ck.partition != tp.partition:
-                log.warning(
-                    "skipping checkpoint of partition %d found in partition %d", ck.partition, tp.partition
-                )
+                log.warning("skipping checkpoint of partition %d in partition %d", ck.partition, tp.partition)
                 continue
             return ck
         end, window = start, window * 4
@@ -144,20 +142,9 @@ async def newest_checkpoint(
 
 
 async def published_versions(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, since_ms: int | None = None
+    consumer: AIOKafkaConsumer, tp: TopicPartition, begin: int, end: int
 ) -> dict[str, int]:
-    """Newest ``model_version`` header per device key on one models-topic partition.
-
-    With ``since_ms`` only models with a timestamp from then on are read:
-    anything older than the checkpoint is covered by its versions, and the
-    models topic's uncompacted tail can be long.
-    """
-    consumer.assign([tp])
-    begin = (await consumer.beginning_offsets([tp]))[tp]
-    end = (await consumer.end_offsets([tp]))[tp]
-    if since_ms is not None:
-        found = (await consumer.offsets_for_times({tp: since_ms}))[tp]
-        begin = end if found is None else max(begin, found.offset)
+    """Newest ``model_version`` header per device key on one (assigned) models-topic partition."""
     versions: dict[str, int] = {}
     for record in await read_range(consumer, tp, begin, end):
         raw = dict(record.headers or ()).get("model_version")

@@ -28,7 +28,7 @@ from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import Reading, encode_readings
 from learners.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
-from learners.synthetic import make_fleet_stream
+from learners.synthetic import FleetStream, make_fleet_stream
 from pipeline.checkpoints import newest_checkpoint, published_versions
 from pipeline.worker_core import WorkerCore
 from tests.integration.test_worker import (  # noqa: F401  (fixtures: settings, signer, start_worker)
@@ -78,6 +78,13 @@ def produce(cfg: Settings, readings: list[Reading]) -> Counter[str]:
     finally:
         producer.close()
     return acked
+
+
+def as_readings(stream: FleetStream) -> list[Reading]:
+    return [
+        Reading(d, tuple(x), float(y))
+        for d, x, y in zip(stream.device_ids, stream.x.tolist(), stream.y, strict=True)
+    ]
 
 
 def newest_checkpoints(cfg: Settings, verifier: Verifier) -> dict[int, Checkpoint]:
@@ -156,10 +163,7 @@ def test_sigkill_one_of_three_workers_then_count(
     stream = make_fleet_stream(
         n_devices=16, n_readings=16_000, n_features=4, gradual_share=0.0, late_joiners=0.0, seed=11
     )
-    readings = [
-        Reading(d, tuple(x), float(y))
-        for d, x, y in zip(stream.device_ids, stream.x.tolist(), stream.y, strict=True)
-    ]
+    readings = as_readings(stream)
     victim = 0
     victim_tps = owned_by([victim])[0]
 
@@ -250,9 +254,14 @@ def test_restore_reads_the_newest_genuine_checkpoint_and_published_versions(
         consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
         await consumer.start()
         try:
-            ck = await newest_checkpoint(consumer, AioTP(s.checkpoints_topic, 1), core.open_checkpoint)
-            none = await newest_checkpoint(consumer, AioTP(s.checkpoints_topic, 0), core.open_checkpoint)
-            return ck, none, await published_versions(consumer, AioTP(s.topic_models, 1))
+            tps = [AioTP(s.checkpoints_topic, 1), AioTP(s.checkpoints_topic, 0), AioTP(s.topic_models, 1)]
+            consumer.assign(tps)
+            begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+            ck, none = [
+                await newest_checkpoint(consumer, tp, core.open_checkpoint, begin[tp], end[tp])
+                for tp in tps[:2]
+            ]
+            return ck, none, await published_versions(consumer, tps[2], begin[tps[2]], end[tps[2]])
         finally:
             await consumer.stop()
 
@@ -263,3 +272,36 @@ def test_restore_reads_the_newest_genuine_checkpoint_and_published_versions(
     assert ck is not None and (ck.partition, ck.offset, ck.readings) == (1, 29, {device: 1})
     assert none is None
     assert published == {device: 2}
+
+
+@pytest.mark.slow
+def test_a_clean_stop_writes_a_final_checkpoint(
+    settings: Settings,  # noqa: F811
+    signer: Signer,  # noqa: F811
+    start_worker: Launch,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # Prepare: one worker whose periodic checkpoint would come only after 10 minutes.
+    s = replace(crash_settings(settings), checkpoint_interval_s=600.0)
+    proc = start_worker(s)
+    log = lambda: worker_log(tmp_path)  # noqa: E731
+    wait_until(lambda: readings_tps(last_stats(tmp_path, 0), s.topic_readings), 90, log)
+    stream = make_fleet_stream(n_devices=8, n_readings=3000, n_features=4, late_joiners=0.0, seed=2)
+    produced = produce(s, as_readings(stream))
+    wait_until(lambda: last_stats(tmp_path, 0).get("readings") == 3000, 60, log)
+    verifier = Verifier([signer.public_key])
+    before = newest_checkpoints(s, verifier)
+
+    # Execute
+    proc.send_signal(signal.SIGTERM)
+
+    # Assert: it exits cleanly, and its last state is on the checkpoint topic.
+    assert proc.wait(30) == 0, worker_log(tmp_path)
+    learned: Counter[str] = Counter()
+    for ck in newest_checkpoints(s, verifier).values():
+        learned.update(ck.readings)
+    learned_before: Counter[str] = Counter()
+    for ck in before.values():
+        learned_before.update(ck.readings)
+    assert learned_before != produced, learned_before  # the final checkpoint is needed
+    assert learned == produced
