@@ -411,11 +411,13 @@ def create_app(
         revoked = _readings_partitions(args[0] if args else set(), settings.topic_readings)
         state.restored.clear()
         async with state.checkpoint_lock:
+            # Faust already forgot these partitions' acks; acking now would commit partitions
+            # this worker no longer owns.  The next owner reads them again, skipping what it has.
+            state.held.drop(revoked)
             taken = await state.run(state.core.release, sorted(revoked))
             await write_checkpoints(taken)
             for p in revoked:
                 state.checkpointed.pop(p, None)
-            state.held.drop(revoked)  # Faust forgot their acks; the next owner reads them again
 
     async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         """Restore the newly assigned readings partitions before any of their readings is learned."""
