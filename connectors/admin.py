@@ -22,6 +22,14 @@ from connectors.wire import MAX_DEAD_LETTER_BYTES
 log = logging.getLogger(__name__)
 
 COMPACT = {"cleanup.policy": "compact"}
+CHECKPOINT_MAX_BYTES = 32 * 1024 * 1024
+CHECKPOINT_CONFIGS = {
+    **COMPACT,
+    # One message holds every device of a partition (~5 KB each with the default learner).
+    "max.message.bytes": str(CHECKPOINT_MAX_BYTES),
+    # Roll segments hourly so old checkpoints become compactable (the active one never is).
+    "segment.ms": str(3_600_000),
+}
 
 
 class TopicMismatchError(RuntimeError):
@@ -59,6 +67,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_events, n),
         # A dead letter carries a refused record whole (base64), so it can exceed the 1 MiB default.
         TopicSpec(settings.topic_deadletter, n, {"max.message.bytes": str(MAX_DEAD_LETTER_BYTES)}),
+        # Co-partitioned with the readings (checkpoint of readings partition p goes to
+        # partition p); compacted, since a partition only ever needs its newest one.
+        TopicSpec(settings.checkpoints_topic, n, dict(CHECKPOINT_CONFIGS)),
     ]
 
 
@@ -117,7 +128,7 @@ def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec], settings: S
     counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics([s.name for s in specs])}
     for spec in specs:
         have = counts.get(spec.name, 0)
-        if spec.name == settings.topic_readings and have < spec.partitions:
+        if spec.name in (settings.topic_readings, settings.checkpoints_topic) and have < spec.partitions:
             raise TopicMismatchError(
                 f"topic {spec.name!r} exists with {have} partitions but settings.partitions is "
                 f"{spec.partitions}; add partitions (kafka-topics --alter) or lower the setting"

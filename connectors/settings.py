@@ -44,6 +44,16 @@ class Settings:
     topic_deltas: str = "metastream.deltas"
     topic_events: str = "metastream.events"
     topic_deadletter: str = "metastream.deadletter"
+    topic_checkpoints: str = ""
+    """Compacted topic of per-partition worker checkpoints; empty: ``<app_id>.checkpoints``."""
+    checkpoint_interval_s: float = 5.0
+    """How often a worker checkpoints the partitions whose state changed (also on revocation).
+
+    Offsets are committed only up to the newest checkpoint, so after a crash
+    at most this much of the stream is read (and its outputs sent) again.
+    """
+    session_timeout_s: float = 60.0
+    """Consumer-group session timeout: how long a crashed worker's partitions wait for a new owner."""
     n_features: int = 8
     task: str = "regression"
     n_classes: int = 2
@@ -64,6 +74,17 @@ class Settings:
     sasl_password: str = field(default="", repr=False)
     learner: dict[str, Any] = field(default_factory=dict)
     """Extra :class:`LearnerConfig` fields (e.g. ``{"inner_steps": 10}``)."""
+
+    @property
+    def checkpoints_topic(self) -> str:
+        """Name of the checkpoint topic (one per consumer group, so per ``app_id``).
+
+        Examples
+        --------
+        >>> Settings(app_id="plant-7").checkpoints_topic, Settings(topic_checkpoints="ck").checkpoints_topic
+        ('plant-7.checkpoints', 'ck')
+        """
+        return self.topic_checkpoints or f"{self.app_id}.checkpoints"
 
     @property
     def bootstrap(self) -> str:

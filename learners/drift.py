@@ -200,3 +200,98 @@ class DriftMonitor:
         # For ADWIN, its compiled window is updated directly: River's Python
         # wrapper around it costs as much per reading as the window itself.
         return det, det._helper if self.detector == "adwin" else None  # type: ignore[attr-defined]
+
+    # -- checkpoints (plain state, no pickle) ------------------------------------------
+
+    def export_slots(self, slots: Sequence[int]) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """Plain state of the detectors of ``slots``: JSON-able dicts plus one binary blob each.
+
+        ADWIN's window lives in River's Rust extension, whose own state
+        encoding (plain bytes, not pickle) is the blob; PageHinkley and KSWIN
+        are plain attributes (KSWIN with its random generator's state), and
+        their blob is empty.  :meth:`import_slots` gives back detectors that
+        behave identically on the following errors.
+        """
+        states: list[dict[str, Any]] = []
+        blobs: list[bytes] = []
+        for slot in slots:
+            if slot < len(self._detectors):
+                det = self._detectors[slot]
+                state = {
+                    "seen": self._seen[slot],
+                    "quiet_until": self._quiet_until[slot],
+                    "cut_n": self._cut_n[slot],
+                    "cut_sum": self._cut_sum[slot],
+                    "slow": self._slow[slot],
+                    "fresh": self.fresh.get(slot),
+                    "scale": float(self._scale[slot]),
+                    "scaled_n": int(self._scaled_n[slot]),
+                    "detector": _detector_state(det),
+                }
+                blob = det._helper.__getstate__() if self.detector == "adwin" else b""  # type: ignore[attr-defined]
+            else:  # a device that never had a finite error: nothing to keep
+                state, blob = {}, b""
+            states.append(state)
+            blobs.append(bytes(blob))
+        return states, blobs
+
+    def import_slots(
+        self, slots: Sequence[int], states: Sequence[dict[str, Any]], blobs: Sequence[bytes]
+    ) -> None:
+        """Replace the detectors of ``slots`` with :meth:`export_slots` output (same detector kind)."""
+        if not slots:
+            return
+        self._grow(max(slots))
+        for slot, state, blob in zip(slots, states, blobs, strict=True):
+            self._reset(slot)
+            self.fresh.pop(slot, None)
+            self._seen[slot] = self._quiet_until[slot] = 0
+            self._slow[slot] = self._scale[slot] = self._scaled_n[slot] = 0
+            if not state:
+                continue
+            _load_detector(self._detectors[slot], state["detector"], blob)
+            self._seen[slot] = int(state["seen"])
+            self._quiet_until[slot] = int(state["quiet_until"])
+            self._cut_n[slot] = int(state["cut_n"])
+            self._cut_sum[slot] = float(state["cut_sum"])
+            self._slow[slot] = float(state["slow"])
+            self._scale[slot] = float(state["scale"])
+            self._scaled_n[slot] = int(state["scaled_n"])
+            if state["fresh"] is not None:
+                self.fresh[slot] = int(state["fresh"])
+
+
+def _detector_state(det: base.DriftDetector) -> dict[str, Any]:
+    """A detector's learned state as plain JSON values (its settings come from :func:`make_detector`)."""
+    state: dict[str, Any] = {"drift_detected": bool(det.drift_detected)}
+    if isinstance(det, drift.PageHinkley):
+        state |= {
+            "mean_n": det._x_mean.n,
+            "mean": det._x_mean._mean,
+            "sums": [det._sum_increase, det._sum_decrease, det._min_increase, det._max_decrease],
+        }
+    elif isinstance(det, drift.KSWIN):
+        version, internal, gauss = det._rng.getstate()
+        state |= {
+            "n": det.n,
+            "p_value": det.p_value,
+            "window": list(det.window),
+            "rng": [version, list(internal), gauss],
+        }
+    return state
+
+
+def _load_detector(det: base.DriftDetector, state: dict[str, Any], blob: bytes) -> None:
+    det._drift_detected = bool(state["drift_detected"])
+    if isinstance(det, drift.ADWIN):
+        det._helper.__setstate__(bytes(blob))
+    elif isinstance(det, drift.PageHinkley):
+        det._x_mean.n, det._x_mean._mean = float(state["mean_n"]), float(state["mean"])
+        s = [float(v) for v in state["sums"]]
+        det._sum_increase, det._sum_decrease, det._min_increase, det._max_decrease = s
+    elif isinstance(det, drift.KSWIN):
+        det.n, det.p_value = int(state["n"]), state["p_value"]
+        det.window.clear()
+        det.window.extend(float(v) for v in state["window"])
+        version, internal, gauss = state["rng"]
+        det._rng.setstate((int(version), tuple(int(v) for v in internal), gauss))

@@ -8,7 +8,7 @@ drift or for a new device, and periodic meta-updates of θ.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -317,3 +317,106 @@ class FleetLearner:
             self._meta.step(deltas, weights)
         else:
             self.contributions.append((deltas, weights))
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def export_devices(self, device_ids: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything the fleet knows about ``device_ids``, plus its worker-wide state.
+
+        Returns tensors (stacked weights ``param.*``, ring buffers ``buffer.*``,
+        detector blobs, scaler moments, θ ``theta.*``) and JSON-able ``info``
+        (per-device counters and detector states, scaler counts, meta cadence,
+        random generator state).  :meth:`import_devices` is the inverse; see
+        :mod:`learners.checkpoint` for the signed wire format.
+        """
+        slots = np.array([self.devices.slot(d) for d in device_ids], dtype=np.int64)
+        idx = torch.from_numpy(slots)
+        tensors = {f"param.{k}": v[idx] for k, v in self.params.items()}  # indexing copies
+        tensors["buffer.x"] = torch.from_numpy(self.buffers.x[slots].copy())
+        tensors["buffer.y"] = torch.from_numpy(self.buffers.y[slots].copy())
+        states, blobs = self.monitor.export_slots(slots.tolist())
+        tensors["detector.blobs"] = torch.frombuffer(bytearray(b"".join(blobs) or b"\0"), dtype=torch.uint8)
+        for name, sc in (("x", self.scaler.x), ("y", self.scaler.y)):
+            tensors[f"scaler.{name}.mean"] = torch.from_numpy(sc.mean.copy())
+            tensors[f"scaler.{name}.m2"] = torch.from_numpy(sc._m2.copy())
+        for k, v in self.theta.items():
+            tensors[f"theta.{k}"] = v.detach().clone()
+        info: dict[str, Any] = {
+            "device_ids": list(device_ids),
+            "buffer_count": self.buffers.count[slots].tolist(),
+            "buffer_next": self.buffers._next[slots].tolist(),
+            "pending": self._pending[slots].tolist(),
+            "since_meta": self._since_meta[slots].tolist(),
+            "has_model": self._has_model[slots].tolist(),
+            "guard_retries": self._retries[slots].tolist(),
+            "detectors": states,
+            "blob_sizes": [len(b) for b in blobs],
+            "scaler_counts": [self.scaler.x.count, self.scaler.y.count],
+            "processed": self.processed,
+            "meta_version": self.meta_version,
+            "rng": self._rng.bit_generator.state,
+        }
+        return tensors, info
+
+    def import_devices(
+        self, tensors: dict[str, torch.Tensor], info: dict[str, Any], worker_wide: bool = False
+    ) -> list[str]:
+        """Restore devices from :meth:`export_devices` output; returns their ids.
+
+        Devices already known here are overwritten; new ones get a slot.  θ is
+        adopted only if it is newer than the current one.  The scaler, the
+        meta cadence and the random generator are
+        worker-wide, not per device: they are taken over only with
+        ``worker_wide=True`` (a fresh worker), never merged into a worker that
+        has its own.
+
+        Raises
+        ------
+        ValueError
+            If the state does not fit this fleet's architecture or buffer size.
+        """
+        ids: list[str] = list(info["device_ids"])
+        n = len(ids)
+        expected = {f"param.{k}": (n, *v.shape) for k, v in self.theta.items()}
+        expected["buffer.x"] = (n, self.buffers.size, self.cfg.n_features)
+        expected["buffer.y"] = (n, self.buffers.size)
+        expected |= {f"theta.{k}": tuple(v.shape) for k, v in self.theta.items()}
+        expected |= {"scaler.x.mean": (self.cfg.n_features,), "scaler.x.m2": (self.cfg.n_features,)}
+        expected |= {"scaler.y.mean": (1,), "scaler.y.m2": (1,)}
+        for name, shape in expected.items():
+            got = tuple(tensors[name].shape) if name in tensors else None
+            if got != shape:
+                raise ValueError(f"checkpoint does not fit this learner: {name} is {got}, expected {shape}")
+        sizes = [int(s) for s in info["blob_sizes"]]
+        blob = tensors["detector.blobs"].numpy().tobytes()
+        if len(sizes) != n or sum(sizes) > len(blob):
+            raise ValueError("checkpoint does not fit this learner: detector states do not match the devices")
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+        blobs = [blob[starts[i] : starts[i + 1]] for i in range(n)]
+        if n:
+            slots, new = self.devices.slots_for(ids)
+            if new:
+                self._add_devices(new)
+            idx = torch.from_numpy(slots)
+            for k, v in self.params.items():
+                v[idx] = tensors[f"param.{k}"].to(v.dtype)
+            self.buffers.x[slots] = tensors["buffer.x"].numpy()
+            self.buffers.y[slots] = tensors["buffer.y"].numpy()
+            self.buffers.count[slots] = np.asarray(info["buffer_count"], dtype=np.int64)
+            self.buffers._next[slots] = np.asarray(info["buffer_next"], dtype=np.int64)
+            self._pending[slots] = np.asarray(info["pending"], dtype=bool)
+            self._since_meta[slots] = np.asarray(info["since_meta"], dtype=np.int64)
+            self._has_model[slots] = np.asarray(info["has_model"], dtype=bool)
+            self._retries[slots] = np.asarray(info["guard_retries"], dtype=np.int64)
+            self.monitor.import_slots(slots.tolist(), info["detectors"], blobs)
+        if self._meta is not None:
+            theta = {k: tensors[f"theta.{k}"] for k in self.theta}
+            self._meta.adopt(theta, int(info["meta_version"]))
+        if worker_wide:
+            for i, (name, sc) in enumerate((("x", self.scaler.x), ("y", self.scaler.y))):
+                sc.count = int(info["scaler_counts"][i])
+                sc.mean = tensors[f"scaler.{name}.mean"].numpy().astype(np.float64).copy()
+                sc._m2 = tensors[f"scaler.{name}.m2"].numpy().astype(np.float64).copy()
+            self.processed = int(info["processed"])
+            self._rng.bit_generator.state = info["rng"]
+        return ids

@@ -17,6 +17,12 @@ Delivery is at least once: an agent awaits the broker's ack of everything a
 batch produced before Faust acks (and later commits) the batch's offsets.
 The learner core runs on one dedicated thread, so the event loop keeps
 fetching, heartbeating and producing while torch computes.
+
+Per-device state survives crashes and rebalances through checkpoints
+(:mod:`pipeline.checkpoints` describes the protocol and the guarantee): a
+readings message becomes committable only once a checkpoint covering it is
+on the checkpoint topic; on assignment a partition's state is restored from
+its newest checkpoint before any of its readings is processed.
 """
 
 from __future__ import annotations
@@ -41,12 +47,13 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP, EventT, StreamT
 from faust.types.auth import CredentialsT
 
-from connectors.admin import topic_specs
+from connectors.admin import CHECKPOINT_MAX_BYTES, partition_for, topic_specs
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import MAX_DEAD_LETTER_BYTES
 from learners.codec import CodecError, decode_model
 from pipeline import dashboard, metrics
+from pipeline.checkpoints import HeldMessages, newest_checkpoint, published_versions
 from pipeline.fleet_view import FleetView
 from pipeline.worker_core import META_KEY, MetaAggregator, Outgoing, WorkerCore
 
@@ -103,6 +110,12 @@ class PipelineState:
     assigned: list[str] = field(default_factory=list)
     meta_ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the meta follower has read everything that was on the meta topic at start."""
+    restored: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while every owned readings partition has its state restored (cleared during a rebalance)."""
+    held: HeldMessages = field(default_factory=HeldMessages)
+    checkpoint_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    checkpointed: dict[int, int] = field(default_factory=dict)
+    """Per owned readings partition, the offset of its newest checkpoint on the topic."""
     started_at: float = field(default_factory=time.monotonic)
     processed: dict[int, int] = field(default_factory=dict)
     """Next readings offset to process, per owned partition (for consumer lag)."""
@@ -129,6 +142,8 @@ class PipelineState:
             "theta_seen": self.theta_seen,
             "aggregator_version": self.aggregator.version,
             "assigned": self.assigned,
+            "checkpointed": {str(p): o for p, o in sorted(self.checkpointed.items())},
+            "device_readings": dict(sorted(self.core.device_readings.items())),
             "uptime_s": round(elapsed, 1),
         }
 
@@ -265,12 +280,16 @@ def create_app(
         web_port=web_port or 6066,
         consumer_auto_offset_reset="earliest",
         producer_linger=tune.producer_linger_s,
-        # Dead letters carry refused records whole: up to MAX_DEAD_LETTER_BYTES plus headers.
-        producer_max_request_size=MAX_DEAD_LETTER_BYTES + 64 * 1024,
         broker_max_poll_records=tune.max_poll_records,
         stream_buffer_maxsize=tune.stream_buffer_maxsize,
         consumer_max_fetch_size=tune.max_fetch_bytes,
         broker_commit_interval=tune.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        # Heartbeats well inside the session, or a short session times out a live worker.
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
+        # The largest messages: a checkpoint holds a whole partition's devices; a dead
+        # letter carries a refused record whole (the topics' limits allow both).
+        producer_max_request_size=max(CHECKPOINT_MAX_BYTES, MAX_DEAD_LETTER_BYTES + 64 * 1024),
         # Rebalances must not wait forever for an agent that is in the middle of a big batch.
         stream_wait_empty=False,
         worker_redirect_stdouts=False,
@@ -334,11 +353,16 @@ def create_app(
         batches = cast(Stream, stream).take_events(settings.micro_batch, within=settings.batch_window_s)
         async for events in batches:
             batch = [_raw(e) for e in events]
+            # Committable only once a checkpoint covers them (see pipeline.checkpoints).
+            for e in events:
+                state.held.hold(e.message.partition, e.message)
             pending: list[Awaitable[Any]] = []
             start = 0
             while start < len(batch):
                 chunk = batch[start : start + per_message.chunk(settings.micro_batch)]
                 start += len(chunk)
+                # Never learn a partition whose state is not restored yet (during a rebalance).
+                await state.restored.wait()
                 outgoing = await state.run(state.core.on_readings, chunk)
                 per_message.update(len(chunk), state.core.stats())
                 state.view.observe(outgoing, time.time())
@@ -372,21 +396,135 @@ def create_app(
             if app.monitor in set(app.sensors):
                 app.sensors.remove(app.monitor)
 
-    async def track_assignment(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        """Remember what this worker owns after each rebalance (for stats and tests)."""
+    checkpoints = out_topics[settings.checkpoints_topic]
+
+    async def write_checkpoints(taken: Sequence[tuple[int, int, bytes]]) -> None:
+        """Produce checkpoints, wait for the broker's acks, then let Faust commit what they cover."""
+        pending = [
+            await checkpoints.send(key=str(p).encode(), value=payload, partition=p, force=True)
+            for p, _, payload in taken
+        ]
+        await asyncio.gather(*pending)
+        for p, offset, _ in taken:
+            state.checkpointed[p] = offset
+        release_covered()
+
+    def release_covered() -> None:
+        for p, offset in state.checkpointed.items():
+            for message in state.held.release(p, offset):
+                message.ack(app.consumer)
+
+    @app.timer(settings.checkpoint_interval_s)
+    async def checkpoint_changed() -> None:
+        """Checkpoint the partitions whose state changed since their last checkpoint."""
+        async with state.checkpoint_lock:
+            if state.restored.is_set():
+                await write_checkpoints(await state.run(state.core.checkpoint))
+
+    async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        """Hand over revoked partitions: a final checkpoint, then stop learning them."""
+        revoked = _readings_partitions(args[0] if args else set(), settings.topic_readings)
+        state.restored.clear()
+        async with state.checkpoint_lock:
+            # Faust already forgot these partitions' acks; acking now would commit partitions
+            # this worker no longer owns.  The next owner reads them again, skipping what it has.
+            state.held.drop(revoked)
+            taken = await state.run(state.core.release, sorted(revoked))
+            await write_checkpoints(taken)
+            for p in revoked:
+                state.checkpointed.pop(p, None)
+
+    async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        """Restore the newly assigned readings partitions before any of their readings is learned."""
         assigned: set[TP] = args[0] if args else set()
         state.assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)
-        owned = {tp.partition for tp in assigned if tp.topic == settings.topic_readings}
+        owned = _readings_partitions(assigned, settings.topic_readings)
         for partition in set(state.processed) - owned:
             del state.processed[partition]  # another worker moves it on from here
+        state.restored.clear()
+        async with state.checkpoint_lock:
+            new = sorted(owned - set(state.checkpointed))
+            if new:
+                await _restore_partitions(settings, state, new)
+        state.restored.set()
+
+    async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        """A last checkpoint on a clean stop, so the next owner need not learn anything again."""
+        try:
+            async with state.checkpoint_lock:
+                taken = await state.run(state.core.release, sorted(state.checkpointed))
+                await asyncio.wait_for(write_checkpoints(taken), timeout=10.0)
+        except Exception as exc:  # the next owner replays from the previous checkpoint: nothing is lost
+            log.warning("no final checkpoint at shutdown: %r", exc)
 
     # mode's signal typing does not accept a coroutine receiver, though it awaits one.
-    app.on_partitions_assigned.connect(cast(Any, track_assignment))
+    app.on_before_shutdown.connect(cast(Any, on_shutdown))
+    app.on_partitions_revoked.connect(cast(Any, on_revoked))
+    app.on_partitions_assigned.connect(cast(Any, on_assigned))
     if web_port is not None:
         metrics.install(app, state)
         dashboard.install(app, state)
-    _ = (on_readings, on_deltas, follow_meta)  # registered on the app by the decorators
+    _ = (on_readings, on_deltas, follow_meta, checkpoint_changed)  # registered by the decorators
     return app
+
+
+def _readings_partitions(tps: Any, topic: str) -> set[int]:
+    return {tp.partition for tp in tps if tp.topic == topic}
+
+
+async def _restore_partitions(settings: Settings, state: PipelineState, partitions: Sequence[int]) -> None:
+    """Each partition's newest valid checkpoint and published model versions → the core.
+
+    Everything is assigned and its offsets are listed at once: each
+    ``assign`` of an aiokafka consumer costs a metadata round of ~0.5 s, and
+    this runs inside the rebalance (within the session timeout).  Failing to
+    read is fatal (the worker crashes and its partitions move on): learning
+    a partition without its state would restart its devices' model versions.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        client_id=f"{settings.app_id}-restore-{state.worker_id}",
+        fetch_max_bytes=CHECKPOINT_MAX_BYTES,
+        max_partition_fetch_bytes=CHECKPOINT_MAX_BYTES,
+        **aiokafka_security(settings),
+    )
+    await consumer.start()
+    try:
+        ck_tps = {p: TopicPartition(settings.checkpoints_topic, p) for p in partitions}
+        model_tps = [TopicPartition(settings.topic_models, m) for m in range(settings.partitions)]
+        every = [*ck_tps.values(), *model_tps]
+        consumer.assign(every)
+        begins = await consumer.beginning_offsets(every)
+        ends = await consumer.end_offsets(every)
+        cks = {
+            p: await newest_checkpoint(consumer, tp, state.core.open_checkpoint, begins[tp], ends[tp])
+            for p, tp in ck_tps.items()
+        }
+        # Devices' models are keyed by device id: usually the same partition number, but not
+        # if a producer put a device on another readings partition than its key's.
+        devices = [d for ck in cks.values() if ck is not None for d in ck.device_ids]
+        wanted = [
+            model_tps[m]
+            for m in sorted(set(partitions) | {partition_for(d, len(model_tps)) for d in devices})
+        ]
+        starts = {tp: begins[tp] for tp in wanted}
+        if all(ck is not None for ck in cks.values()):
+            # Models published before a checkpoint are in its versions; a minute of slack for clocks.
+            since = min(int(ck.created_at * 1000) for ck in cks.values() if ck is not None) - 60_000
+            for tp, found in (await consumer.offsets_for_times(dict.fromkeys(wanted, since))).items():
+                starts[tp] = ends[tp] if found is None else max(begins[tp], found.offset)
+        published: dict[str, int] = {}
+        for tp in wanted:
+            for d, v in (await published_versions(consumer, tp, starts[tp], ends[tp])).items():
+                published[d] = max(published.get(d, 0), v)
+        for p, ck in cks.items():
+            await state.run(state.core.restore, p, ck, published)
+            state.checkpointed[p] = ck.offset if ck is not None else -1
+            log.info("partition %d restored: %s", p, f"offset {ck.offset}" if ck else "no checkpoint")
+    finally:
+        await consumer.stop()
 
 
 def _value(event: EventT) -> bytes:

@@ -23,6 +23,7 @@ from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import DeadLetter, Reading, decode_readings, encode_event
 from learners.base import reading_errors
+from learners.checkpoint import Checkpoint, CheckpointError, decode_checkpoint, encode_checkpoint
 from learners.codec import (
     CodecError,
     DeltaHeader,
@@ -107,16 +108,40 @@ class WorkerCore:
         self._drift_at: dict[str, float] = {}
         self._counts: Counter[str] = Counter()
         self.tracker = AdaptationTracker()
+        # Checkpoint bookkeeping (see the methods under "checkpoints" below).
+        self.offsets: dict[int, int] = {}
+        """Per readings partition, the offset of the last message processed into the state."""
+        self.device_readings: Counter[str] = Counter()
+        """Per device, readings processed into its model (restored from checkpoints)."""
+        self.partition_of: dict[str, int] = {}
+        """The readings partition each device arrives on (where its state is checkpointed)."""
+        self.owned: set[int] | None = None
+        """Partitions this core may process; ``None``: all (no checkpointing, e.g. benchmarks)."""
+        self._dirty: set[int] = set()
 
     def stats(self) -> dict[str, int]:
         """Counters of what this worker did, and the θ version it is on.
 
         readings, dead_letters, drifts, adaptations, rejected, published,
-        meta_refused, devices (known to this worker), meta_version.
-        ``rejected`` counts adaptations the regression guard refused (the
-        device kept its current model; nothing was published).
+        meta_refused, the checkpoint counters (duplicates_skipped,
+        not_owned_skipped, checkpoints_written, checkpoints_restored), devices
+        (known to this worker), meta_version.  ``rejected`` counts adaptations
+        the regression guard refused (the device kept its current model;
+        nothing was published).
         """
-        names = ("readings", "dead_letters", "drifts", "adaptations", "rejected", "published", "meta_refused")
+        names = (
+            "readings",
+            "dead_letters",
+            "drifts",
+            "adaptations",
+            "rejected",
+            "published",
+            "meta_refused",
+            "duplicates_skipped",
+            "not_owned_skipped",
+            "checkpoints_written",
+            "checkpoints_restored",
+        )
         return {
             **{n: self._counts[n] for n in names},
             "devices": len(self.fleet.devices),
@@ -138,13 +163,33 @@ class WorkerCore:
         return dict(self.versions)
 
     def on_readings(self, messages: Sequence[tuple[bytes | None, int, int]]) -> list[Outgoing]:
-        """Process raw reading messages ``(value, partition, offset)`` as one micro-batch."""
+        """Process raw reading messages ``(value, partition, offset)`` as one micro-batch.
+
+        Once partitions are managed by checkpoints (after :meth:`restore`), a
+        message at or below the partition's last processed offset is a
+        redelivery (after a restart or rebalance) whose readings are already
+        in the model: it is skipped.  So is a message of a partition this core
+        does not own.  Without :meth:`restore` (benchmarks, tools) every
+        message is learned.
+        """
         s = self.settings
         out: list[Outgoing] = []
         good: list[Reading] = []
         for value, partition, offset in messages:
+            if self.owned is not None:  # partitions restored from checkpoints (the Faust app)
+                if partition not in self.owned:
+                    self._counts["not_owned_skipped"] += 1
+                    continue
+                if offset <= self.offsets.get(partition, -1):
+                    self._counts["duplicates_skipped"] += 1
+                    continue
+            self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
+            self._dirty.add(partition)
             ok, bad = decode_readings(value, self.cfg.n_features, s.max_abs_value)
             good.extend(ok)
+            for reading in ok:
+                self.partition_of[reading.device_id] = partition
+                self.device_readings[reading.device_id] += 1
             for r in bad:
                 letter = DeadLetter.of(r, s.topic_readings, partition, offset)
                 out.append(
@@ -254,6 +299,95 @@ class WorkerCore:
         if header.device_id != META_KEY:
             return False
         return self.fleet.adopt_theta(tensors, header.model_version)
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def dirty_partitions(self) -> set[int]:
+        """Partitions whose state changed since their last checkpoint."""
+        return set(self._dirty)
+
+    def checkpoint(self, partitions: Sequence[int] | None = None) -> list[tuple[int, int, bytes]]:
+        """Signed checkpoints ``(partition, offset, payload)`` of the changed ``partitions`` (default all).
+
+        A partition is clean again afterwards; write the payloads before
+        letting the consumer commit past ``offset`` (see :mod:`pipeline.app`).
+        """
+        wanted = self._dirty if partitions is None else self._dirty & set(partitions)
+        out = [(p, self.offsets.get(p, -1), self.signer.seal(self.snapshot(p))) for p in sorted(wanted)]
+        self._dirty -= wanted
+        self._counts["checkpoints_written"] += len(out)
+        return out
+
+    def snapshot(self, partition: int) -> bytes:
+        """The unsigned checkpoint payload of one partition (see :mod:`learners.checkpoint`)."""
+        ids = [d for d, p in self.partition_of.items() if p == partition]
+        tensors, info = self.fleet.export_devices(ids)
+        ck = Checkpoint(
+            partition=partition,
+            offset=self.offsets.get(partition, -1),
+            tensors=tensors,
+            info=info,
+            versions={d: self.versions[d] for d in ids if d in self.versions},
+            readings={d: self.device_readings[d] for d in ids},
+            drift_at={d: self._drift_at[d] for d in ids if d in self._drift_at},
+            writer=self.worker_id,
+            created_at=self.clock(),
+        )
+        return encode_checkpoint(ck)
+
+    def open_checkpoint(self, payload: bytes) -> Checkpoint:
+        """Verify (signature, then sha256 and schema) and decode a checkpoint.
+
+        Raises
+        ------
+        CheckpointError
+            If it is unsigned, signed by an untrusted key, altered or malformed.
+        """
+        try:
+            return decode_checkpoint(self.verifier.open(payload))
+        except SignatureError as exc:
+            raise CheckpointError(f"checkpoint refused: {exc}") from exc
+
+    def release(self, partitions: Sequence[int]) -> list[tuple[int, int, bytes]]:
+        """Checkpoints of the changed ones of ``partitions``, then stop processing them (revoked)."""
+        out = self.checkpoint(partitions)
+        self.owned = (self.owned or set()) - set(partitions)
+        return out
+
+    def restore(self, partition: int, ck: Checkpoint | None, published: dict[str, int] | None = None) -> None:
+        """Take over ``partition`` from its newest checkpoint (``None``: it has none yet).
+
+        ``published`` maps devices to the newest model version already on the
+        models topic: a version published after the checkpoint was written is
+        never reused, so edges never see a number twice or going down.  The
+        worker-wide state in the checkpoint is adopted only by a core that has
+        not learned anything yet.
+        """
+        if ck is not None and ck.partition != partition:
+            raise CheckpointError(f"checkpoint of partition {ck.partition} offered for partition {partition}")
+        self.owned = (self.owned or set()) | {partition}
+        self._dirty.discard(partition)
+        if ck is None:
+            self.offsets.pop(partition, None)
+        else:
+            fresh = self.fleet.scaler.x.count == 0
+            try:
+                ids = self.fleet.import_devices(ck.tensors, ck.info, worker_wide=fresh)
+            except CheckpointError:
+                raise
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"checkpoint of partition {partition} does not fit: {exc}") from exc
+            for d in ids:
+                self.partition_of[d] = partition
+                self.device_readings[d] = ck.readings.get(d, 0)
+                self.versions[d] = ck.versions.get(d, 0)
+                self._drift_at.pop(d, None)
+                if d in ck.drift_at:
+                    self._drift_at[d] = ck.drift_at[d]
+            self.offsets[partition] = ck.offset
+            self._counts["checkpoints_restored"] += 1
+        for d, v in (published or {}).items():
+            self.versions[d] = max(self.versions.get(d, 0), v)
 
 
 def _json_number(value: float) -> float | None:

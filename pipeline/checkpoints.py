@@ -1,0 +1,158 @@
+"""Checkpoints on Kafka: hold offsets until they are checkpointed, read the newest one back.
+
+How a worker keeps per-device state across crashes and rebalances (the
+design; :mod:`pipeline.app` wires it, :mod:`learners.checkpoint` is the format):
+
+1. Every readings message the agent takes is *held*: its Faust refcount is
+   raised, so Faust's own ack after the batch does not make it committable
+   (:class:`HeldMessages`).
+2. Every ``checkpoint_interval_s``, and when partitions are revoked, the
+   worker snapshots each changed partition (on the learner thread, so the
+   snapshot matches a known last offset), produces it to the compacted
+   checkpoint topic (partition p for readings partition p), waits for the
+   broker's ack, and only then releases the held messages up to that offset
+   to Faust.  So **the committed offset of a partition never passes its newest
+   checkpoint**.
+3. On assignment, before any reading of a partition is processed, the worker
+   reads the partition's newest checkpoint that verifies (signature, sha256,
+   schema) and the newest model version per device on the models topic,
+   and restores them.  Faust then seeks to the committed offset (≤ checkpoint
+   + 1); redelivered messages at or below the checkpoint offset are skipped.
+
+Guarantee: every reading of an acknowledged (committed) readings message is
+in its device's model state exactly once, across crashes, restarts and
+rebalances.  Readings after the newest checkpoint that a crashed worker had
+learned are learned again by the next owner (from the checkpoint state),
+so their outputs - drift events, adaptation results, contributions to θ - are
+at least once.  Model versions per device are never lost, never reused and
+never go down: the next owner continues after the larger of the checkpointed
+and the newest published version, so a model version published by a crashed
+worker after its last checkpoint keeps its number and the replacement
+publishes the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from learners.checkpoint import Checkpoint, CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+class Holdable(Protocol):
+    """A consumed message whose final ack can be delayed (Faust's ``Message``)."""
+
+    offset: int
+
+    def incref(self, n: int = 1) -> None: ...
+
+
+class HeldMessages:
+    """Per partition, messages taken but not yet covered by a written checkpoint.
+
+    Examples
+    --------
+    >>> class Msg:
+    ...     def __init__(self, offset): self.offset, self.refs = offset, 1
+    ...     def incref(self, n=1): self.refs += n
+    >>> held = HeldMessages()
+    >>> msgs = [Msg(o) for o in range(5)]
+    >>> for m in msgs: held.hold(0, m)
+    >>> [m.offset for m in held.release(0, 2)], held.pending()
+    ([0, 1, 2], {0: 2})
+    >>> held.drop([0]), held.pending()
+    (2, {})
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, list[Any]] = {}
+
+    def hold(self, partition: int, message: Holdable) -> None:
+        """Delay the final ack of ``message`` until :meth:`release` covers its offset."""
+        message.incref()
+        self._held.setdefault(partition, []).append(message)
+
+    def release(self, partition: int, upto: int) -> list[Any]:
+        """The held messages of ``partition`` with offset ≤ ``upto`` (now checkpointed), oldest first."""
+        msgs = self._held.get(partition, [])
+        done = [m for m in msgs if m.offset <= upto]
+        if done:
+            self._held[partition] = [m for m in msgs if m.offset > upto]
+        return done
+
+    def drop(self, partitions: Any) -> int:
+        """Forget the held messages of revoked ``partitions`` (their next owner reads them again)."""
+        return sum(len(self._held.pop(p, [])) for p in partitions)
+
+    def pending(self) -> dict[int, int]:
+        """Held messages per partition."""
+        return {p: len(m) for p, m in self._held.items() if m}
+
+
+async def read_range(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int) -> list[Any]:
+    """Every record of ``tp`` with ``start`` ≤ offset < ``end`` (compaction may leave holes)."""
+    records: list[Any] = []
+    if start >= end:
+        return records
+    consumer.seek(tp, start)
+    while await consumer.position(tp) < end:
+        got = await consumer.getmany(tp, timeout_ms=1000)
+        records.extend(r for r in got.get(tp, []) if r.offset < end)
+    return records
+
+
+async def newest_checkpoint(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    open_checkpoint: Callable[[bytes], Checkpoint],
+    begin: int,
+    end: int,
+    window: int = 8,
+) -> Checkpoint | None:
+    """The newest checkpoint in ``tp`` (offsets ``begin`` … ``end`` - 1) that verifies, or ``None``.
+
+    ``tp`` must be assigned to ``consumer``.  Reads backwards from the end
+    ``window`` records at a time, so start-up does not read the whole (not
+    yet compacted) history.  Refused payloads (forged, altered, malformed,
+    foreign) are logged and skipped.
+    """
+    while end > begin:
+        start = max(begin, end - window)
+        for record in reversed(await read_range(consumer, tp, start, end)):
+            if record.value is None:
+                continue
+            try:
+                ck = open_checkpoint(record.value)
+            except CheckpointError as exc:
+                log.warning(
+                    "skipping checkpoint at %s:%d offset %d: %s", tp.topic, tp.partition, record.offset, exc
+                )
+                continue
+            if ck.partition != tp.partition:
+                log.warning("skipping checkpoint of partition %d in partition %d", ck.partition, tp.partition)
+                continue
+            return ck
+        end, window = start, window * 4
+    return None
+
+
+async def published_versions(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, begin: int, end: int
+) -> dict[str, int]:
+    """Newest ``model_version`` header per device key on one (assigned) models-topic partition."""
+    versions: dict[str, int] = {}
+    for record in await read_range(consumer, tp, begin, end):
+        raw = dict(record.headers or ()).get("model_version")
+        if record.key is None or raw is None:
+            continue
+        try:
+            device, version = record.key.decode(), int(raw)
+        except (UnicodeDecodeError, ValueError):
+            continue
+        versions[device] = max(versions.get(device, 0), version)
+    return versions
