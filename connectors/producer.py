@@ -422,6 +422,7 @@ def run_producer(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     client: ProducerClient | None = None,
+    show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Send ``readings`` at ``rate`` readings/s (``None``: as fast as possible).
 
@@ -454,7 +455,9 @@ def run_producer(
     total = limit if limit is not None else (len(readings) if isinstance(readings, Sized) else None)
     stream = iter(readings) if limit is None else islice(readings, limit)
     producer = SensorProducer(settings, gateway_size, client)
-    progress = Progress(total or 0, "produce", enabled=None if total else False, clock=clock)
+    # A bar on a terminal when the total is known, unless ``show_progress`` says otherwise.
+    enabled = show_progress if show_progress is not None else (None if total else False)
+    progress = Progress(total or 0, "produce", enabled=enabled, clock=clock)
     start = clock()
     done = 0
     try:

@@ -213,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     from connectors import edge, producer
-    from pipeline import broker_cli, evaluate, worker
+    from pipeline import broker_cli, evaluate, soak, worker
 
     evaluate.add_cli(sub)
+    soak.add_cli(sub)
     worker.add_cli(sub)
     broker_cli.add_cli(sub)
     producer.add_cli(sub)
