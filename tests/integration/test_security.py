@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,19 @@ def security_env(settings: Settings) -> dict[str, str]:
     """The settings' TLS/SASL part as the ``METASTREAM_*`` variables the README documents."""
     names = (*SECURITY_FIELDS, "sasl_username", "sasl_password")
     return {f"METASTREAM_{n.upper()}": str(getattr(settings, n)) for n in names if getattr(settings, n)}
+
+
+def readme_env(settings: Settings) -> dict[str, str]:
+    """The README's security example, verbatim except for this broker's CA file and password."""
+    section = (ROOT / "README.md").read_text().split("### Security settings", 1)[1]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    exports = [re.match(r"export (METASTREAM_\w+)=(\S+)", ln) for ln in block.splitlines()]
+    env = {m[1]: m[2] for m in exports if m}
+    filled = {
+        "METASTREAM_SSL_CAFILE": settings.ssl_cafile,
+        "METASTREAM_SASL_PASSWORD": settings.sasl_password,
+    }
+    return env | {k: v for k, v in filled.items() if k in env}
 
 
 def launch_worker(settings: Settings, work: Path, name: str = "worker") -> subprocess.Popen[bytes]:
@@ -123,6 +137,8 @@ def readings(n_per_device: int) -> list[Reading]:
 def test_every_client_connects_over_sasl_ssl(secure_broker: ApacheKafkaBroker, tmp_path: Path) -> None:
     # Prepare: topics made by the admin client over SASL_SSL; a worker configured from the environment
     settings = secure_settings(secure_broker, tmp_path, "sec")
+    # The README's example is exactly what this worker gets.
+    assert readme_env(settings) == security_env(settings)
     ensure_topics(settings)
     worker = launch_worker(settings, tmp_path)
     edge: EdgeSubscriber | None = None
