@@ -58,6 +58,9 @@ def _explain(exc: BaseException) -> str | None:
     text = str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
         return "the broker's TLS certificate is not trusted: check ssl_cafile (and the broker's host name)"
+    if any(alert in text for alert in ("ALERT_BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "ALERT_UNKNOWN_CA")):
+        # TLS alerts from the broker: it wants a client certificate signed by a CA it trusts.
+        return "the broker refused this client's certificate: check ssl_certfile and ssl_keyfile"
     if isinstance(exc, (ssl.SSLError, KafkaConnectionError)) and "Handshake failed" in text:
         return "the TLS handshake failed: check ssl_cafile, ssl_certfile, ssl_keyfile and security_protocol"
     return None

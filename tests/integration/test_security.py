@@ -225,3 +225,36 @@ def test_an_untrusted_ca_is_a_clear_error(secure_broker: ApacheKafkaBroker, tmp_
         ensure_topics(settings)
     with pytest.raises(BrokerConnectionError, match="certificate is not trusted"):
         EdgeSubscriber(settings, DEVICES)
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_over_mutual_tls(tmp_path: Path) -> None:
+    # Prepare: a broker whose only client listener is SSL and that requires client certificates
+    with ApacheKafkaBroker(security_protocol="SSL") as broker:
+        settings = secure_settings(broker, tmp_path, "mtls")
+        assert (settings.ssl_certfile, settings.ssl_keyfile) != ("", "")
+        ensure_topics(settings)
+        worker = launch_worker(settings, tmp_path)
+        try:
+            # Execute: readings in, models out, every client with the client certificate
+            with EdgeSubscriber(settings, DEVICES) as edge:
+                with SensorProducer(settings, gateway_size=10) as producer:
+                    producer.send_batch(readings(40))
+                deadline = time.monotonic() + 120
+                while any(edge.current_version(d) is None for d in DEVICES):
+                    assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, (
+                        edge.state.versions(),
+                        last_stats(tmp_path / "worker.log"),
+                    )
+                    edge.poll_once(500)
+
+            # Assert: the models arrived and were accepted; a client without a certificate is refused
+            assert producer.readings_acked == 120
+            assert edge.state.counts["accepted"] >= len(DEVICES)
+            no_cert = dataclasses.replace(settings, ssl_certfile="", ssl_keyfile="")
+            with pytest.raises(BrokerConnectionError, match="refused this client's certificate"):
+                SensorProducer(no_cert)
+        finally:
+            code = stop(worker)
+        assert code == 0, (tmp_path / "worker.log").read_text()[-3000:]
