@@ -82,10 +82,12 @@ def make_local_pki(
     Examples
     --------
     >>> import tempfile
-    >>> pki = make_local_pki(Path(tempfile.mkdtemp()))
-    >>> pki.ca_cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     pki = make_local_pki(Path(tmp))
+    ...     client = x509.load_pem_x509_certificate(pki.client_cert.read_bytes())
+    ...     pki.ca_cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
     True
-    >>> x509.load_pem_x509_certificate(pki.client_cert.read_bytes()).issuer.rfc4514_string()
+    >>> client.issuer.rfc4514_string()
     'CN=metastream test CA,O=metastream local test PKI'
     """
     directory.mkdir(parents=True, exist_ok=True)
