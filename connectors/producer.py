@@ -252,9 +252,14 @@ class SensorProducer:
         self._make_room(n)
         with self._lock:
             self._pending += n
+        try:
+            self._dispatch(_Message(value, key, partition, n))
+        except BaseException:
+            with self._lock:  # not handed over (e.g. a bad argument): the caller gets the error
+                self._pending -= n
+            raise
         self.readings_sent += n
         self.messages_sent += 1
-        self._dispatch(_Message(value, key, partition, n))
 
     def _dispatch(self, message: _Message) -> None:
         """Hand ``message`` (already counted in :attr:`pending`) to the client."""
@@ -423,6 +428,7 @@ def run_producer(
     sleep: Callable[[float], None] = time.sleep,
     client: ProducerClient | None = None,
     show_progress: bool | None = None,
+    flush_timeout_s: float | None = 300.0,
 ) -> dict[str, Any]:
     """Send ``readings`` at ``rate`` readings/s (``None``: as fast as possible).
 
@@ -430,6 +436,8 @@ def run_producer(
     at ``start + i / rate``), so sleep overshoot never accumulates into
     drift.  In gateway mode (``gateway_size > 1``) readings are taken
     ``gateway_size × partitions`` at a time so messages come out nearly full.
+    At the end it waits up to ``flush_timeout_s`` (``None``: as long as it
+    takes) for the broker to acknowledge everything, then raises if it did not.
 
     Returns
     -------
@@ -474,7 +482,8 @@ def run_producer(
                 if wait > 0:
                     sleep(wait)
             progress.update(done)
-        producer.flush()
+        # Waits out a broker outage (unacknowledged readings are resent), but not forever.
+        producer.flush(flush_timeout_s)
         seconds = clock() - start
     finally:
         # After the flush above this returns at once; after an error it must not wait forever.

@@ -17,7 +17,8 @@ class ScriptedClient:
     """A producer client whose sends succeed, fail, or stay unanswered, as the test says.
 
     ``outcomes`` is consumed one per send: ``"ok"``, ``"retriable"`` (a delivery
-    timeout), ``"fatal"`` (not authorised) or ``"hang"`` (never answered);
+    timeout), ``"fatal"`` (not authorised), ``"raise"`` (``send`` itself raises)
+    or ``"hang"`` (never answered);
     after it runs out every send succeeds.
     """
 
@@ -40,6 +41,8 @@ class ScriptedClient:
             return future.failure(KafkaTimeoutError("Batch expired"))
         if outcome == "fatal":
             return future.failure(TopicAuthorizationFailedError())
+        if outcome == "raise":
+            raise ValueError("bad partition")
         return future  # "hang": no answer ever
 
     def partitions_for(self, topic: str) -> set[int]:
@@ -132,3 +135,15 @@ def test_flush_gives_up_after_its_timeout_and_says_how_many_are_unacknowledged()
 def test_max_pending_must_hold_one_message() -> None:
     with pytest.raises(ValueError, match=r"max_pending \(5\) must be >= gateway_size \(10\)"):
         SensorProducer(Settings(), gateway_size=10, client=ScriptedClient(), max_pending=5)
+
+
+def test_a_send_that_raises_is_not_counted_as_pending() -> None:
+    client = ScriptedClient(["raise"])
+    producer = SensorProducer(Settings(partitions=2), client=client)
+
+    with pytest.raises(ValueError, match="bad partition"):
+        producer.send(readings(1)[0])
+    producer.send(readings(2)[1])
+    producer.flush(timeout_s=1)
+
+    assert (producer.readings_sent, producer.readings_acked, producer.pending) == (1, 1, 0)
