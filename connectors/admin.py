@@ -16,6 +16,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from kafka.partitioner.default import murmur2
 
+from connectors.connection_check import check_connection
 from connectors.settings import Settings
 from connectors.wire import MAX_DEAD_LETTER_BYTES
 
@@ -74,7 +75,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def admin_client(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
-    """A :class:`KafkaAdminClient` for ``settings`` (TLS/SASL included); close it after use."""
+    """A :class:`KafkaAdminClient` for ``settings`` (TLS/SASL included); close it after use.
+
+    Raises :class:`connectors.connection_check.BrokerConnectionError` at once
+    when the broker refuses the TLS/SASL settings.
+    """
+    check_connection(settings, timeout_s)
     ms = int(timeout_s * 1000)
     return KafkaAdminClient(
         bootstrap_servers=settings.bootstrap,

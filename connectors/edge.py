@@ -23,6 +23,7 @@ from kafka import KafkaConsumer, TopicPartition
 from torch import Tensor
 
 from connectors.admin import partition_for
+from connectors.connection_check import check_connection
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Verifier
 from learners.codec import CodecError, ModelHeader, decode_model
@@ -251,6 +252,7 @@ class EdgeSubscriber:
         if not self.state.devices and not follow_meta:
             raise ValueError("an edge subscriber needs at least one device (or follow_meta=True)")
         self.received: deque[Received] = deque(maxlen=log_size)
+        check_connection(settings)  # a refused password or CA: a clear error now, not a 30 s timeout
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap,
             client_id=f"{settings.app_id}-edge",

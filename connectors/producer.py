@@ -18,9 +18,11 @@ Sources are plain iterables of :class:`~connectors.wire.Reading`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from itertools import islice
@@ -29,9 +31,11 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from kafka.future import Future
 
 from connectors.admin import ensure_topics, partition_for
+from connectors.connection_check import check_connection
 from connectors.settings import Settings
 from connectors.wire import MAX_MESSAGE_BYTES, Reading, encode_readings
 
@@ -97,8 +101,36 @@ class MemoryProducer:
         return None
 
 
+class ProducerBufferFull(RuntimeError):
+    """More readings are waiting for the broker's acknowledgement than the producer may hold."""
+
+
+@dataclass(frozen=True)
+class _Message:
+    """One produced message, kept until the broker acknowledges it."""
+
+    value: bytes
+    key: bytes | None
+    partition: int | None
+    readings: int
+
+
 class SensorProducer:
-    """Sends readings to ``settings.topic_readings``.
+    """Sends readings to ``settings.topic_readings`` and keeps each until the broker acknowledges it.
+
+    Nothing is dropped when the broker goes away: kafka-python retries
+    unacknowledged messages until its ``delivery_timeout_ms`` (120 s); a
+    message that still fails with a retriable error (the broker is down
+    for longer) goes back to a queue here and is sent again with the next
+    send or flush.  The readings waiting in either place are bounded by
+    ``max_pending``: when it is reached, sending blocks for up to
+    ``max_block_s`` seconds for acknowledgements and then raises
+    :class:`ProducerBufferFull`.  Messages refused for good (e.g. not
+    authorised) are counted in :attr:`failed` and make :meth:`flush` raise.
+
+    Delivery is at least once: a message whose acknowledgement was lost
+    may be stored twice, and a message sent again after a delivery timeout
+    lands after later ones of the same device.
 
     Parameters
     ----------
@@ -109,6 +141,12 @@ class SensorProducer:
     client : ProducerClient, optional
         A ready producer client; by default a :class:`kafka.KafkaProducer`
         with ``acks="all"`` and a 5 ms linger.
+    max_pending : int
+        Most readings sent but not yet acknowledged (including ones queued to be sent again).
+    max_block_s : float
+        How long a send waits for room under ``max_pending`` before raising.
+    client_options : dict, optional
+        Extra :class:`kafka.KafkaProducer` options (e.g. ``delivery_timeout_ms``).
 
     Examples
     --------
@@ -116,36 +154,63 @@ class SensorProducer:
     >>> readings = [Reading(f"dev-{i % 5}", (1.0, 2.0), 0.5) for i in range(10)]
     >>> with SensorProducer(Settings(partitions=2), gateway_size=3, client=client) as producer:
     ...     producer.send_batch(readings)
-    >>> producer.readings_sent, producer.messages_sent
-    (10, 4)
+    >>> producer.readings_sent, producer.messages_sent, producer.readings_acked, producer.pending
+    (10, 4, 10, 0)
     >>> sorted({m.partition for m in client.sent}), {m.key for m in client.sent}
     ([0, 1], {None})
     """
 
     def __init__(
-        self, settings: Settings, gateway_size: int = 1, client: ProducerClient | None = None
+        self,
+        settings: Settings,
+        gateway_size: int = 1,
+        client: ProducerClient | None = None,
+        *,
+        max_pending: int = 500_000,
+        max_block_s: float = 60.0,
+        client_options: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if gateway_size < 1:
             raise ValueError(f"gateway_size must be >= 1, got {gateway_size}")
+        if max_pending < gateway_size:
+            raise ValueError(f"max_pending ({max_pending}) must be >= gateway_size ({gateway_size})")
         self.settings = settings
         self.gateway_size = gateway_size
         self.topic = settings.topic_readings
+        self.max_pending = max_pending
+        self.max_block_s = max_block_s
         self.readings_sent = 0
+        """Readings handed to the client (each counted once, however often it is sent again)."""
         self.messages_sent = 0
+        self.readings_acked = 0
+        """Readings the broker acknowledged (``acks="all"``)."""
+        self.resent = 0
+        """Messages sent again after a retriable failure."""
         self.failed = 0
+        """Messages refused for good."""
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._retry: deque[_Message] = deque()
         self._last_error: BaseException | None = None
         self._n_partitions: int | None = None
-        self._client: ProducerClient = (
-            client
-            if client is not None
-            else KafkaProducer(
+        if client is None:
+            check_connection(settings)  # a refused password or CA: a clear error now
+            client = KafkaProducer(
                 bootstrap_servers=settings.bootstrap,
                 client_id=f"{settings.app_id}-producer",
-                acks="all",
-                linger_ms=5,
+                **{"acks": "all", "linger_ms": 5, **(client_options or {})},
                 **settings.kafka_python_security(),
             )
-        )
+        self._client: ProducerClient = client
+
+    @property
+    def pending(self) -> int:
+        """Readings sent but not yet acknowledged, including those waiting to be sent again."""
+        return self._pending
 
     @property
     def n_partitions(self) -> int:
@@ -184,33 +249,109 @@ class SensorProducer:
         if len(value) > MAX_MESSAGE_BYTES:
             # Workers would dead-letter it as oversized; fail here where it can be fixed.
             raise ValueError(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}: lower gateway_size")
-        future = self._client.send(self.topic, value=value, key=key, partition=partition)
-        future.add_errback(self._on_error)
+        self._make_room(n)
+        with self._lock:
+            self._pending += n
+        try:
+            self._dispatch(_Message(value, key, partition, n))
+        except BaseException:
+            with self._lock:  # not handed over (e.g. a bad argument): the caller gets the error
+                self._pending -= n
+            raise
         self.readings_sent += n
         self.messages_sent += 1
 
-    def _on_error(self, exc: BaseException) -> None:
-        self.failed += 1
-        self._last_error = exc
+    def _dispatch(self, message: _Message) -> None:
+        """Hand ``message`` (already counted in :attr:`pending`) to the client."""
+        try:
+            future = self._client.send(
+                self.topic, value=message.value, key=message.key, partition=message.partition
+            )
+        except KafkaError as exc:
+            # kafka-python's own buffer stayed full (or metadata unknown) for max_block_ms.
+            self._on_error(message, exc)
+            return
+        future.add_callback(lambda _: self._on_ack(message))
+        future.add_errback(lambda exc: self._on_error(message, exc))
 
-    def flush(self) -> None:
-        """Wait until everything sent so far is acknowledged.
+    def _on_ack(self, message: _Message) -> None:
+        with self._lock:
+            self._pending -= message.readings
+            self.readings_acked += message.readings
+
+    def _on_error(self, message: _Message, exc: BaseException) -> None:
+        # Called on kafka-python's I/O thread.
+        with self._lock:
+            self._last_error = exc
+            if getattr(exc, "retriable", False):
+                self._retry.append(message)  # still pending: sent again by _resend
+            else:
+                self._pending -= message.readings
+                self.failed += 1
+
+    def _resend(self) -> None:
+        """Send again what failed with a retriable error, oldest first."""
+        while True:
+            with self._lock:
+                if not self._retry:
+                    return
+                message = self._retry.popleft()
+            self.resent += 1
+            self._dispatch(message)
+
+    def _make_room(self, n: int) -> None:
+        self._resend()
+        if self._pending + n <= self.max_pending:
+            return
+        deadline = self._clock() + self.max_block_s
+        while self._pending + n > self.max_pending:
+            if self._clock() >= deadline:
+                raise ProducerBufferFull(
+                    f"{self._pending:,} readings are waiting for the broker's acknowledgement "
+                    f"(max_pending={self.max_pending:,}) and none came within {self.max_block_s:g} s; "
+                    f"nothing was dropped, the caller must retry or stop (last error: {self._last_error!r})"
+                )
+            self._sleep(0.05)
+            self._resend()
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until everything sent so far is acknowledged, sending failed messages again.
+
+        Parameters
+        ----------
+        timeout_s : float, optional
+            Give up after this many seconds (``None``: wait as long as it takes).
 
         Raises
         ------
         RuntimeError
-            If any message was not acknowledged (``acks="all"``), so losses are never silent.
+            If any message was refused for good (``acks="all"``), or the timeout
+            passed with readings still unacknowledged: losses are never silent.
         """
-        self._client.flush()
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        while True:
+            self._resend()
+            left = None if deadline is None else max(0.0, deadline - self._clock())
+            with contextlib.suppress(KafkaError):  # a flush timeout: the checks below say what is left
+                self._client.flush(left)
+            if self._pending == 0 or (deadline is not None and self._clock() >= deadline):
+                break
+            if not self._retry:
+                self._sleep(0.05)  # acks still arriving on the I/O thread
         if self.failed:
             raise RuntimeError(
                 f"{self.failed} messages were not acknowledged; last error: {self._last_error!r}"
             )
+        if self._pending:
+            raise RuntimeError(
+                f"{self._pending:,} readings still unacknowledged after {timeout_s:g} s "
+                f"(last error: {self._last_error!r})"
+            )
 
-    def close(self) -> None:
-        """Flush, then close the client."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush (see :meth:`flush`), then close the client."""
         try:
-            self.flush()
+            self.flush(timeout_s)
         finally:
             self._client.close()
 
@@ -286,6 +427,8 @@ def run_producer(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     client: ProducerClient | None = None,
+    show_progress: bool | None = None,
+    flush_timeout_s: float | None = 300.0,
 ) -> dict[str, Any]:
     """Send ``readings`` at ``rate`` readings/s (``None``: as fast as possible).
 
@@ -293,11 +436,14 @@ def run_producer(
     at ``start + i / rate``), so sleep overshoot never accumulates into
     drift.  In gateway mode (``gateway_size > 1``) readings are taken
     ``gateway_size × partitions`` at a time so messages come out nearly full.
+    At the end it waits up to ``flush_timeout_s`` (``None``: as long as it
+    takes) for the broker to acknowledge everything, then raises if it did not.
 
     Returns
     -------
     dict
-        ``readings``, ``messages``, ``seconds`` and the achieved ``rate``.
+        ``readings``, ``messages``, ``acked`` (readings the broker acknowledged),
+        ``resent`` (messages sent again after a broker outage), ``seconds`` and the achieved ``rate``.
 
     Examples
     --------
@@ -317,7 +463,9 @@ def run_producer(
     total = limit if limit is not None else (len(readings) if isinstance(readings, Sized) else None)
     stream = iter(readings) if limit is None else islice(readings, limit)
     producer = SensorProducer(settings, gateway_size, client)
-    progress = Progress(total or 0, "produce", enabled=None if total else False, clock=clock)
+    # A bar on a terminal when the total is known, unless ``show_progress`` says otherwise.
+    enabled = show_progress if show_progress is not None else (None if total else False)
+    progress = Progress(total or 0, "produce", enabled=enabled, clock=clock)
     start = clock()
     done = 0
     try:
@@ -334,14 +482,18 @@ def run_producer(
                 if wait > 0:
                     sleep(wait)
             progress.update(done)
-        producer.flush()
+        # Waits out a broker outage (unacknowledged readings are resent), but not forever.
+        producer.flush(flush_timeout_s)
+        seconds = clock() - start
     finally:
-        producer.close()
+        # After the flush above this returns at once; after an error it must not wait forever.
+        producer.close(timeout_s=30.0)
         progress.close()
-    seconds = clock() - start
     return {
         "readings": done,
         "messages": producer.messages_sent,
+        "acked": producer.readings_acked,
+        "resent": producer.resent,
         "seconds": seconds,
         "rate": done / seconds if seconds > 0 else float("inf"),
     }

@@ -17,6 +17,12 @@ from learners.config import LearnerConfig
 
 ENV_PREFIX = "METASTREAM_"
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+"""Values of ``security_protocol`` (Kafka's names; lower case is accepted)."""
+
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+"""Values of ``sasl_mechanism``: the user/password mechanisms every client here supports."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -66,14 +72,64 @@ class Settings:
     trusted_keys: str = ""
     """Comma-separated PEM public keys an edge client trusts."""
     security_protocol: str = "PLAINTEXT"
+    """``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``, for every Kafka client."""
     ssl_cafile: str = ""
+    """PEM file of the CA(s) that signed the broker's certificate; empty: the system's CAs."""
     ssl_certfile: str = ""
+    """PEM client certificate (mutual TLS), possibly followed by its key."""
     ssl_keyfile: str = ""
+    """PEM private key of ``ssl_certfile`` when it is a separate file."""
     sasl_mechanism: str = ""
+    """``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``; empty with a SASL protocol means ``PLAIN``."""
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
     learner: dict[str, Any] = field(default_factory=dict)
     """Extra :class:`LearnerConfig` fields (e.g. ``{"inner_steps": 10}``)."""
+
+    def __post_init__(self) -> None:
+        # Normalised once here, so Faust, aiokafka and kafka-python all get the same spelling.
+        protocol = self.security_protocol.strip().upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}; "
+                f"got {self.security_protocol!r}"
+            )
+        object.__setattr__(self, "security_protocol", protocol)
+        mechanism = self.sasl_mechanism.strip().upper()
+        if protocol.startswith("SASL"):
+            mechanism = mechanism or "PLAIN"
+            if mechanism not in SASL_MECHANISMS:
+                raise ValueError(
+                    f"sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}; got {self.sasl_mechanism!r}"
+                )
+            if not self.sasl_username:
+                raise ValueError(f"security_protocol {protocol} needs sasl_username (and sasl_password)")
+        elif mechanism or self.sasl_username or self.sasl_password:
+            # Credentials that would silently not be sent are a misconfiguration, not a default.
+            raise ValueError(f"SASL credentials are set but security_protocol is {protocol}; use SASL_SSL")
+        object.__setattr__(self, "sasl_mechanism", mechanism)
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether clients talk TLS to the broker (``SSL`` or ``SASL_SSL``)."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def tls_files(self) -> dict[str, str]:
+        """The TLS files that are set, by setting name, after checking that each exists.
+
+        Raises
+        ------
+        ValueError
+            If a named file does not exist (rather than a TLS error much later).
+        """
+        names = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        files = {k: getattr(self, k) for k in names if getattr(self, k)}
+        for key, path in files.items():
+            if not Path(path).is_file():
+                raise ValueError(f"{key} ({ENV_PREFIX}{key.upper()}): no such file {path!r}")
+        if "ssl_keyfile" in files and "ssl_certfile" not in files:
+            raise ValueError("ssl_keyfile is set without ssl_certfile")
+        return files
 
     @property
     def checkpoints_topic(self) -> str:
@@ -101,12 +157,27 @@ class Settings:
         )
 
     def kafka_python_security(self) -> dict[str, Any]:
-        """TLS/SASL options in kafka-python's spelling (empty ones left out)."""
+        """TLS/SASL options in kafka-python's spelling (``KafkaProducer(**opts)`` etc.).
+
+        kafka-python names the SASL user ``sasl_plain_username`` for every
+        mechanism, SCRAM included.  TLS files are only passed with a TLS
+        protocol, where kafka-python reads them.
+
+        Examples
+        --------
+        >>> Settings().kafka_python_security()
+        {'security_protocol': 'PLAINTEXT'}
+        >>> opts = Settings(security_protocol="sasl_plaintext", sasl_mechanism="scram-sha-256",
+        ...                 sasl_username="u", sasl_password="p").kafka_python_security()
+        >>> opts == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
+        ...          "sasl_plain_username": "u", "sasl_plain_password": "p"}
+        True
+        """
         opts: dict[str, Any] = {"security_protocol": self.security_protocol}
-        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism"):
-            if getattr(self, key):
-                opts[key] = getattr(self, key)
-        if self.sasl_username:
+        if self.uses_tls:
+            opts |= self.tls_files()
+        if self.security_protocol.startswith("SASL"):
+            opts["sasl_mechanism"] = self.sasl_mechanism
             opts["sasl_plain_username"] = self.sasl_username
             opts["sasl_plain_password"] = self.sasl_password
         return opts

@@ -186,44 +186,59 @@ def default_worker_id() -> str:
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if "SSL" not in settings.security_protocol.upper():
+    """The TLS context of every aiokafka client of the worker (``None`` without TLS).
+
+    Hostname checking stays on, as in kafka-python; files are checked first so a
+    typo is a clear error rather than a handshake failure.
+    """
+    if not settings.uses_tls:
         return None
+    files = settings.tls_files()
     return create_ssl_context(
-        cafile=settings.ssl_cafile or None,
-        certfile=settings.ssl_certfile or None,
-        keyfile=settings.ssl_keyfile or None,
+        cafile=files.get("ssl_cafile"),
+        certfile=files.get("ssl_certfile"),
+        keyfile=files.get("ssl_keyfile"),
     )
 
 
 def broker_credentials(settings: Settings) -> CredentialsT | None:
     """Faust credentials for ``settings.security_protocol`` (``None`` for PLAINTEXT).
 
+    Faust hands them to its consumer, producer and topic admin; the meta
+    follower gets the same through :func:`aiokafka_security`.
+
     Examples
     --------
     >>> broker_credentials(Settings()) is None
     True
-    >>> broker_credentials(Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
-    ...                             sasl_username="u", sasl_password="p"))
-    <SASLCredentials: username=u>
+    >>> creds = broker_credentials(Settings(security_protocol="SASL_PLAINTEXT",
+    ...     sasl_mechanism="SCRAM-SHA-256", sasl_username="u", sasl_password="p"))
+    >>> creds, creds.protocol.value, creds.mechanism.value
+    (<SASLCredentials: username=u>, 'SASL_PLAINTEXT', 'SCRAM-SHA-256')
     """
-    protocol = settings.security_protocol.upper()
+    protocol = settings.security_protocol  # normalised and validated by Settings
     if protocol == "PLAINTEXT":
         return None
     context = _ssl_context(settings)
     if protocol == "SSL":
         return faust.SSLCredentials(context)
-    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password,
-            ssl_context=context,
-            mechanism=settings.sasl_mechanism or "PLAIN",
-        )
-    raise ValueError(f"unsupported security_protocol {settings.security_protocol!r}")
+    # SASL_PLAINTEXT or SASL_SSL: Faust picks the protocol from whether there is a TLS context.
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=settings.sasl_password,
+        ssl_context=context,
+        mechanism=settings.sasl_mechanism,
+    )
 
 
 def aiokafka_security(settings: Settings) -> dict[str, Any]:
-    """The same credentials in aiokafka's spelling (for the meta follower)."""
+    """The same credentials in aiokafka's spelling (for the meta follower).
+
+    Examples
+    --------
+    >>> aiokafka_security(Settings())
+    {'security_protocol': 'PLAINTEXT'}
+    """
     return dict(credentials_to_aiokafka_auth(broker_credentials(settings)))
 
 

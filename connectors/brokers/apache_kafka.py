@@ -3,6 +3,12 @@
 The broker jars come from Maven Central through ``kafka-pom.xml`` (next to this file)
 and are cached under ``${METASTREAM_CACHE:-~/.cache/metastream}/kafka-<version>/libs``.
 The broker itself runs as a plain ``java`` subprocess on loopback ports.
+
+Its client listener is PLAINTEXT by default; ``security_protocol="SSL"``
+(mutual TLS) or ``"SASL_SSL"`` (TLS + SCRAM-SHA-256/512 or PLAIN users)
+makes it the *only* client listener, with a throw-away CA generated at the
+first start (:mod:`connectors.brokers.certificates`).  The controller
+listener stays PLAINTEXT on loopback; clients never use it.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import atexit
 import base64
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,6 +26,9 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from .certificates import LocalPki, make_local_pki
 
 KAFKA_VERSION = "4.1.1"
 """Default Apache Kafka version (``kafka_2.13`` artifact on Maven Central)."""
@@ -37,6 +47,15 @@ appender.console.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
 rootLogger.appenderRef.stdout.ref = STDOUT
 """
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL")
+"""Client listener protocols :class:`ApacheKafkaBroker` can run."""
+
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+"""SASL mechanisms of its ``SASL_SSL`` listener."""
+
+_BROKER_USER = "broker"  # the broker's own SASL identity on its inter-broker (= client) listener
 
 
 class BrokerStartError(RuntimeError):
@@ -124,7 +143,13 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-def wait_for_broker(bootstrap: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def wait_for_broker(
+    bootstrap: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float,
+    client_options: dict[str, Any] | None = None,
+) -> None:
     """Block until a broker accepts connections and answers a metadata request.
 
     Parameters
@@ -137,6 +162,8 @@ def wait_for_broker(bootstrap: str, proc: subprocess.Popen[bytes], log: Path, ti
         Broker log file, quoted in the error message.
     timeout : float
         Seconds to wait.
+    client_options : dict, optional
+        kafka-python TLS/SASL options for the probe (:meth:`Settings.kafka_python_security` spelling).
 
     Raises
     ------
@@ -156,7 +183,10 @@ def wait_for_broker(bootstrap: str, proc: subprocess.Popen[bytes], log: Path, ti
             # Cheap port probe first: the admin client logs noisily when refused.
             socket.create_connection((host, int(port)), timeout=1).close()
             admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000
+                bootstrap_servers=bootstrap,
+                request_timeout_ms=5000,
+                bootstrap_timeout_ms=5000,
+                **(client_options or {}),
             )
             try:
                 admin.list_topics()
@@ -202,11 +232,21 @@ class ApacheKafkaBroker:
         JVM max heap, e.g. ``"512m"``.
     startup_timeout : float
         Seconds to wait for readiness in :meth:`start`.
+    security_protocol : {"PLAINTEXT", "SSL", "SASL_SSL"}
+        The client listener.  ``SSL`` requires client certificates (mutual
+        TLS); ``SASL_SSL`` requires a user name and password over TLS.
+    sasl_mechanism : {"SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"}
+        Mechanism of a ``SASL_SSL`` listener.
+    username, password : str
+        The client user of a ``SASL_SSL`` listener (password: random if empty).
 
     Examples
     --------
     >>> with ApacheKafkaBroker() as broker:  # doctest: +SKIP
     ...     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    >>> with ApacheKafkaBroker(security_protocol="SASL_SSL") as broker:  # doctest: +SKIP
+    ...     settings = Settings(broker=broker.bootstrap, **broker.client_security)
+    ...     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, **settings.kafka_python_security())
     """
 
     def __init__(
@@ -215,10 +255,31 @@ class ApacheKafkaBroker:
         work_dir: Path | None = None,
         heap: str = "512m",
         startup_timeout: float = 60.0,
+        *,
+        security_protocol: str = "PLAINTEXT",
+        sasl_mechanism: str = "SCRAM-SHA-256",
+        username: str = "metastream",
+        password: str = "",
     ) -> None:
+        if security_protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"security_protocol must be one of {SECURITY_PROTOCOLS}, got {security_protocol!r}"
+            )
+        if sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"sasl_mechanism must be one of {SASL_MECHANISMS}, got {sasl_mechanism!r}")
+        for what, value in (("username", username), ("password", password)):
+            # Both end up inside a JAAS config string or a --add-scram argument.
+            if any(c in value for c in "\"'=[],;\n"):
+                raise ValueError(f"{what} must not contain quotes, '=', brackets, ',' or ';'")
         self.version = version
         self.heap = heap
         self.startup_timeout = startup_timeout
+        self.security_protocol = security_protocol
+        self.sasl_mechanism = sasl_mechanism
+        self.username = username
+        self.password = password or secrets.token_urlsafe(16)
+        self._broker_password = secrets.token_urlsafe(16)
+        self.pki: LocalPki | None = None
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="metastream-kafka-"))
         self.port: int | None = None
@@ -234,6 +295,36 @@ class ApacheKafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def client_security(self) -> dict[str, str]:
+        """What a client needs to connect, as :class:`connectors.settings.Settings` fields.
+
+        Empty for PLAINTEXT; valid after :meth:`start` (the CA is made there).
+        """
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        if self.pki is None:
+            raise RuntimeError("broker not started")
+        out = {"security_protocol": self.security_protocol, "ssl_cafile": str(self.pki.ca_cert)}
+        if self.security_protocol == "SSL":
+            out |= {"ssl_certfile": str(self.pki.client_cert), "ssl_keyfile": str(self.pki.client_key)}
+        else:
+            out |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_username": self.username,
+                "sasl_password": self.password,
+            }
+        return out
+
+    def client_options(self) -> dict[str, Any]:
+        """:attr:`client_security` in kafka-python's spelling (for ``KafkaProducer(**...)`` etc.)."""
+        sec = self.client_security
+        opts: dict[str, Any] = {k: v for k, v in sec.items() if k.startswith(("security_", "ssl_", "sasl_m"))}
+        if "sasl_username" in sec:
+            opts["sasl_plain_username"] = sec["sasl_username"]
+            opts["sasl_plain_password"] = sec["sasl_password"]
+        return opts
+
+    @property
     def log_path(self) -> Path:
         """Broker log file (appended to across restarts)."""
         return self.work_dir / "broker.log"
@@ -245,14 +336,16 @@ class ApacheKafkaBroker:
 
     def _write_config(self) -> Path:
         """Write ``server.properties`` and the log4j2 config; return the former."""
+        # One client listener, also used between brokers: a plaintext client has nowhere to go.
+        name = "PLAINTEXT" if self.security_protocol == "PLAINTEXT" else "CLIENT"
         cfg = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": f"{name}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"{name}://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": f"{name}:{self.security_protocol},CONTROLLER:PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
+            "inter.broker.listener.name": name,
             # Kafka 4.x dynamic quorum; pairs with `StorageTool format --standalone`.
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
             "log.dirs": str(self.work_dir / "data"),
@@ -268,11 +361,54 @@ class ApacheKafkaBroker:
             "offsets.topic.num.partitions": "1",
             "transaction.state.log.num.partitions": "1",
             "group.initial.rebalance.delay.ms": "0",
+            **self._security_config(),
         }
         path = self.work_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in cfg.items()))
         (self.work_dir / "log4j2.properties").write_text(_LOG4J2)
         return path
+
+    def _security_config(self) -> dict[str, str]:
+        """TLS and SASL settings of the ``CLIENT`` listener (none for PLAINTEXT)."""
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        if self.pki is None:
+            self.pki = make_local_pki(self.work_dir / "tls")
+        cfg = {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.pki.server_keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.pki.ca_cert),
+            # SSL alone authenticates nobody unless the client shows a certificate.
+            "ssl.client.auth": "required" if self.security_protocol == "SSL" else "none",
+        }
+        if self.security_protocol == "SASL_SSL":
+            mech = self.sasl_mechanism
+            if mech == "PLAIN":
+                users = {_BROKER_USER: self._broker_password, self.username: self.password}
+                module = "org.apache.kafka.common.security.plain.PlainLoginModule"
+                extra = "".join(f' user_{u}="{p}"' for u, p in users.items())
+            else:  # SCRAM users are stored in the metadata log at format time (see start)
+                module = "org.apache.kafka.common.security.scram.ScramLoginModule"
+                extra = ""
+            jaas = f'{module} required username="{_BROKER_USER}" password="{self._broker_password}"{extra};'
+            cfg |= {
+                "sasl.enabled.mechanisms": mech,
+                "sasl.mechanism.inter.broker.protocol": mech,
+                f"listener.name.client.{mech.lower()}.sasl.jaas.config": jaas,
+            }
+        return cfg
+
+    def _scram_users(self) -> list[str]:
+        """``kafka-storage format --add-scram`` arguments for the broker and client users."""
+        if self.security_protocol != "SASL_SSL" or not self.sasl_mechanism.startswith("SCRAM"):
+            return []
+        users = {_BROKER_USER: self._broker_password, self.username: self.password}
+        return [
+            arg
+            for user, pw in users.items()
+            for arg in ("--add-scram", f"{self.sasl_mechanism}=[name={user},password={pw}]")
+        ]
 
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
         """Build a ``java`` command line running ``main`` on the Kafka classpath."""
@@ -320,6 +456,7 @@ class ApacheKafkaBroker:
                     "-c",
                     str(props),
                     "--standalone",
+                    *self._scram_users(),
                 ),
                 capture_output=True,
                 text=True,
@@ -334,7 +471,9 @@ class ApacheKafkaBroker:
                 stdin=subprocess.DEVNULL,
             )
         try:
-            wait_for_broker(self.bootstrap, self._proc, self.log_path, self.startup_timeout)
+            wait_for_broker(
+                self.bootstrap, self._proc, self.log_path, self.startup_timeout, self.client_options()
+            )
         except BaseException:
             self.stop()
             raise

@@ -1,0 +1,160 @@
+"""Fail fast, and say why, when TLS or SASL settings cannot work.
+
+kafka-python treats every failed connection as "not ready yet": a wrong
+password or an untrusted CA only surfaces as ``Unable to bootstrap`` when
+its bootstrap timeout (30 s by default) runs out, with the real reason in
+a log line.  :func:`check_connection` makes one probe connection, watches
+kafka-python's log for the reason, and raises :class:`BrokerConnectionError`
+naming it and the setting to fix as soon as the failure is certain.
+
+A broker that is merely unreachable is *not* an error here: the clients'
+own retries handle brokers that are still starting or restarting.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+
+from kafka import KafkaAdminClient
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    SaslAuthenticationFailedError,
+)
+
+from connectors.settings import Settings
+
+_checked: set[tuple[str, ...]] = set()
+_checked_lock = threading.Lock()
+
+
+class BrokerConnectionError(RuntimeError):
+    """The broker refused these TLS/SASL settings (wrong password, untrusted certificate, …)."""
+
+
+class _Reasons(logging.Handler):
+    """Collects the exceptions kafka-python logs while it connects."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[BaseException] = []
+        self.definitive = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for exc in [a for a in args if isinstance(a, BaseException)]:
+            self.errors.append(exc)
+            if _explain(exc) is not None:
+                self.definitive.set()
+
+
+def _explain(exc: BaseException) -> str | None:
+    """What a logged connection error means, when it is a settings problem (else ``None``)."""
+    if isinstance(exc, SaslAuthenticationFailedError):
+        return "SASL authentication failed: check sasl_username, sasl_password and sasl_mechanism"
+    text = str(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return "the broker's TLS certificate is not trusted: check ssl_cafile (and the broker's host name)"
+    if any(alert in text for alert in ("ALERT_BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "ALERT_UNKNOWN_CA")):
+        # TLS alerts from the broker: it wants a client certificate signed by a CA it trusts.
+        return "the broker refused this client's certificate: check ssl_certfile and ssl_keyfile"
+    if isinstance(exc, (ssl.SSLError, KafkaConnectionError)) and "Handshake failed" in text:
+        return "the TLS handshake failed: check ssl_cafile, ssl_certfile, ssl_keyfile and security_protocol"
+    return None
+
+
+def _key(settings: Settings) -> tuple[str, ...]:
+    return (
+        settings.bootstrap,
+        settings.security_protocol,
+        settings.ssl_cafile,
+        settings.ssl_certfile,
+        settings.ssl_keyfile,
+        settings.sasl_mechanism,
+        settings.sasl_username,
+        settings.sasl_password,
+    )
+
+
+def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Probe the broker once with ``settings``' TLS/SASL options; raise if they are refused.
+
+    Does nothing for ``PLAINTEXT`` (nothing to get wrong) and for settings
+    that already passed in this process.
+
+    Parameters
+    ----------
+    settings : Settings
+        Broker and security settings.
+    timeout_s : float
+        Longest wait for a broker that does not answer at all; a refusal
+        is reported as soon as it happens.
+
+    Raises
+    ------
+    BrokerConnectionError
+        If the broker refused the credentials or the TLS handshake failed.
+    ValueError
+        If a TLS file named in the settings does not exist.
+
+    Examples
+    --------
+    >>> check_connection(Settings())  # PLAINTEXT: nothing to check
+    """
+    if settings.security_protocol == "PLAINTEXT" or _key(settings) in _checked:
+        return
+    options = settings.kafka_python_security()  # ValueError for missing files, before connecting
+    reasons = _Reasons()
+    logger = logging.getLogger("kafka")
+    old_level = logger.level
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)  # the reasons are logged at WARNING/ERROR
+    logger.addHandler(reasons)
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        try:
+            ms = int(timeout_s * 1000)
+            admin = KafkaAdminClient(
+                bootstrap_servers=settings.bootstrap,
+                client_id=f"{settings.app_id}-check",
+                bootstrap_timeout_ms=ms,
+                request_timeout_ms=ms,
+                **options,
+            )
+            admin.close()
+            outcome.append(None)
+        except BaseException as exc:  # reported to the caller below
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    # On its own thread so a certain refusal is reported at once instead of after the timeout.
+    threading.Thread(target=probe, name="metastream-connection-check", daemon=True).start()
+    deadline = time.monotonic() + timeout_s + 5
+    try:
+        while not done.wait(0.05) and not reasons.definitive.is_set() and time.monotonic() < deadline:
+            pass
+    finally:
+        logger.removeHandler(reasons)
+        logger.setLevel(old_level)
+    for exc in reasons.errors:
+        why = _explain(exc)
+        if why is not None:
+            how = settings.security_protocol
+            if settings.sasl_username:
+                how += f" {settings.sasl_mechanism} as {settings.sasl_username!r}"
+            raise BrokerConnectionError(f"cannot connect to {settings.bootstrap} with {how}: {why} ({exc})")
+    error = outcome[0] if outcome else None
+    if error is None and outcome:
+        with _checked_lock:
+            _checked.add(_key(settings))
+        return
+    if error is not None and not isinstance(error, KafkaTimeoutError):
+        # e.g. an unreadable key file: kafka-python fails while building its TLS context.
+        raise BrokerConnectionError(f"cannot connect to {settings.bootstrap}: {error!r}") from error
+    # Unreachable (not started yet, restarting): the real client's own retries deal with that.
