@@ -451,8 +451,8 @@ class ApacheKafkaBroker:
                     libs,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    cluster_id,
+                    # One argument: a random id may start with "-", which the parser takes for an option.
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(props),
                     "--standalone",
