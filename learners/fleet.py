@@ -84,6 +84,8 @@ class FleetLearner:
             self._pooled = GlobalModel(cfg)
         self.devices = DeviceIndex()
         self.params: Params = stack(theta, 64)
+        self.published: Params = stack(theta, 64)
+        """Each device's weights as last adapted, i.e. the model its edge runs."""
         self.buffers = DeviceBuffers(cfg.n_features, cfg.buffer_size)
         self.scaler = TaskScaler(cfg.task, cfg.n_features)
         self.monitor = DriftMonitor(cfg.detector, cfg.cooldown, cfg.seed)
@@ -207,9 +209,10 @@ class FleetLearner:
         if needed > capacity:
             new_cap = max(needed, 2 * capacity)
             grow = new_cap - capacity
-            self.params = {
-                k: torch.cat([v, v.new_zeros((grow, *v.shape[1:]))]) for k, v in self.params.items()
-            }
+            self.params, self.published = (
+                {k: torch.cat([v, v.new_zeros((grow, *v.shape[1:]))]) for k, v in p.items()}
+                for p in (self.params, self.published)
+            )
             self._pending = np.concatenate([self._pending, np.zeros(grow, bool)])
             self._has_model = np.concatenate([self._has_model, np.zeros(grow, bool)])
             self._retries = np.concatenate([self._retries, np.zeros(grow, np.int64)])
@@ -250,7 +253,7 @@ class FleetLearner:
         kept = slots[keep.numpy()]
         idx = torch.from_numpy(kept)
         for k, v in self.params.items():
-            v[idx] = phi[k][keep]
+            v[idx] = self.published[k][idx] = phi[k][keep]
         self._pending[slots] = False
         self._has_model[kept] = True
         self._retries[kept] = 0
@@ -260,13 +263,17 @@ class FleetLearner:
         return kept
 
     def _judge(self, slots: np.ndarray, judged: Params, x: Tensor, y: Tensor, hold: Tensor) -> Tensor:
-        """Where ``judged`` does no worse than each device's current model on its held-back readings."""
+        """Where ``judged`` does no worse on each device's held-back readings than the model its edge runs.
+
+        That is the device's last adapted model, not its online-updated
+        weights: the guard keeps regressions from reaching the edge.  A
+        device without an adapted model yet is judged against θ itself.
+        """
         idx = torch.from_numpy(slots)
-        # A device without an adapted model yet is judged against θ itself.
         has_model = torch.from_numpy(self._has_model[slots])
         current = {
             k: torch.where(has_model.view(-1, *([1] * (v.dim() - 1))), v[idx], self.theta[k])
-            for k, v in self.params.items()
+            for k, v in self.published.items()
         }
         before = self.net.masked_loss(current, x, y, hold)
         after = self.net.masked_loss(judged, x, y, hold)
@@ -332,6 +339,7 @@ class FleetLearner:
         slots = np.array([self.devices.slot(d) for d in device_ids], dtype=np.int64)
         idx = torch.from_numpy(slots)
         tensors = {f"param.{k}": v[idx] for k, v in self.params.items()}  # indexing copies
+        tensors |= {f"published.{k}": v[idx] for k, v in self.published.items()}
         tensors["buffer.x"] = torch.from_numpy(self.buffers.x[slots].copy())
         tensors["buffer.y"] = torch.from_numpy(self.buffers.y[slots].copy())
         states, blobs = self.monitor.export_slots(slots.tolist())
@@ -377,7 +385,9 @@ class FleetLearner:
         """
         ids: list[str] = list(info["device_ids"])
         n = len(ids)
-        expected = {f"param.{k}": (n, *v.shape) for k, v in self.theta.items()}
+        expected = {
+            f"{part}.{k}": (n, *v.shape) for k, v in self.theta.items() for part in ("param", "published")
+        }
         expected["buffer.x"] = (n, self.buffers.size, self.cfg.n_features)
         expected["buffer.y"] = (n, self.buffers.size)
         expected |= {f"theta.{k}": tuple(v.shape) for k, v in self.theta.items()}
@@ -400,6 +410,7 @@ class FleetLearner:
             idx = torch.from_numpy(slots)
             for k, v in self.params.items():
                 v[idx] = tensors[f"param.{k}"].to(v.dtype)
+                self.published[k][idx] = tensors[f"published.{k}"].to(v.dtype)
             self.buffers.x[slots] = tensors["buffer.x"].numpy()
             self.buffers.y[slots] = tensors["buffer.y"].numpy()
             self.buffers.count[slots] = np.asarray(info["buffer_count"], dtype=np.int64)

@@ -165,3 +165,20 @@ def test_worker_publishes_no_model_for_a_rejected_adaptation_and_says_why() -> N
     assert event["ts"] == 7.0 and event["model_version"] == 0
     stats = core.stats()
     assert stats["rejected"] == 1 and stats["published"] == 0 and stats["adaptations"] == 0
+
+
+def test_the_guard_judges_against_the_published_model_not_the_online_weights() -> None:
+    # Prepare: a first adaptation is published, then online learning moves the weights
+    fleet = FleetLearner(
+        LearnerConfig(n_features=2, adapt_after=16, buffer_size=16, online_lr=0.5), init="scratch"
+    )
+    x, y = concept(40, 3.0, 3)
+    result = fleet.learn_predict(["a"] * 16, x[:16], y[:16])
+    published = {k: v.clone() for k, v in snapshot(fleet, "a").items()}
+    # Execute
+    fleet.learn_predict(["a"] * 24, x[16:], y[16:])
+    # Assert: the edge's model (the reference of the next judgement) is the one published
+    slot = fleet.devices.slot("a")
+    assert result.adapted == ["a"]
+    assert all(torch.equal(fleet.published[k][slot], published[k]) for k in published)
+    assert any(not torch.equal(fleet.params[k][slot], published[k]) for k in published)
