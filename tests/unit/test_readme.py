@@ -39,6 +39,8 @@ def test_the_configuration_table_lists_every_setting_with_its_env_var_and_defaul
     documented = {row[0].strip("`"): row for row in rows}
 
     # Assert: exactly the fields, in their order, each with its real env var and default.
+    missing, stale = [f for f in fields if f not in documented], [d for d in documented if d not in fields]
+    assert (missing, stale) == ([], [])
     assert list(documented) == list(fields)
     for name, (_, env, default, meaning) in documented.items():
         assert env == f"`{ENV_PREFIX}{name.upper()}`"
