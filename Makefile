@@ -20,8 +20,10 @@ install: $(STAMP)
 datasets: $(STAMP)
 	PYTHON=$(BIN)/python bash scripts/fetch_datasets.sh
 
+# `make demo DEMO_ARGS="--duration 20 --devices 50"` passes options to `metastream demo`.
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/metastream demo
+	$(BIN)/metastream demo $(DEMO_ARGS)
 
 # Headless Chromium for the dashboard tests (apt; a no-op when it is there).
 chromium:

@@ -39,7 +39,15 @@ class TopicMismatchError(RuntimeError):
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """How one topic should look."""
+    """How one topic should look.
+
+    Examples
+    --------
+    >>> TopicSpec("metastream.models", 4, {"cleanup.policy": "compact"}).configs
+    {'cleanup.policy': 'compact'}
+    >>> TopicSpec("metastream.readings", 4).configs
+    {}
+    """
 
     name: str
     partitions: int

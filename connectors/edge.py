@@ -51,6 +51,13 @@ class Decision:
 
     ``reason`` is ``"accepted"`` or one of :data:`REFUSALS`; ``version`` is
     the payload's model version when it could be read.
+
+    Examples
+    --------
+    >>> print(Decision("dev-0001", 3, True, "accepted"))
+    dev-0001 v3 accepted
+    >>> print(Decision("dev-0001", None, False, "unsigned", "no signature envelope"))
+    dev-0001 v? refused unsigned
     """
 
     device_id: str

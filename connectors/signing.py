@@ -80,7 +80,21 @@ class Signer:
 
 
 class Verifier:
-    """Opens envelopes signed by any of the trusted public keys."""
+    """Opens envelopes signed by any of the trusted public keys.
+
+    Several keys may be trusted at once, e.g. the old and the new one during a key rotation.
+
+    Examples
+    --------
+    >>> old, new = Signer.generate(), Signer.generate()
+    >>> verifier = Verifier([old.public_key, new.public_key])
+    >>> verifier.open(old.seal(b"v1")), verifier.open(new.seal(b"v2"))
+    (b'v1', b'v2')
+    >>> verifier.open(b"plain bytes")
+    Traceback (most recent call last):
+    ...
+    connectors.signing.SignatureError: unsigned: no signature envelope
+    """
 
     def __init__(self, public_keys: list[Ed25519PublicKey]) -> None:
         if not public_keys:

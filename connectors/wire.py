@@ -38,7 +38,16 @@ fits whole once base64-encoded; anything larger has its original cut (see
 
 @dataclass(frozen=True)
 class Reading:
-    """One sensor reading of one device."""
+    """One sensor reading of one device.
+
+    Examples
+    --------
+    >>> r = Reading("greenhouse-7", (21.5, 0.43), 18.2, ts=1732540000.5)
+    >>> r.to_json()
+    {'device_id': 'greenhouse-7', 'x': [21.5, 0.43], 'y': 18.2, 'ts': 1732540000.5}
+    >>> decode_readings(encode_readings([r]))[0] == [r]
+    True
+    """
 
     device_id: str
     x: tuple[float, ...]
@@ -55,7 +64,14 @@ class Reading:
 
 @dataclass(frozen=True)
 class Rejected:
-    """Input that was refused: a machine-readable reason and the original bytes."""
+    """Input that was refused: a machine-readable reason and the original bytes.
+
+    Examples
+    --------
+    >>> decode_readings(b'{"v":1,"device_id":"","x":[1.0],"y":2.0}')[1]
+    [Rejected(reason='bad_device_id', detail='device_id must be a non-empty string of <= 128 chars', \
+original=b'{"v":1,"device_id":"","x":[1.0],"y":2.0}')]
+    """
 
     reason: str
     detail: str

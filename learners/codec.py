@@ -30,7 +30,16 @@ class CodecError(ValueError):
 
 @dataclass(frozen=True)
 class ModelHeader:
-    """What a model payload says about itself."""
+    """What a model payload says about itself.
+
+    Examples
+    --------
+    >>> h = ModelHeader("dev-7", model_version=2, parent_meta_version=5, task="regression",
+    ...                 n_features=8, n_outputs=1, hidden=(32,))
+    >>> cfg = h.config()
+    >>> cfg.n_features, cfg.hidden, h.schema_version == SCHEMA_VERSION
+    (8, (32,), True)
+    """
 
     device_id: str
     model_version: int

@@ -29,7 +29,16 @@ class DriftPoint:
 
 @dataclass
 class FleetStream:
-    """Readings in arrival order, plus the truth about drifts."""
+    """Readings in arrival order, plus the truth about drifts.
+
+    Examples
+    --------
+    >>> s = make_fleet_stream(n_devices=3, n_readings=600, n_features=2, late_joiners=0.0, seed=1)
+    >>> len(s), s.x.shape, s.feature_names()
+    (600, (600, 2), ['x0', 'x1'])
+    >>> sorted({d.device_id for d in s.drifts})
+    ['dev-0000', 'dev-0001', 'dev-0002']
+    """
 
     device_ids: list[str]
     x: np.ndarray

@@ -68,6 +68,11 @@ class Tuning:
 
     The defaults are what measured best on a 2-core machine with gateway
     messages of ~100 readings; see the module docs of :mod:`pipeline.worker`.
+
+    Examples
+    --------
+    >>> Tuning().max_poll_records, Tuning(offload=False).offload
+    (500, False)
     """
 
     max_poll_records: int | None = 500
