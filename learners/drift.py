@@ -87,6 +87,7 @@ class DriftMonitor:
         self._seen: list[int] = []
         self._quiet_until: list[int] = []
         self._scale = np.zeros(0)  # per device: running mean error
+        self._fleet_scale = 0.0  # running mean error of the fleet
         self._scaled_n = np.zeros(0, dtype=np.int64)  # per device: finite errors in that mean
         self.fresh: dict[int, int] = {}
         """Per device, readings after the change point of its latest drift (0: unknown)."""
@@ -106,25 +107,56 @@ class DriftMonitor:
         self._scaled_n = np.concatenate([self._scaled_n, np.zeros(grow, dtype=np.int64)])
 
     def _update_scale(self, slots: np.ndarray, errors: np.ndarray) -> None:
-        """Each device's mean error over about its last 1,000 readings, whatever the batch size.
+        """Running mean errors: the fleet's (last ~1,000 readings) and each device's (its own ~1,000).
 
-        Per device, not fleet-wide: a drift that hits every device at once
-        (a season, a firmware roll-out) would otherwise raise the scale as
-        fast as the errors and hide itself.
+        A device's errors are divided by its own mean error since its last
+        adaptation (:meth:`restart_scale`), or by the fleet's until it has
+        one.  The fleet's alone would hide a drift that hits every device at
+        once (a season, a firmware roll-out): it rises as fast as the errors.
         """
         if len(slots) == 0:
             return
+        w = 1.0 - 0.999 ** len(errors)
+        batch_mean = float(errors.mean())
+        self._fleet_scale = (
+            batch_mean
+            if self._fleet_scale == 0.0
+            else self._fleet_scale + w * (batch_mean - self._fleet_scale)
+        )
         uniq, inverse, counts = np.unique(slots, return_inverse=True, return_counts=True)
         mean = np.bincount(inverse.reshape(-1), weights=errors) / counts
         n = self._scaled_n[uniq] = self._scaled_n[uniq] + counts
         # The plain mean of a device's first readings, then a moving average.  A
         # plain mean much past the warm-up would follow a drift fast enough to hide it.
-        w = np.where(n <= SCALE_WARMUP, counts / n, 1.0 - 0.999**counts)
-        self._scale[uniq] += w * (mean - self._scale[uniq])
+        w_device = np.where(n <= SCALE_WARMUP, counts / n, 1.0 - 0.999**counts)
+        self._scale[uniq] += w_device * (mean - self._scale[uniq])
 
     def scale(self, slot: int) -> float:
         """What device ``slot``'s errors are divided by (0: not yet known)."""
-        return float(self._scale[slot]) if slot < len(self._scale) else 0.0
+        return float(self._scales(np.array([slot]))[0])
+
+    @property
+    def fleet_scale(self) -> float:
+        """The fleet's running mean error (worker-wide; checkpointed with the devices)."""
+        return self._fleet_scale
+
+    @fleet_scale.setter
+    def fleet_scale(self, value: float) -> None:
+        self._fleet_scale = float(value)
+
+    def _scales(self, slots: np.ndarray) -> np.ndarray:
+        own = self._scale[slots] if len(self._scale) else np.zeros(len(slots))
+        return np.where(own > 0, own, self._fleet_scale)
+
+    def restart_scale(self, slots: np.ndarray) -> None:
+        """Measure these devices' error scale afresh: their model was just replaced.
+
+        The errors of the model before an adaptation (θ's for a new device,
+        the old concept's after a drift) say nothing about the new model's,
+        and would numb the detector for hundreds of readings.
+        """
+        self._scale[slots] = 0.0
+        self._scaled_n[slots] = 0
 
     def seen(self, slot: int) -> int:
         """Readings of device ``slot`` observed so far."""
@@ -140,7 +172,7 @@ class DriftMonitor:
         finite = np.isfinite(errs)  # a broken reading must never poison a detector
         slot_arr = np.asarray(slots, dtype=np.int64)
         self._update_scale(slot_arr[finite], errs[finite])
-        scale = self._scale[slot_arr]
+        scale = self._scales(slot_arr)
         scaled = np.divide(errs, scale, out=errs.copy(), where=scale > 0).tolist()
         ok = finite.tolist()
         detectors, windows, seen = self._detectors, self._windows, self._seen

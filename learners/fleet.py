@@ -255,6 +255,7 @@ class FleetLearner:
         for k, v in self.params.items():
             v[idx] = self.published[k][idx] = phi[k][keep]
         self._pending[slots] = False
+        self.monitor.restart_scale(kept)
         self._has_model[kept] = True
         self._retries[kept] = 0
         self._retry(slots[~keep.numpy()], n_hold[~keep].numpy())
@@ -360,6 +361,7 @@ class FleetLearner:
             "detectors": states,
             "blob_sizes": [len(b) for b in blobs],
             "scaler_counts": [self.scaler.x.count, self.scaler.y.count],
+            "error_scale": self.monitor.fleet_scale,
             "processed": self.processed,
             "meta_version": self.meta_version,
             "rng": self._rng.bit_generator.state,
@@ -373,7 +375,7 @@ class FleetLearner:
 
         Devices already known here are overwritten; new ones get a slot.  θ is
         adopted only if it is newer than the current one.  The scaler, the
-        meta cadence and the random generator are
+        fleet error scale, the meta cadence and the random generator are
         worker-wide, not per device: they are taken over only with
         ``worker_wide=True`` (a fresh worker), never merged into a worker that
         has its own.
@@ -428,6 +430,7 @@ class FleetLearner:
                 sc.count = int(info["scaler_counts"][i])
                 sc.mean = tensors[f"scaler.{name}.mean"].numpy().astype(np.float64).copy()
                 sc._m2 = tensors[f"scaler.{name}.m2"].numpy().astype(np.float64).copy()
+            self.monitor.fleet_scale = float(info["error_scale"])
             self.processed = int(info["processed"])
             self._rng.bit_generator.state = info["rng"]
         return ids

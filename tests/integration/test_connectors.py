@@ -39,7 +39,8 @@ def unique_settings(broker: ApacheKafkaBroker, **overrides: Any) -> Settings:
     """Settings whose topics no other test uses."""
     u = uuid.uuid4().hex[:12]
     names: dict[str, Any] = {
-        f"topic_{t}": f"{t}-{u}" for t in ("readings", "models", "meta", "deltas", "events", "deadletter")
+        f"topic_{t}": f"{t}-{u}"
+        for t in ("readings", "models", "meta", "deltas", "events", "deadletter", "checkpoints")
     }
     return replace(Settings(broker=broker.bootstrap, partitions=3, n_features=2), **names, **overrides)
 

@@ -25,10 +25,8 @@ def results() -> dict[str, dict[str, Any]]:
 
 
 def test_reptile_recovers_faster_than_scratch(results: dict[str, dict[str, Any]]) -> None:
-    # Measured (seed 0): 56 vs 65 readings, over 98 and 96 detected drifts of
-    # 100.  With the drift monitor's former fleet-wide error scale it was 47
-    # vs 58, over fewer detected drifts (88 without the regression guard).
-    assert results["reptile"]["recovery_median"] <= 0.9 * results["scratch"]["recovery_median"]
+    # Measured (seed 0): 54 vs 67 readings, over 94 and 92 detected drifts of 100.
+    assert results["reptile"]["recovery_median"] <= 0.85 * results["scratch"]["recovery_median"]
 
 
 def test_reptile_has_lower_error_than_scratch_and_global(results: dict[str, dict[str, Any]]) -> None:
