@@ -87,44 +87,39 @@ def as_readings(stream: FleetStream) -> list[Reading]:
     ]
 
 
-def newest_checkpoints(cfg: Settings, verifier: Verifier) -> dict[int, Checkpoint]:
-    """The newest verifiable checkpoint of each partition, read with kafka-python."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, fetch_max_bytes=64 * 1024 * 1024
-    )
-    newest: dict[int, Checkpoint] = {}
+def read_all(cfg: Settings, topic: str, **consumer_options: Any) -> list[Any]:
+    """Every record on ``topic`` (``PARTITIONS`` of them), in offset order per partition (kafka-python)."""
+    consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, **consumer_options)
+    out: list[Any] = []
     try:
-        tps = [TopicPartition(cfg.checkpoints_topic, p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
         while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for r in records:
-                    try:
-                        newest[tp.partition] = decode_checkpoint(verifier.open(r.value))
-                    except (CheckpointError, ValueError):
-                        continue
+            for records in consumer.poll(timeout_ms=500).values():
+                out += sorted(records, key=lambda rec: rec.offset)
     finally:
         consumer.close()
+    return out
+
+
+def newest_checkpoints(cfg: Settings, verifier: Verifier) -> dict[int, Checkpoint]:
+    """The newest verifiable checkpoint of each partition."""
+    newest: dict[int, Checkpoint] = {}
+    for r in read_all(cfg, cfg.checkpoints_topic, fetch_max_bytes=64 * 1024 * 1024):
+        try:
+            newest[r.partition] = decode_checkpoint(verifier.open(r.value))
+        except (CheckpointError, ValueError):
+            continue
     return newest
 
 
 def model_versions(cfg: Settings) -> dict[str, list[int]]:
     """Per device, the ``model_version`` of every model on the models topic, in offset order."""
-    consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False)
     versions: dict[str, list[int]] = defaultdict(list)
-    try:
-        tps = [TopicPartition(cfg.topic_models, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for _, records in consumer.poll(timeout_ms=500).items():
-                for r in sorted(records, key=lambda rec: rec.offset):
-                    versions[r.key.decode()].append(int(dict(r.headers)["model_version"]))
-    finally:
-        consumer.close()
+    for r in read_all(cfg, cfg.topic_models):
+        versions[r.key.decode()].append(int(dict(r.headers)["model_version"]))
     return dict(versions)
 
 
