@@ -64,9 +64,9 @@ def worker_throughput(log: Path, total: int, timeout_s: float) -> float:
     first: tuple[float, int] | None = None
     last = (0.0, 0)
     while time.monotonic() < deadline:
-        lines = [
-            json.loads(x) for x in log.read_text(errors="replace").splitlines() if x.startswith('{"stats"')
-        ]
+        # Only whole lines: the worker may be in the middle of writing the last one.
+        complete = log.read_text(errors="replace").rpartition("\n")[0]
+        lines = [json.loads(x) for x in complete.splitlines() if x.startswith('{"stats"')]
         if lines:
             n = lines[-1]["stats"]["readings"]
             if n > last[1]:
