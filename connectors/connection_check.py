@@ -124,6 +124,9 @@ def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
                 client_id=f"{settings.app_id}-check",
                 bootstrap_timeout_ms=ms,
                 request_timeout_ms=ms,
+                # Retry within the window: after a first, inconclusive failure, kafka-python's
+                # default backoff (up to 30 s) could outlast it and hide the refusal.
+                reconnect_backoff_max_ms=500,
                 **options,
             )
             admin.close()
