@@ -133,7 +133,8 @@ class DriftMonitor:
 
     def scale(self, slot: int) -> float:
         """What device ``slot``'s errors are divided by (0: not yet known)."""
-        return float(self._scales(np.array([slot]))[0])
+        own = float(self._scale[slot]) if slot < len(self._scale) else 0.0
+        return own if own > 0 else self._fleet_scale
 
     @property
     def fleet_scale(self) -> float:
@@ -145,7 +146,8 @@ class DriftMonitor:
         self._fleet_scale = float(value)
 
     def _scales(self, slots: np.ndarray) -> np.ndarray:
-        own = self._scale[slots] if len(self._scale) else np.zeros(len(slots))
+        """:meth:`scale` of every one of ``slots`` (all known: called after ``_grow``)."""
+        own = self._scale[slots]
         return np.where(own > 0, own, self._fleet_scale)
 
     def restart_scale(self, slots: np.ndarray) -> None:
