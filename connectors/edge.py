@@ -16,13 +16,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from torch import Tensor
 
 from connectors.admin import partition_for
+from connectors.closing import ClosesOnExit
 from connectors.connection_check import check_connection
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Verifier
@@ -224,7 +224,7 @@ def trusted_verifier(settings: Settings, key_files: Sequence[str] = ()) -> Verif
     return Verifier.from_files(*paths)
 
 
-class EdgeSubscriber:
+class EdgeSubscriber(ClosesOnExit):
     """Follows the models of some devices (and optionally θ) on a Kafka broker.
 
     No consumer group: the consumer is assigned exactly the partitions of
@@ -345,17 +345,6 @@ class EdgeSubscriber:
     def close(self) -> None:
         """Close the consumer."""
         self._consumer.close()
-
-    def __enter__(self) -> EdgeSubscriber:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # -- command line ------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 from kafka import KafkaProducer
@@ -35,6 +34,7 @@ from kafka.errors import KafkaError
 from kafka.future import Future
 
 from connectors.admin import ensure_topics, partition_for
+from connectors.closing import ClosesOnExit
 from connectors.connection_check import check_connection
 from connectors.settings import Settings
 from connectors.wire import MAX_MESSAGE_BYTES, Reading, encode_readings
@@ -115,7 +115,7 @@ class _Message:
     readings: int
 
 
-class SensorProducer:
+class SensorProducer(ClosesOnExit):
     """Sends readings to ``settings.topic_readings`` and keeps each until the broker acknowledges it.
 
     Nothing is dropped when the broker goes away: kafka-python retries
@@ -354,17 +354,6 @@ class SensorProducer:
             self.flush(timeout_s)
         finally:
             self._client.close()
-
-    def __enter__(self) -> SensorProducer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # -- sources ---------------------------------------------------------------------------

@@ -25,9 +25,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from ..closing import ClosesOnExit
 from .certificates import LocalPki, make_local_pki
 
 KAFKA_VERSION = "4.1.1"
@@ -215,7 +215,7 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
         proc.wait()
 
 
-class ApacheKafkaBroker:
+class ApacheKafkaBroker(ClosesOnExit):
     """A single-node Apache Kafka broker+controller (KRaft) on loopback.
 
     Ports and the data directory are fixed at the first :meth:`start`, so
@@ -500,11 +500,3 @@ class ApacheKafkaBroker:
 
     def __enter__(self) -> ApacheKafkaBroker:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

