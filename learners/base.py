@@ -31,6 +31,9 @@ class StepResult:
     checks
         The regression guard's comparison for every adaptation it judged in
         this batch, accepted or not, in order.
+    slots
+        Each reading's device slot, for strategies that keep per-device
+        state in slots (``None`` otherwise).
     """
 
     y_pred: np.ndarray
@@ -38,6 +41,7 @@ class StepResult:
     adapted: list[str] = field(default_factory=list)
     meta_version: int = 0
     checks: list[GuardCheck] = field(default_factory=list)
+    slots: np.ndarray | None = None
 
     @property
     def rejected(self) -> list[GuardCheck]:

@@ -199,6 +199,7 @@ class FleetLearner:
             adapted=[self.devices.ids[s] for s in adapted],
             meta_version=self.meta_version,
             checks=self._checks,
+            slots=slots,
         )
 
     # -- internals ------------------------------------------------------------------

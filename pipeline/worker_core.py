@@ -208,8 +208,8 @@ class WorkerCore:
         result = self.fleet.learn_predict(ids, x, y)
         now = self.clock()
         self._counts["readings"] += len(readings)
-        slots, _ = self.fleet.devices.slots_for(ids)
-        self.tracker.update(slots, reading_errors(self.cfg.task, y, result.y_pred))
+        assert result.slots is not None  # a FleetLearner always reports them
+        self.tracker.update(result.slots, reading_errors(self.cfg.task, y, result.y_pred))
         out: list[Outgoing] = []
         for d in result.drifted:
             self._drift_at[d] = now
