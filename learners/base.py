@@ -24,8 +24,9 @@ class StepResult:
     drifted
         Devices whose drift was detected in this batch, in order.
     adapted
-        Devices whose model was re-adapted from θ in this batch and kept
-        (the regression guard accepted it): the ones to publish.
+        Devices with a new model to publish: re-adapted from θ in this
+        batch and kept (the regression guard accepted it), or given θ
+        itself (a new device whose adaptations the guard kept refusing).
     meta_version
         Version of θ after the batch (0 for strategies without one).
     checks

@@ -231,7 +231,8 @@ class FleetLearner:
         φ_d and the device's current model on them (θ for a device that has
         no adapted model yet), and keeps φ_d only where it does no worse;
         a kept φ_d is then refitted on all the readings, held-back ones
-        included.  Returns the slots whose φ_d was kept.  The others keep
+        included.  Returns the slots with a new model to publish: φ_d where it
+        was kept, θ for a new device whose retries ran out.  The others keep
         their weights untouched and are retried a few readings later (see
         :meth:`_retry`).
         """
@@ -256,12 +257,18 @@ class FleetLearner:
         for k, v in self.params.items():
             v[idx] = self.published[k][idx] = phi[k][keep]
         self._pending[slots] = False
+        self.n_adaptations += len(kept)
+        self.n_rejected += len(slots) - len(kept)
+        fallback = self._retry(slots[~keep.numpy()], n_hold[~keep].numpy())
+        if len(fallback):
+            # θ won every judgement of a device the edge has no model for: θ is its model.
+            back = torch.from_numpy(fallback)
+            for k, v in self.params.items():
+                v[back] = self.published[k][back] = self.theta[k]
+        kept = np.sort(np.concatenate([kept, fallback]))
         self.monitor.restart_scale(kept)
         self._has_model[kept] = True
         self._retries[kept] = 0
-        self._retry(slots[~keep.numpy()], n_hold[~keep].numpy())
-        self.n_adaptations += len(kept)
-        self.n_rejected += len(slots) - len(kept)
         return kept
 
     def _judge(self, slots: np.ndarray, judged: Params, x: Tensor, y: Tensor, hold: Tensor) -> Tensor:
@@ -293,13 +300,15 @@ class FleetLearner:
             )
         return keep
 
-    def _retry(self, slots: np.ndarray, held_back: np.ndarray) -> None:
+    def _retry(self, slots: np.ndarray, held_back: np.ndarray) -> np.ndarray:
         """Try a rejected device again once as many new readings as were held back arrived.
 
         A gradual drift, or an alarm right at the change, leaves the held-back
         readings still mostly of the old concept; a few readings later the
-        adaptation may win.  After ``GUARD_RETRIES`` rejections in a row the
-        device keeps its current model until its next drift.
+        adaptation may win.  After ``GUARD_RETRIES`` rejections in a row a
+        device keeps its current model until its next drift.  A device that
+        has no model yet has nothing to keep: it gets θ, which won every
+        judgement; those slots are returned.
         """
         again = self._retries[slots] < GUARD_RETRIES
         self._retries[slots] = np.where(again, self._retries[slots] + 1, 0)
@@ -308,6 +317,8 @@ class FleetLearner:
             # Ready again when the buffer is back to adapt_after readings, i.e. after held_back new ones.
             self.buffers.keep_newest(retry, self.cfg.adapt_after - held_back[again].astype(np.int64))
             self._pending[retry] = True
+        given_up = slots[~again]
+        return given_up[~self._has_model[given_up]]
 
     def _meta_step(self) -> None:
         assert self._meta is not None and self._rule is not None

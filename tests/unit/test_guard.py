@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -85,16 +86,37 @@ def test_a_diverged_adaptation_is_rejected() -> None:
     assert all(torch.equal(before[k], fleet.device_params("a")[k]) for k in before)
 
 
-def test_a_rejected_device_is_retried_a_few_times_then_left_alone() -> None:
+def test_a_new_device_rejected_every_time_gets_theta_after_its_retries() -> None:
     # Prepare: every adaptation diverges; readings arrive one at a time
     cfg = LearnerConfig(n_features=2, adapt_after=16, buffer_size=16, online_lr=0.0, inner_lr=1e6)
     fleet = FleetLearner(cfg, init="scratch")
     x, y = concept(80, 3.0, 8)
     # Execute
-    judged = [i for i in range(80) if fleet.learn_predict(["a"], x[i : i + 1], y[i : i + 1]).checks]
-    # Assert: first at the 16th reading, then after every 4 new (held-back many) readings, 3 times
-    assert judged == [15, 19, 23, 27]
+    results = [fleet.learn_predict(["a"], x[i : i + 1], y[i : i + 1]) for i in range(80)]
+    # Assert: judged at the 16th reading, then after every 4 new (held-back many) readings, 3 times;
+    # the last refusal leaves a device without any model, so it gets θ, and is left alone after that
+    assert [i for i, r in enumerate(results) if r.checks] == [15, 19, 23, 27]
+    assert [i for i, r in enumerate(results) if r.adapted] == [27]
     assert GUARD_RETRIES == 3 and fleet.n_rejected == 4 and fleet.n_adaptations == 0
+    slot = fleet.devices.slot("a")
+    assert all(torch.equal(fleet.published[k][slot], v) for k, v in fleet.theta.items())
+
+
+def test_a_device_with_a_model_keeps_it_when_its_retries_run_out() -> None:
+    # Prepare: a first adaptation is kept; then every adaptation diverges
+    fleet = FleetLearner(CFG, init="scratch")
+    x, y = concept(96, 3.0, 9)
+    first = fleet.learn_predict(["a"] * 16, x[:16], y[:16])
+    published = {k: v.clone() for k, v in snapshot(fleet, "a").items()}
+    fleet.net.cfg = dataclasses.replace(CFG, inner_lr=1e6)
+    fleet._pending[fleet.devices.slot("a")] = True  # as a drift would
+    # Execute
+    results = [fleet.learn_predict(["a"], x[i : i + 1], y[i : i + 1]) for i in range(16, 96)]
+    # Assert: judged at once (the buffer is full), then after every 4 new readings, 3 times; nothing published
+    assert first.adapted == ["a"]
+    assert [16 + i for i, r in enumerate(results) if r.checks] == [16, 20, 24, 28]
+    assert not any(r.adapted for r in results) and fleet.n_rejected == 4
+    assert all(torch.equal(fleet.published[k][fleet.devices.slot("a")], v) for k, v in published.items())
 
 
 def test_devices_are_judged_together_but_each_on_its_own() -> None:
