@@ -76,6 +76,12 @@ def add_cli(subparsers: Any) -> None:
         default="raw,monitor",
         help="raw,monitor,monitor-lockstep (lockstep: every device drifts at once)",
     )
+    p.add_argument(
+        "--seeds",
+        metavar="S,S,…",
+        help="run under each learner seed (same devices, data and episodes: those of --seed) and compare "
+        "reptile with every other strategy, paired over seeds and episodes (learners.compare)",
+    )
     p.add_argument("--report", metavar="DIR", help="write DIR/index.html, DIR/*.png and DIR/results.json")
     p.add_argument("--json", action="store_true", help="one JSON object per strategy (or detector) per line")
     _learner_args(p)
@@ -100,7 +106,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"seed": seed}
     runs: dict[str, Any] = {}
     data = None
-    if args.dataset != "detectors":
+    if args.dataset != "detectors" and args.seeds:
+        data, runs, results = evaluate_seeds(args, [int(s) for s in args.seeds.split(",")], seed)
+    elif args.dataset != "detectors":
         data, runs, results = evaluate_dataset(args, seed)
     if args.dataset == "detectors" or args.detectors:
         modes = args.detector_modes.split(",")
@@ -108,6 +116,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not args.json:
         if runs:
             print(format_results(results["strategies"], results["task"]))
+        if "comparison" in results:
+            from learners.compare import format_comparison
+
+            seeds = ",".join(str(s) for s in results["seeds"])
+            print(f"\nk-shot error, reptile minus baseline, over seeds {seeds} (negative: reptile better)")
+            print(format_comparison(results["comparison"]))
         if "detectors" in results:
             print(format_detectors(results["detectors"]))
     if args.report:
@@ -118,8 +132,46 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_dataset(args: argparse.Namespace, seed: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Load, split, run every strategy; returns the data, the runs and JSON-ready results."""
+def evaluate_seeds(
+    args: argparse.Namespace, seeds: Sequence[int], split_seed: int
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """:func:`evaluate_dataset` under each learner seed, and reptile compared with the others.
+
+    The data, the device split and the episodes are those of ``split_seed``
+    in every run, so each strategy is scored on the same episodes throughout;
+    only the learners' seed changes.  Returns the first seed's data and runs
+    (for the report's figures) and its results, with ``seeds``,
+    ``per_seed`` (every seed's strategy rows) and ``comparison`` added.
+    """
+    from learners.compare import compare
+
+    errors: dict[str, list[np.ndarray]] = {}
+    per_seed: list[list[dict[str, Any]]] = []
+    first: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
+    for s in seeds:
+        out = evaluate_dataset(argparse.Namespace(**{**vars(args), "seed": s}), s, split_seed)
+        first = first or out
+        per_seed.append(out[2]["strategies"])
+        for name, run in out[1].items():
+            errors.setdefault(name, []).append(run.curve.per_episode)
+    assert first is not None, "no seeds"
+    data, runs, results = first
+    results = {**results, "seeds": list(seeds), "per_seed": per_seed}
+    if "reptile" in errors:
+        results["comparison"] = compare(errors, results["ks"], "reptile", seed=split_seed)
+        if args.json:
+            print(json.dumps({"comparison": results["comparison"]}), flush=True)
+    return data, runs, results
+
+
+def evaluate_dataset(
+    args: argparse.Namespace, seed: int, split_seed: int | None = None
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Load, split, run every strategy; returns the data, the runs and JSON-ready results.
+
+    ``seed`` seeds the learners; ``split_seed`` (default ``seed``) the data
+    set, the held-out devices and shuffled episodes.
+    """
     from connectors.datasets import load_dataset
     from learners.kshot import run_held_out, split_devices
     from learners.replay import default_batch_size
@@ -130,21 +182,22 @@ def evaluate_dataset(args: argparse.Namespace, seed: int) -> tuple[Any, dict[str
     names = resolve(args.strategy or ["all"])
     overrides = parse_overrides(args.override)
     ks = sorted({int(k) for k in args.ks.split(",")})
-    data = load_dataset(args.dataset, args.device_col, args.target_col, args.time_col, args.task, seed)
+    split_seed = seed if split_seed is None else split_seed
+    data = load_dataset(args.dataset, args.device_col, args.target_col, args.time_col, args.task, split_seed)
     if args.max_readings:
         data = take_first(data, args.max_readings)
     min_readings = ks[-1] + args.horizon
-    train, held = split_devices(data.device_ids, args.held_out, seed, min_readings)
+    train, held = split_devices(data.device_ids, args.held_out, split_seed, min_readings)
     split = "test"
     if args.validation:
         data = keep_devices(data, set(train))
-        train, held = split_devices(data.device_ids, args.held_out, seed + 1, min_readings)
+        train, held = split_devices(data.device_ids, args.held_out, split_seed + 1, min_readings)
         split = "validation"
     cfg = learner_config(
         args, n_features=data.x.shape[1], task=data.task, n_classes=max(len(data.classes), 2)
     )
     batch = args.batch_size or default_batch_size(len(train))
-    shuffle_seed = seed if args.kshot_order == "shuffled" else None
+    shuffle_seed = split_seed if args.kshot_order == "shuffled" else None
     n_train = len(data) - sum(np.isin(np.asarray(data.device_ids), held))
     rows, runs = [], {}
     for name in names:
@@ -164,7 +217,8 @@ def evaluate_dataset(args: argparse.Namespace, seed: int) -> tuple[Any, dict[str
             bar.update,
         )
         bar.close()
-        row = {"dataset": data.name, "split": split, **run.summary, "overrides": overrides.get(name, {})}
+        row = {"dataset": data.name, "split": split, "seed": seed, **run.summary}
+        row["overrides"] = overrides.get(name, {})
         rows.append(row)
         runs[name] = run
         if args.json:
@@ -185,6 +239,7 @@ def evaluate_dataset(args: argparse.Namespace, seed: int) -> tuple[Any, dict[str
         "episodes": args.episodes,
         "batch_size": batch,
         "seed": seed,
+        "split_seed": split_seed,
         "config": asdict(cfg),
         "overrides": overrides,
         "strategies": rows,

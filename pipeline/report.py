@@ -289,6 +289,8 @@ def render_html(results: dict[str, Any], images: Sequence[tuple[str, Path]]) -> 
         )
         parts.append(_strategy_table(results["strategies"], results["task"]))
         parts.append(_paired_table(results["strategies"]))
+        if results.get("comparison"):
+            parts.append(_comparison_table(results["comparison"], results["seeds"]))
         cfg = ", ".join(f"{k}={v}" for k, v in results["config"].items())
         parts.append(f"<p class='note'>Learner settings: {html.escape(cfg)}</p>")
         if results.get("overrides"):
@@ -355,6 +357,32 @@ def _paired_table(rows: Sequence[dict[str, Any]], reference: str = "reptile") ->
         + _table(head, table)
         + "<p class='note'>Mean ± standard error of the per-episode difference; positive: "
         f"{reference} has the lower error. |mean| below about 2 s.e. is not a clear difference.</p>"
+    )
+
+
+def _comparison_table(rows: Sequence[dict[str, Any]], seeds: Sequence[int]) -> str:
+    head = ["baseline", "k", "reference error", "baseline error", "difference", "95% CI", "verdict"]
+    table = [
+        [
+            r["baseline"],
+            r["k"],
+            r["reference_error"],
+            r["baseline_error"],
+            f"{r['mean_diff']:+.4f}",
+            f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
+            r["verdict"],
+        ]
+        for r in rows
+    ]
+    reference = rows[0]["reference"]
+    return (
+        f"<h3>{reference} minus each baseline over seeds {', '.join(map(str, seeds))}</h3>"
+        + _table(head, table)
+        + f"<p class='note'>k-shot error of {reference} minus the baseline's on the same episodes, "
+        "averaged over seeds and episodes; negative: "
+        f"{reference} is better. 95% interval: bootstrap resampling seeds and episodes (learners.compare). "
+        "ahead / behind: the interval excludes 0; tie: it does not. Figures and the tables above: "
+        f"seed {seeds[0]}.</p>"
     )
 
 

@@ -157,3 +157,32 @@ def test_add_cli_registers_evaluate() -> None:
         0.2,
         True,
     )
+
+
+def test_seeds_score_the_same_episodes_and_compare_reptile(
+    fleet_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    out = tmp_path / "report"
+    strategies = ["--strategy", "reptile", "--strategy", "global"]
+    code = main(csv_args(fleet_csv, *strategies, "--seeds", "0,1", "--json", "--report", str(out)))
+    # Assert: 2 seeds × 2 strategies, then the comparison: 1 baseline × 2 ks
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert code == 0
+    assert [(r["seed"], r["strategy"]) for r in lines[:4]] == [
+        (0, "reptile"),
+        (0, "global"),
+        (1, "reptile"),
+        (1, "global"),
+    ]
+    assert lines[0]["kshot"] != lines[2]["kshot"]  # the learner seed matters …
+    assert lines[0]["kshot_episodes"] == lines[2]["kshot_episodes"]  # … the episodes do not change
+    (comparison,) = (line["comparison"] for line in lines[4:])
+    assert [(c["baseline"], c["k"], c["seeds"]) for c in comparison] == [("global", 5, 2), ("global", 10, 2)]
+    for c in comparison:
+        assert c["ci_low"] <= c["mean_diff"] <= c["ci_high"]
+        assert c["verdict"] in ("ahead", "tie", "behind")
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and results["split_seed"] == 0 and results["comparison"] == comparison
+    assert [[r["seed"] for r in rows] for rows in results["per_seed"]] == [[0, 0], [1, 1]]
+    assert "minus each baseline over seeds 0, 1" in (out / "index.html").read_text()
