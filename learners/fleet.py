@@ -173,7 +173,7 @@ class FleetLearner:
         pred = groups.unpad(self.net.predict(out).numpy()).astype(np.float64)
 
         self.buffers.push(slots, xs, ys, groups)
-        drift_at = self.monitor.update(slots.tolist(), reading_errors(self.cfg.task, ys, pred).tolist())
+        drift_at = self.monitor.update(slots, reading_errors(self.cfg.task, ys, pred), groups)
         self.n_drifts += len(drift_at)
         drifted = list(dict.fromkeys(device_ids[i] for i in drift_at))
         if drifted:
