@@ -87,14 +87,19 @@ def clip_grad(step: Params, max_norm: float, stacked: bool) -> Params:
     tensor([[0.6000, 0.8000],
             [0.3000, 0.4000]])
     """
-    if stacked:
-        sq = sum(v.flatten(start_dim=1).pow(2).sum(1) for v in step.values())
-    else:
-        sq = sum(v.pow(2).sum() for v in step.values())
-    scale = max_norm / torch.as_tensor(sq).sqrt().clamp(min=max_norm)
+    parts = [v.flatten(start_dim=1).pow(2).sum(1) if stacked else v.pow(2).sum() for v in step.values()]
+    sq = parts[0]
+    for part in parts[1:]:  # in key order, as ``sum`` would, without its extra ``0 +``
+        sq = sq + part
+    scale = max_norm / sq.sqrt().clamp(min=max_norm)
     if not stacked:
         return {k: v * scale for k, v in step.items()}
     return {k: v * scale.view(-1, *([1] * (v.dim() - 1))) for k, v in step.items()}
+
+
+def _readings(mask: Tensor) -> Tensor:
+    """Readings per device of a ``[D, n]`` mask, at least 1: what its mean loss divides by."""
+    return mask.sum(1).clamp(min=1.0)
 
 
 def unflatten(vector: Tensor, like: Params) -> Params:
@@ -139,10 +144,16 @@ class FunctionalNet:
         return functional_call(self.template, params, (x,))
 
     def sample_loss(self, out: Tensor, y: Tensor) -> Tensor:
-        """Per-sample loss: squared error, or cross-entropy on class indices."""
+        """Per-sample loss, shaped like ``y``: squared error, or cross-entropy on class indices.
+
+        ``out`` is ``[..., n_outputs]`` and ``y`` is ``[...]``.
+        """
         if self.cfg.task == "regression":
             return (out.squeeze(-1) - y) ** 2
-        return nn.functional.cross_entropy(out, y.long(), reduction="none")
+        per = nn.functional.cross_entropy(
+            out.reshape(-1, out.shape[-1]), y.reshape(-1).long(), reduction="none"
+        )
+        return per.view_as(y)
 
     def predict(self, out: Tensor) -> Tensor:
         """Point predictions from raw outputs."""
@@ -171,18 +182,23 @@ class FunctionalNet:
 
     def masked_loss(self, stacked: Params, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
         """Mean loss per device, ``[D]``, for stacked params and padded data ``[D, n, …]``."""
-        return self._mean_loss(self.stacked_forward(stacked, x), y, mask)
+        return self._mean_loss(self.stacked_forward(stacked, x), y, mask, _readings(mask))
 
-    def _mean_loss(self, out: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        per = self.sample_loss(out.reshape(-1, out.shape[-1]), y.reshape(-1)).view_as(mask)
-        return (per * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    def _mean_loss(self, out: Tensor, y: Tensor, mask: Tensor, readings: Tensor) -> Tensor:
+        # ``readings`` is ``_readings(mask)``: callers that differentiate this
+        # many times on one mask compute it once, outside the gradient.
+        return (self.sample_loss(out, y) * mask).sum(1) / readings
 
-    def _grad(self, stacked: Params, x: Tensor, y: Tensor, mask: Tensor) -> Params:
+    def _grad(
+        self, stacked: Params, x: Tensor, y: Tensor, mask: Tensor, readings: Tensor | None = None
+    ) -> Params:
         # Devices' losses are independent, so the gradient of their sum with
         # respect to the stacked weights is every device's own gradient.
+        readings = _readings(mask) if readings is None else readings
         leaves = {k: v.detach().requires_grad_(True) for k, v in stacked.items()}
         with torch.enable_grad():
-            grads = torch.autograd.grad(self.masked_loss(leaves, x, y, mask).sum(), list(leaves.values()))
+            loss = self._mean_loss(self.stacked_forward(leaves, x), y, mask, readings)
+            grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return dict(zip(leaves, grads, strict=True))
 
     def adapt(
@@ -202,8 +218,9 @@ class FunctionalNet:
         steps = self.cfg.inner_steps if steps is None else steps
         lr = self.cfg.inner_lr if lr is None else lr
         phi = stack(theta, x.shape[0])
+        readings = _readings(mask)
         for _ in range(steps):
-            step = clip_grad(self._grad(phi, x, y, mask), MAX_GRAD_NORM, stacked=True)
+            step = clip_grad(self._grad(phi, x, y, mask, readings), MAX_GRAD_NORM, stacked=True)
             phi = {k: v - lr * step[k] for k, v in phi.items()}
         return phi
 
@@ -227,9 +244,11 @@ class FunctionalNet:
         scatters: measured 2-3x faster on 1,000 readings of 1,000 devices.
         """
 
+        readings = _readings(mask)  # no gradient flows through it: kept out of ``grad``
+
         def total(sub: Params) -> tuple[Tensor, Tensor]:
             out = self.stacked_forward(sub, x)
-            return self._mean_loss(out, y, mask).sum(), out
+            return self._mean_loss(out, y, mask, readings).sum(), out
 
         step, out = grad(total, has_aux=True)(sub)
         return clip_grad(step, MAX_GRAD_NORM, stacked=True), out.detach()
