@@ -163,7 +163,7 @@ class FleetLearner:
         xs, ys = self.scaler.fit_transform(x, y)
         groups = DeviceGroups.of(slots)
         uniq = torch.from_numpy(groups.slots)
-        sub = {k: v[uniq] for k, v in self.params.items()}
+        sub = {k: v.index_select(0, uniq) for k, v in self.params.items()}
         xp, yp, mask = (torch.from_numpy(a) for a in (groups.pad(xs), groups.pad(ys), groups.mask()))
         step, out = self.net.online_step(sub, xp, yp, mask)
         for k, v in self.params.items():
