@@ -92,6 +92,8 @@ def clip_grad(step: Params, max_norm: float, stacked: bool) -> Params:
     for part in parts[1:]:  # in key order, as ``sum`` would, without its extra ``0 +``
         sq = sq + part
     scale = max_norm / sq.sqrt().clamp(min=max_norm)
+    if bool((scale == 1.0).all()):
+        return dict(step)  # nothing to clip (most steps): multiplying by 1 changes no bit
     if not stacked:
         return {k: v * scale for k, v in step.items()}
     return {k: v * scale.view(-1, *([1] * (v.dim() - 1))) for k, v in step.items()}
