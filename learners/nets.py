@@ -9,6 +9,8 @@ for ``functional_call`` (one model) and for the stacked layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
@@ -191,14 +193,25 @@ class FunctionalNet:
         # many times on one mask compute it once, outside the gradient.
         return (self.sample_loss(out, y) * mask).sum(1) / readings
 
-    def _grad(
-        self, stacked: Params, x: Tensor, y: Tensor, mask: Tensor, readings: Tensor | None = None
-    ) -> Params:
-        # Devices' losses are independent, so the gradient of their sum with
-        # respect to the stacked weights is every device's own gradient.
-        readings = _readings(mask) if readings is None else readings
+    def _grad(self, stacked: Params, x: Tensor, y: Tensor, mask: Tensor) -> Params:
+        return self._gradient_of(x, y, mask)(stacked)
+
+    def _gradient_of(self, x: Tensor, y: Tensor, mask: Tensor) -> Callable[[Params], Params]:
+        """Per-device gradient of the masked loss on this data, as a function of stacked weights.
+
+        Devices' losses are independent, so the gradient of their sum with
+        respect to the stacked weights is every device's own gradient.  What
+        does not depend on the weights is computed once, for all k steps of
+        an adaptation.
+        """
+        readings = _readings(mask)
         if self.cfg.task == "regression":
-            return self._regression_grad(stacked, x, y, mask, readings)
+            # d(loss summed over devices) / d(each reading's squared error), as autograd has it.
+            weights = (torch.ones_like(readings) / readings).unsqueeze(1) * mask
+            return lambda stacked: self._regression_grad(stacked, x, y, weights)
+        return lambda stacked: self._autograd_grad(stacked, x, y, mask, readings)
+
+    def _autograd_grad(self, stacked: Params, x: Tensor, y: Tensor, mask: Tensor, readings: Tensor) -> Params:
         leaves = {k: v.detach().requires_grad_(True) for k, v in stacked.items()}
         with torch.enable_grad():
             loss = self._mean_loss(self.stacked_forward(leaves, x), y, mask, readings)
@@ -206,15 +219,14 @@ class FunctionalNet:
         return dict(zip(leaves, grads, strict=True))
 
     @torch.no_grad()
-    def _regression_grad(
-        self, stacked: Params, x: Tensor, y: Tensor, mask: Tensor, readings: Tensor
-    ) -> Params:
+    def _regression_grad(self, stacked: Params, x: Tensor, y: Tensor, weights: Tensor) -> Params:
         """The gradient of ``masked_loss(...).sum()`` for squared error, backpropagated by hand.
 
         These are the tensor ops autograd runs for that loss, in its order, so
         the gradients are bit for bit the same (a unit test checks it); on the
         adaptation's tiny tensors the autograd graph's own overhead per op
-        was about half the step's time.
+        was about half the step's time.  ``weights`` is what
+        :meth:`_gradient_of` computes from the mask.
         """
         layers = list(self.template.named_children())
         inputs: list[Tensor] = []  # what each layer received
@@ -228,8 +240,7 @@ class FunctionalNet:
             else:
                 h = layer(h)
         # Backward of sum_d (Σ_n mask·(out − y)²) / readings_d, down to the output.
-        g = (torch.ones_like(readings) / readings).unsqueeze(1) * mask
-        g = (g * (2.0 * (h.squeeze(-1) - y))).unsqueeze(-1)
+        g = (weights * (2.0 * (h.squeeze(-1) - y))).unsqueeze(-1)
         grads: Params = {}
         for i in range(len(layers) - 1, -1, -1):
             name, layer = layers[i]
@@ -261,9 +272,9 @@ class FunctionalNet:
         steps = self.cfg.inner_steps if steps is None else steps
         lr = self.cfg.inner_lr if lr is None else lr
         phi = stack(theta, x.shape[0])
-        readings = _readings(mask)
+        gradient = self._gradient_of(x, y, mask)
         for _ in range(steps):
-            step = clip_grad(self._grad(phi, x, y, mask, readings), MAX_GRAD_NORM, stacked=True)
+            step = clip_grad(gradient(phi), MAX_GRAD_NORM, stacked=True)
             phi = {k: v - lr * step[k] for k, v in phi.items()}
         return phi
 
