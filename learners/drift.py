@@ -9,6 +9,7 @@ import numpy as np
 from river import base, drift
 
 from learners.config import DetectorName
+from learners.grouping import DeviceGroups
 
 DETECTORS: tuple[DetectorName, ...] = ("adwin", "page_hinkley", "kswin")
 
@@ -82,10 +83,11 @@ class DriftMonitor:
         self._detectors: list[base.DriftDetector] = []
         self._windows: list[Any] = []
         self._slow: list[float] = []
-        self._cut_n: list[int] = []
-        self._cut_sum: list[float] = []
-        self._seen: list[int] = []
         self._quiet_until: list[int] = []
+        # Per device, as arrays so that a batch updates them at once:
+        self._seen = np.zeros(0, dtype=np.int64)  # finite errors observed
+        self._cut_n = np.zeros(0, dtype=np.int64)  # errors since the detector's last reset
+        self._cut_sum = np.zeros(0)  # and their sum
         self._scale = np.zeros(0)  # per device: running mean error
         self._fleet_scale = 0.0  # running mean error of the fleet
         self._scaled_n = np.zeros(0, dtype=np.int64)  # per device: finite errors in that mean
@@ -98,15 +100,15 @@ class DriftMonitor:
             self._detectors.append(det)
             self._windows.append(window)
             self._slow.append(0.0)
-            self._cut_n.append(0)
-            self._cut_sum.append(0.0)
-            self._seen.append(0)
             self._quiet_until.append(0)
         grow = len(self._detectors) - len(self._scale)
         self._scale = np.concatenate([self._scale, np.zeros(grow)])
         self._scaled_n = np.concatenate([self._scaled_n, np.zeros(grow, dtype=np.int64)])
+        self._seen = np.concatenate([self._seen, np.zeros(grow, dtype=np.int64)])
+        self._cut_n = np.concatenate([self._cut_n, np.zeros(grow, dtype=np.int64)])
+        self._cut_sum = np.concatenate([self._cut_sum, np.zeros(grow)])
 
-    def _update_scale(self, slots: np.ndarray, errors: np.ndarray) -> None:
+    def _update_scale(self, groups: DeviceGroups, errors: np.ndarray) -> None:
         """Running mean errors: the fleet's (last ~1,000 readings) and each device's (its own ~1,000).
 
         A device's errors are divided by its own mean error since its last
@@ -114,7 +116,7 @@ class DriftMonitor:
         one.  The fleet's alone would hide a drift that hits every device at
         once (a season, a firmware roll-out): it rises as fast as the errors.
         """
-        if len(slots) == 0:
+        if len(errors) == 0:
             return
         w = 1.0 - 0.999 ** len(errors)
         batch_mean = float(errors.mean())
@@ -123,8 +125,8 @@ class DriftMonitor:
             if self._fleet_scale == 0.0
             else self._fleet_scale + w * (batch_mean - self._fleet_scale)
         )
-        uniq, inverse, counts = np.unique(slots, return_inverse=True, return_counts=True)
-        mean = np.bincount(inverse.reshape(-1), weights=errors) / counts
+        uniq, counts = groups.slots, groups.counts
+        mean = np.bincount(groups.group, weights=errors, minlength=len(uniq)) / counts
         n = self._scaled_n[uniq] = self._scaled_n[uniq] + counts
         # The plain mean of a device's first readings, then a moving average.  A
         # plain mean much past the warm-up would follow a drift fast enough to hide it.
@@ -162,41 +164,89 @@ class DriftMonitor:
 
     def seen(self, slot: int) -> int:
         """Readings of device ``slot`` observed so far."""
-        return self._seen[slot] if slot < len(self._seen) else 0
+        return int(self._seen[slot]) if slot < len(self._seen) else 0
 
-    def update(self, slots: Sequence[int], errors: Sequence[float] | np.ndarray) -> list[int]:
-        """Feed one error per reading; return the positions that are accepted drifts."""
+    def update(
+        self,
+        slots: Sequence[int] | np.ndarray,
+        errors: Sequence[float] | np.ndarray,
+        groups: DeviceGroups | None = None,
+    ) -> list[int]:
+        """Feed one error per reading; return the positions that are accepted drifts.
+
+        ``groups`` is ``DeviceGroups.of(slots)`` when the caller already has it.
+        """
         if len(slots) == 0:
             return []
-        if max(slots) >= len(self._detectors):
-            self._grow(max(slots))
+        slot_arr = np.asarray(slots, dtype=np.int64)
+        if int(slot_arr.max()) >= len(self._detectors):
+            self._grow(int(slot_arr.max()))
         errs = np.asarray(errors, dtype=np.float64)
         finite = np.isfinite(errs)  # a broken reading must never poison a detector
-        slot_arr = np.asarray(slots, dtype=np.int64)
-        self._update_scale(slot_arr[finite], errs[finite])
+        at = None if finite.all() else np.flatnonzero(finite)
+        if at is not None:
+            slot_arr, errs, groups = slot_arr[at], errs[at], None
+        if len(errs) == 0:
+            return []
+        groups = groups or DeviceGroups.of(slot_arr)
+        self._update_scale(groups, errs)
         scale = self._scales(slot_arr)
-        scaled = np.divide(errs, scale, out=errs.copy(), where=scale > 0).tolist()
-        ok = finite.tolist()
-        detectors, windows, seen = self._detectors, self._windows, self._seen
-        cut_n, cut_sum, slow = self._cut_n, self._cut_sum, self._slow
-        adwin, kswin = self.detector == "adwin", self.detector == "kswin"
+        scaled = np.divide(errs, scale, out=errs.copy(), where=scale > 0)
+        # Each reading's count among its device's readings, once it is seen.
+        n = (self._seen[slot_arr] + groups.rank + 1).tolist()
+        self._seen[groups.slots] += groups.counts
+        if self.detector == "adwin":
+            accepted = self._update_adwin(slot_arr.tolist(), scaled, n, groups)
+        else:
+            accepted = self._update_detectors(slot_arr.tolist(), scaled.tolist(), n)
+        return accepted if at is None else at[accepted].tolist()
+
+    def _update_adwin(
+        self, slots: list[int], scaled: np.ndarray, n: list[int], groups: DeviceGroups
+    ) -> list[int]:
+        """Feed ADWIN windows one error each; the per-device sums since a reset are kept per batch.
+
+        Only the window updates run per reading.  The sum of a device's
+        errors since its detector's last reset is needed at an alarm only; it
+        is added up then, and for every device at the end of the batch, in
+        reading order either way (so it is the same float as a running sum).
+        """
+        windows = self._windows
+        padded = groups.pad(scaled)  # [U, width]: each device's errors in reading order
+        restarted: dict[int, int] = {}  # slot → rank of its first error after a reset in this batch
         accepted: list[int] = []
-        for i, slot in enumerate(slots):
-            if not ok[i]:
-                continue
-            err = scaled[i]
-            n = seen[slot] = seen[slot] + 1
-            if adwin:
-                cut_n[slot] += 1
-                cut_sum[slot] += err
-                alarm = windows[slot].update(err)
-            else:
-                det = detectors[slot]
-                det.update(err)
-                alarm = det.drift_detected
-                if kswin:
-                    slow[slot] = err if n == 1 else slow[slot] + 0.01 * (err - slow[slot])
-            if alarm and self._on_alarm(slot, n):
+        for i, (slot, err) in enumerate(zip(slots, scaled.tolist(), strict=True)):
+            if windows[slot].update(err):
+                g, rank = int(groups.group[i]), int(groups.rank[i])
+                start = restarted.get(slot, 0)
+                self._cut_n[slot] = (0 if slot in restarted else self._cut_n[slot]) + rank + 1 - start
+                self._cut_sum[slot] = _running_sum(
+                    0.0 if slot in restarted else float(self._cut_sum[slot]), padded[g, start : rank + 1]
+                )
+                restarted[slot] = rank + 1
+                if self._on_alarm(slot, n[i]):
+                    accepted.append(i)
+        uniq = groups.slots
+        self._cut_n[uniq] += groups.counts
+        for column in padded.T:  # column j: each device's j-th error (0 past its last)
+            self._cut_sum[uniq] += column
+        for slot, start in restarted.items():
+            g = int(np.searchsorted(uniq, slot))
+            self._cut_n[slot] = groups.counts[g] - start
+            self._cut_sum[slot] = _running_sum(0.0, padded[g, start : groups.counts[g]])
+        return accepted
+
+    def _update_detectors(self, slots: list[int], scaled: list[float], n: list[int]) -> list[int]:
+        """Feed River detectors (PageHinkley, KSWIN) one error at a time."""
+        detectors, slow = self._detectors, self._slow
+        kswin = self.detector == "kswin"
+        accepted: list[int] = []
+        for i, (slot, err) in enumerate(zip(slots, scaled, strict=True)):
+            det = detectors[slot]
+            det.update(err)
+            if kswin:
+                slow[slot] = err if n[i] == 1 else slow[slot] + 0.01 * (err - slow[slot])
+            if det.drift_detected and self._on_alarm(slot, n[i]):
                 accepted.append(i)
         return accepted
 
@@ -207,7 +257,8 @@ class DriftMonitor:
         if self.detector == "adwin":
             # ADWIN's window is everything since its last cut, which we track.
             kept_w, kept_mean = det.width, det.estimation  # type: ignore[attr-defined]
-            dropped = (self._cut_sum[slot] - kept_w * kept_mean) / max(self._cut_n[slot] - kept_w, 1)
+            cut_sum, cut_n = float(self._cut_sum[slot]), int(self._cut_n[slot])
+            dropped = (cut_sum - kept_w * kept_mean) / max(cut_n - kept_w, 1)
             upward = kept_mean > dropped
             fresh = int(kept_w)  # readings since the estimated change point
         elif self.detector == "kswin":
@@ -252,10 +303,10 @@ class DriftMonitor:
             if slot < len(self._detectors):
                 det = self._detectors[slot]
                 state = {
-                    "seen": self._seen[slot],
+                    "seen": int(self._seen[slot]),
                     "quiet_until": self._quiet_until[slot],
-                    "cut_n": self._cut_n[slot],
-                    "cut_sum": self._cut_sum[slot],
+                    "cut_n": int(self._cut_n[slot]),
+                    "cut_sum": float(self._cut_sum[slot]),
                     "slow": self._slow[slot],
                     "fresh": self.fresh.get(slot),
                     "scale": float(self._scale[slot]),
@@ -293,6 +344,14 @@ class DriftMonitor:
             self._scaled_n[slot] = int(state["scaled_n"])
             if state["fresh"] is not None:
                 self.fresh[slot] = int(state["fresh"])
+
+
+def _running_sum(start: float, values: np.ndarray) -> float:
+    """``start + values[0] + values[1] + …`` added left to right, as a running total is."""
+    total = start
+    for v in values.tolist():
+        total += v
+    return total
 
 
 def _detector_state(det: base.DriftDetector) -> dict[str, Any]:

@@ -163,7 +163,7 @@ class FleetLearner:
         xs, ys = self.scaler.fit_transform(x, y)
         groups = DeviceGroups.of(slots)
         uniq = torch.from_numpy(groups.slots)
-        sub = {k: v[uniq] for k, v in self.params.items()}
+        sub = {k: v.index_select(0, uniq) for k, v in self.params.items()}
         xp, yp, mask = (torch.from_numpy(a) for a in (groups.pad(xs), groups.pad(ys), groups.mask()))
         step, out = self.net.online_step(sub, xp, yp, mask)
         for k, v in self.params.items():
@@ -173,7 +173,7 @@ class FleetLearner:
         pred = groups.unpad(self.net.predict(out).numpy()).astype(np.float64)
 
         self.buffers.push(slots, xs, ys, groups)
-        drift_at = self.monitor.update(slots.tolist(), reading_errors(self.cfg.task, ys, pred).tolist())
+        drift_at = self.monitor.update(slots, reading_errors(self.cfg.task, ys, pred), groups)
         self.n_drifts += len(drift_at)
         drifted = list(dict.fromkeys(device_ids[i] for i in drift_at))
         if drifted:

@@ -47,12 +47,22 @@ class DeviceGroups:
     @classmethod
     def of(cls, slots: np.ndarray) -> DeviceGroups:
         """Group a batch whose reading ``i`` belongs to device slot ``slots[i]``."""
+        slots = np.asarray(slots, dtype=np.int64)
+        if len(slots) == 0 or slots.min() < 0:
+            return cls._of_any(slots)
+        # Slots are small non-negative ints: count them instead of sorting them (np.unique).
+        per_slot = np.bincount(slots)
+        uniq = np.flatnonzero(per_slot)
+        counts = per_slot[uniq]
+        index = np.cumsum(per_slot > 0) - 1  # slot → its position in uniq
+        group = index[slots]
+        return cls(uniq, counts, group, _ranks(group, counts))
+
+    @classmethod
+    def _of_any(cls, slots: np.ndarray) -> DeviceGroups:
         uniq, group, counts = np.unique(slots, return_inverse=True, return_counts=True)
-        order = np.argsort(group, kind="stable")
-        starts = np.cumsum(counts) - counts
-        rank = np.empty_like(group)
-        rank[order] = np.arange(len(group)) - np.repeat(starts, counts)
-        return cls(uniq, counts, group.reshape(-1), rank)
+        group = group.reshape(-1)
+        return cls(uniq, counts, group, _ranks(group, counts))
 
     @property
     def width(self) -> int:
@@ -66,9 +76,19 @@ class DeviceGroups:
         return out
 
     def mask(self) -> np.ndarray:
-        """``[U, width]``: 1 where :meth:`pad` put a reading, else 0."""
-        return self.pad(np.ones(len(self.group), dtype=np.float32))
+        """``[U, width]``: 1 where :meth:`pad` put a reading, else 0 (float32)."""
+        # A device's readings take the first ``counts`` places of its row.
+        return (np.arange(self.width) < self.counts[:, None]).astype(np.float32)
 
     def unpad(self, padded: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`pad`: back to batch order ``[N, …]``."""
         return padded[self.group, self.rank]
+
+
+def _ranks(group: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Position of each reading among the readings of its group, in batch order."""
+    order = np.argsort(group, kind="stable")
+    starts = np.cumsum(counts) - counts
+    rank = np.empty_like(group)
+    rank[order] = np.arange(len(group)) - np.repeat(starts, counts)
+    return rank

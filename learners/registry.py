@@ -40,6 +40,10 @@ class DeviceIndex:
 
     def slots_for(self, device_ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """Slots of ``device_ids`` (registering new ones) and the slots just created."""
+        # Fast path for the common case, every device known: one comprehension.
+        known = [self._slot.get(d, -1) for d in device_ids]
+        if -1 not in known:
+            return np.array(known, dtype=np.int64), []
         slot, ids = self._slot, self.ids
         out = np.empty(len(device_ids), dtype=np.int64)
         new: list[int] = []
