@@ -155,23 +155,10 @@ class FleetLearner:
         """Predict every reading with its device's current model, then learn.
 
         Each device takes one SGD step on the mean loss of its readings in the
-        batch; all devices step together through ``vmap``.
+        batch (:meth:`learn_online`); then the drift monitor sees the errors,
+        drifted and new devices adapt from θ, and θ gets its meta-updates.
         """
-        slots, new = self.devices.slots_for(device_ids)
-        if new:
-            self._add_devices(new)
-        xs, ys = self.scaler.fit_transform(x, y)
-        groups = DeviceGroups.of(slots)
-        uniq = torch.from_numpy(groups.slots)
-        sub = {k: v.index_select(0, uniq) for k, v in self.params.items()}
-        xp, yp, mask = (torch.from_numpy(a) for a in (groups.pad(xs), groups.pad(ys), groups.mask()))
-        step, out = self.net.online_step(sub, xp, yp, mask)
-        for k, v in self.params.items():
-            v[uniq] = sub[k] - self.cfg.online_lr * step[k]
-        if self._pooled is not None:
-            self._pooled.learn_predict(torch.from_numpy(xs), torch.from_numpy(ys))
-        pred = groups.unpad(self.net.predict(out).numpy()).astype(np.float64)
-
+        slots, groups, xs, ys, pred = self.learn_online(device_ids, x, y)
         self.buffers.push(slots, xs, ys, groups)
         drift_at = self.monitor.update(slots, reading_errors(self.cfg.task, ys, pred), groups)
         self.n_drifts += len(drift_at)
@@ -201,6 +188,33 @@ class FleetLearner:
             checks=self._checks,
             slots=slots,
         )
+
+    def learn_online(
+        self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, DeviceGroups, np.ndarray, np.ndarray, np.ndarray]:
+        """Predict-then-learn only: one SGD step per device, no drift detection or adaptation.
+
+        All devices of the batch step together: their weights are gathered,
+        their readings padded per device, and one ``torch.func.grad`` call
+        gives every device its own gradient.  Returns each reading's slot,
+        the batch's device grouping, the standardised inputs and targets, and
+        the predictions made before the step (standardised units).
+        """
+        slots, new = self.devices.slots_for(device_ids)
+        if new:
+            self._add_devices(new)
+        xs, ys = self.scaler.fit_transform(x, y)
+        groups = DeviceGroups.of(slots)
+        uniq = torch.from_numpy(groups.slots)
+        sub = {k: v.index_select(0, uniq) for k, v in self.params.items()}
+        xp, yp, mask = (torch.from_numpy(a) for a in (groups.pad(xs), groups.pad(ys), groups.mask()))
+        step, out = self.net.online_step(sub, xp, yp, mask)
+        for k, v in self.params.items():
+            v[uniq] = sub[k] - self.cfg.online_lr * step[k]
+        if self._pooled is not None:
+            self._pooled.learn_predict(torch.from_numpy(xs), torch.from_numpy(ys))
+        pred = groups.unpad(self.net.predict(out).numpy()).astype(np.float64)
+        return slots, groups, xs, ys, pred
 
     # -- internals ------------------------------------------------------------------
 

@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=5_000,
         help="readings for the slow one-sample-at-a-time torch loop",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of every core bench in turn; medians are reported (default 3)",
+    )
     p.add_argument("--e2e", action="store_true", help="also the end-to-end figures on Apache Kafka")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)

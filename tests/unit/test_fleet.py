@@ -121,3 +121,19 @@ def test_fleet_grows_past_its_initial_capacity() -> None:
 def test_unknown_init_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown init 'maml'"):
         FleetLearner(LearnerConfig(n_features=2), init="maml")  # type: ignore[arg-type]
+
+
+def test_learn_online_is_the_predict_then_learn_part_of_learn_predict() -> None:
+    # Prepare: two identical fleets; 10 readings of 5 devices, too few for any adaptation
+    cfg = LearnerConfig(n_features=3, adapt_after=8, buffer_size=8)
+    full, online = FleetLearner(cfg), FleetLearner(cfg)
+    rng = np.random.default_rng(3)
+    ids = [f"d{i % 5}" for i in range(10)]
+    x, y = rng.normal(size=(10, 3)), rng.normal(size=10)
+    # Execute
+    result = full.learn_predict(ids, x, y)
+    slots, _, _, _, pred = online.learn_online(ids, x, y)
+    # Assert: the same predictions and the same learned weights
+    assert result.adapted == [] and np.array_equal(result.slots, slots)
+    assert np.array_equal(result.y_pred, online.scaler.inverse_y(pred))
+    assert all(torch.equal(full.params[k], online.params[k]) for k in full.params)
