@@ -92,7 +92,9 @@ def main(names: list[str], shuffled: bool = False, seed: int = 0) -> None:
             )
         p, o, q = np.mean(errs, axis=0)
         oracle, oracle_gain = ("n/a", "n/a") if np.isnan(q) else (f"{q:.4f}", f"{(q - p) / p:+.1%}")
-        print(f"{name:<8} {len(splits):<8} {p:<8.4f} {o:<8.4f} {oracle:<8} {(o - p) / p:<+14.1%} {oracle_gain}")
+        print(
+            f"{name:<8} {len(splits):<8} {p:<8.4f} {o:<8.4f} {oracle:<8} {(o - p) / p:<+14.1%} {oracle_gain}"
+        )
 
 
 if __name__ == "__main__":

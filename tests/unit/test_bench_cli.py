@@ -12,7 +12,18 @@ from pipeline.cli import main
 def test_bench_reports_every_row_as_medians_of_its_rounds(capsys: pytest.CaptureFixture[str]) -> None:
     # Execute
     code = main(
-        ["bench", "--devices", "20", "--readings", "2000", "--loop-readings", "100", "--repeat", "2", "--json"]
+        [
+            "bench",
+            "--devices",
+            "20",
+            "--readings",
+            "2000",
+            "--loop-readings",
+            "100",
+            "--repeat",
+            "2",
+            "--json",
+        ]
     )
     # Assert
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
