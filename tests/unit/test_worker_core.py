@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import DeadLetter, Reading, encode_readings
 from learners.edge_model import EdgeModel
+from learners.fleet import FleetLearner
 from learners.synthetic import make_fleet_stream
 from pipeline.worker_core import MetaAggregator, WorkerCore
 
@@ -122,3 +124,29 @@ def test_adaptations_report_error_before_and_after() -> None:
     assert results
     for r in results:
         assert r["error_before"] >= 0 and r["error_after"] >= 0 and r["readings"] == 30
+
+
+def test_the_worker_detects_exactly_the_drifts_of_an_offline_fleet_fed_the_same_batches() -> None:
+    # Prepare: the end-to-end test's stream, in the batches a worker starting behind a backlog
+    # takes (a few large ones, then the producer's pace); a fleet with θ frozen, as the worker's
+    # is until the meta agent answers
+    s = make_fleet_stream(n_devices=40, n_readings=20_000, late_joiners=0.3, seed=1)
+    settings = Settings(n_features=8, micro_batch=1000)
+    sizes = [600, 1000, 1000, 1000] + [200] * 82
+    edges = np.cumsum([0, *sizes])
+    core = WorkerCore(settings, Signer.generate())
+    fleet = FleetLearner(settings.learner_config(), init="reptile", local_meta=False)
+    readings = [
+        Reading(d, tuple(x), float(y)) for d, x, y in zip(s.device_ids, s.x.tolist(), s.y, strict=True)
+    ]
+    # Execute
+    worker_drifts: list[str] = []
+    fleet_drifts: list[str] = []
+    for a, b in itertools.pairwise(edges.tolist()):
+        out = core.on_readings([(encode_readings(readings[a:b]), 0, a)])
+        events = [json.loads(o.value) for o in out if o.topic == settings.topic_events]
+        worker_drifts += [e["device_id"] for e in events if e["type"] == "drift"]
+        fleet_drifts += fleet.learn_predict(s.device_ids[a:b], s.x[a:b], s.y[a:b]).drifted
+    # Assert: the same drifts, in the same order; a drift the worker misses, so does the replay
+    assert worker_drifts == fleet_drifts
+    assert len(set(worker_drifts)) >= 30
