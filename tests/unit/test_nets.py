@@ -55,7 +55,7 @@ def test_online_step_is_torch_func_grad_exactly(task: str) -> None:
     y = (
         3 * torch.randn(50, 6, generator=gen)
         if task == "regression"
-        else torch.randint(0, 3, (50, 6)).float()
+        else torch.randint(0, 3, (50, 6), generator=gen).float()
     )
     mask = (torch.arange(6) < torch.randint(1, 7, (50, 1), generator=gen)).float()
 

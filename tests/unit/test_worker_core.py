@@ -13,17 +13,19 @@ from connectors.signing import Signer, Verifier
 from connectors.wire import DeadLetter, Reading, encode_readings
 from learners.edge_model import EdgeModel
 from learners.fleet import FleetLearner
-from learners.synthetic import make_fleet_stream
+from learners.synthetic import FleetStream, make_fleet_stream
 from pipeline.worker_core import MetaAggregator, WorkerCore
 
 SETTINGS = Settings(n_features=8, micro_batch=100, learner={"meta_every": 200})
 
 
+def readings_of(s: FleetStream) -> list[Reading]:
+    return [Reading(d, tuple(x), float(y)) for d, x, y in zip(s.device_ids, s.x.tolist(), s.y, strict=True)]
+
+
 def stream_messages(n_devices: int = 10, n_readings: int = 4000, gateway: int = 20) -> list[bytes]:
     s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, late_joiners=0.0, seed=3)
-    readings = [
-        Reading(d, tuple(x), float(y)) for d, x, y in zip(s.device_ids, s.x.tolist(), s.y, strict=True)
-    ]
+    readings = readings_of(s)
     return [encode_readings(readings[i : i + gateway]) for i in range(0, len(readings), gateway)]
 
 
@@ -136,9 +138,7 @@ def test_the_worker_detects_exactly_the_drifts_of_an_offline_fleet_fed_the_same_
     edges = np.cumsum([0, *sizes])
     core = WorkerCore(settings, Signer.generate())
     fleet = FleetLearner(settings.learner_config(), init="reptile", local_meta=False)
-    readings = [
-        Reading(d, tuple(x), float(y)) for d, x, y in zip(s.device_ids, s.x.tolist(), s.y, strict=True)
-    ]
+    readings = readings_of(s)
     # Execute
     worker_drifts: list[str] = []
     fleet_drifts: list[str] = []
