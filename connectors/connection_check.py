@@ -7,16 +7,25 @@ a log line.  :func:`check_connection` makes one probe connection, watches
 kafka-python's log for the reason, and raises :class:`BrokerConnectionError`
 naming it and the setting to fix as soon as the failure is certain.
 
+The ``kafka`` logger is shared by every client in the process, so only the
+records of the probe's own IO thread count: another client's refusal (say,
+one still retrying with an old password) must not be reported as this one's.
+The probe is stopped once the check has its answer, so it does not keep
+retrying in the background.
+
 A broker that is merely unreachable is *not* an error here: the clients'
 own retries handle brokers that are still starting or restarting.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import ssl
 import threading
 import time
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.errors import (
@@ -24,11 +33,15 @@ from kafka.errors import (
     KafkaTimeoutError,
     SaslAuthenticationFailedError,
 )
+from kafka.net.compat import KafkaNetClient
+from kafka.net.manager import KafkaConnectionManager
+from kafka.net.selector import NetworkSelector
 
 from connectors.settings import Settings
 
 _checked: set[tuple[str, ...]] = set()
 _checked_lock = threading.Lock()
+_probe_numbers = itertools.count()
 
 
 class BrokerConnectionError(RuntimeError):
@@ -36,19 +49,57 @@ class BrokerConnectionError(RuntimeError):
 
 
 class _Reasons(logging.Handler):
-    """Collects the exceptions kafka-python logs while it connects."""
+    """Collects the exceptions kafka-python logs on one client's IO thread while it connects."""
 
-    def __init__(self) -> None:
+    def __init__(self, io_thread: str) -> None:
         super().__init__(logging.WARNING)
+        self.io_thread = io_thread
         self.errors: list[BaseException] = []
         self.definitive = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.threadName != self.io_thread:
+            return
         args = record.args if isinstance(record.args, tuple) else ()
         for exc in [a for a in args if isinstance(a, BaseException)]:
             self.errors.append(exc)
             if _explain(exc) is not None:
                 self.definitive.set()
+
+
+class _StoppableClient:
+    """A ``kafka_client`` factory for the probe that keeps the IO loop and manager it makes.
+
+    The probe's admin client is still in its constructor when the verdict
+    comes, so only these parts can stop it.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[NetworkSelector, KafkaConnectionManager]] = []
+
+    def __call__(self, **configs: Any) -> KafkaNetClient:
+        net = NetworkSelector(**configs)
+        manager = KafkaConnectionManager(net, **configs)
+        self.parts.append((net, manager))
+        return KafkaNetClient(net=net, manager=manager, **configs)
+
+    def stop(self, constructor_done: threading.Event) -> None:
+        """End the bootstrap loop (the constructor then raises), then the IO thread.
+
+        kafka-python leaves the IO thread running when the constructor fails, so
+        this is needed after a timeout too.  A client that was closed is left alone.
+        """
+        for net, manager in self.parts:
+            try:
+                net.call_soon_threadsafe(functools.partial(_close, manager))  # on the IO thread
+            except RuntimeError:  # "NetworkSelector closed!": the probe succeeded and closed it
+                continue
+            constructor_done.wait(2)
+            net.stop(timeout_ms=2000)
+
+
+async def _close(manager: KafkaConnectionManager) -> None:
+    manager.close()
 
 
 def _explain(exc: BaseException) -> str | None:
@@ -107,7 +158,9 @@ def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     if settings.security_protocol == "PLAINTEXT" or _key(settings) in _checked:
         return
     options = settings.kafka_python_security()  # ValueError for missing files, before connecting
-    reasons = _Reasons()
+    client_id = f"{settings.app_id}-check-{next(_probe_numbers)}"
+    reasons = _Reasons(io_thread=f"kafka-io-{client_id}")  # the name kafka-python gives that thread
+    client = _StoppableClient()
     logger = logging.getLogger("kafka")
     old_level = logger.level
     if logger.getEffectiveLevel() > logging.WARNING:
@@ -121,7 +174,8 @@ def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
             ms = int(timeout_s * 1000)
             admin = KafkaAdminClient(
                 bootstrap_servers=settings.bootstrap,
-                client_id=f"{settings.app_id}-check",
+                client_id=client_id,
+                kafka_client=client,
                 bootstrap_timeout_ms=ms,
                 request_timeout_ms=ms,
                 # Retry within the window: after a first, inconclusive failure, kafka-python's
@@ -145,6 +199,8 @@ def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     finally:
         logger.removeHandler(reasons)
         logger.setLevel(old_level)
+        if outcome != [None]:  # refused, timed out or still trying
+            client.stop(constructor_done=done)
     for exc in reasons.errors:
         why = _explain(exc)
         if why is not None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +25,9 @@ from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError
 
+from connectors import connection_check
 from connectors.admin import ensure_topics
 from connectors.brokers import ApacheKafkaBroker
 from connectors.brokers.certificates import make_local_pki
@@ -225,6 +229,77 @@ def test_an_untrusted_ca_is_a_clear_error(secure_broker: ApacheKafkaBroker, tmp_
         ensure_topics(settings)
     with pytest.raises(BrokerConnectionError, match="certificate is not trusted"):
         EdgeSubscriber(settings, DEVICES)
+
+
+def test_another_clients_refusal_is_not_reported_as_this_ones(
+    secure_broker: ApacheKafkaBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: right settings, not yet checked in this process; meanwhile another thread
+    # keeps logging refusals on kafka-python's logger, as a client with a wrong password does
+    settings = secure_settings(secure_broker, tmp_path, "noise")
+    monkeypatch.setattr(connection_check, "_checked", set())
+    stop_noise = threading.Event()
+
+    def other_client() -> None:
+        noise = logging.getLogger("kafka.net.connection")
+        while not stop_noise.wait(0.005):
+            noise.error("Connection lost: %s", SaslAuthenticationFailedError("another client's password"))
+
+    noisy = threading.Thread(target=other_client, daemon=True)
+    noisy.start()
+
+    # Execute
+    try:
+        connection_check.check_connection(settings)
+    finally:
+        stop_noise.set()
+        noisy.join()
+
+    # Assert: the check passed, so its settings are remembered as good
+    assert connection_check._key(settings) in connection_check._checked
+
+
+def test_a_wrong_password_is_refused_on_the_first_attempt(
+    secure_broker: ApacheKafkaBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: a wrong password; kafka-python's log of every connection attempt
+    settings = dataclasses.replace(secure_settings(secure_broker, tmp_path, "first"), sasl_password="wrong")
+    caplog.set_level(logging.WARNING, logger="kafka.net.manager")
+
+    # Execute: five probes (a refusal is never remembered, so each one connects)
+    for _ in range(5):
+        with pytest.raises(BrokerConnectionError, match="SASL authentication failed"):
+            connection_check.check_connection(settings)
+
+    # Assert: each probe's first attempt already got the broker's refusal, not a bare
+    # "socket disconnected" (what kafka-python 3.0.12 alone reports on most attempts)
+    first_attempts: dict[str, str] = {}
+    for record in caplog.records:
+        if (
+            f"{settings.app_id}-check-" in record.threadName
+            and "Bootstrap connection to" in record.getMessage()
+        ):
+            first_attempts.setdefault(record.threadName, record.getMessage())
+    assert len(first_attempts) == 5
+    assert all("SaslAuthenticationFailedError" in m for m in first_attempts.values()), first_attempts
+
+
+def test_a_probe_leaves_no_client_behind(secure_broker: ApacheKafkaBroker, tmp_path: Path) -> None:
+    # Prepare: one probe the broker refuses, one that finds no broker at all
+    settings = secure_settings(secure_broker, tmp_path, "stop")
+    refused = dataclasses.replace(settings, sasl_password="wrong")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        unreachable = dataclasses.replace(settings, broker=f"kafka://127.0.0.1:{s.getsockname()[1]}")
+
+    # Execute
+    with pytest.raises(BrokerConnectionError, match="SASL authentication failed"):
+        connection_check.check_connection(refused)
+    connection_check.check_connection(unreachable, timeout_s=2)  # not an error: clients retry
+
+    # Assert: no probe IO thread is left retrying in the background
+    probes = [t.name for t in threading.enumerate() if t.name.startswith(f"kafka-io-{settings.app_id}-check")]
+    assert probes == []
 
 
 @pytest.mark.slow
