@@ -147,10 +147,18 @@ class MetaLearner:
         self.commit(self.propose(deltas, weights))
 
     def adopt(self, theta: Params, version: int) -> bool:
-        """Take θ computed elsewhere (the meta agent) if it is newer than ours."""
+        """Take θ computed elsewhere (the meta agent) if it is newer than ours.
+
+        θ keeps this learner's parameter order whatever the order of ``theta``
+        (a decoded payload's is arbitrary): contributions are flattened in it,
+        and every sender and the meta agent must agree (see
+        :mod:`connectors.contributions`).
+        """
         if version <= self._version:
             return False
-        self._theta = {k: v.detach().clone() for k, v in theta.items()}
+        if set(theta) != set(self._theta):
+            raise ValueError(f"θ has parameters {sorted(theta)}, expected {sorted(self._theta)}")
+        self._theta = {k: theta[k].detach().clone() for k in self._theta}
         self._version = version
         return True
 
