@@ -92,7 +92,7 @@ class LearnerConfig:
     trim: float = 0.0
     clip_multiple: float = 3.0
     clip_max: float = 10.0
-    weight_multiple: float = 4.0
+    weight_multiple: float = 2.0
     weight_max: float = 1000.0
     seed: int = 0
 

@@ -346,3 +346,30 @@ def test_worker_adopting_a_decoded_theta_keeps_the_wire_order() -> None:
     assert core.on_meta(theta_msg.value)
     assert list(core.fleet.theta) == list(init_params(SETTINGS.learner_config()))
     assert set(decoded) == set(core.fleet.theta)
+
+
+def test_metrics_show_refusals_by_reason_and_refused_theta() -> None:
+    # Prepare
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pipeline.metrics import MetricsReading, render
+
+    signer = Signer.generate()
+    agg = MetaAggregator(SETTINGS, signer)
+    agg.on_delta(deltas_of(torch.full((1, agg.n_params), 1e4), [1e30], "edge:attacker"))
+    reading = MetricsReading(
+        "w1",
+        "app",
+        stats={"theta_refused": 2, **{k: v for k, v in agg.counts.items() if k != "theta_refused"}},
+        contributions_rejected=dict(agg.gate.refused),
+    )
+    # Execute
+    samples = [s for f in text_string_to_metric_families(render(reading).decode()) for s in f.samples]
+    # Assert
+    rejected = {
+        s.labels["reason"]: s.value
+        for s in samples
+        if s.name == "metastream_meta_contributions_rejected_total"
+    }
+    assert rejected == {r: (1.0 if r == "unsigned" else 0.0) for r in rejected} and len(rejected) == 6
+    assert next(s.value for s in samples if s.name == "metastream_theta_refused_total") == 2
