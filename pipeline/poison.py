@@ -204,8 +204,7 @@ def _run(setup: PoisonSetup, aggregators: tuple[str, ...], attacks: tuple[str, .
     fleet = Fleet(setup)
     error = {
         agg: {
-            att: _rounded(kshot_error(setup, fleet, train_theta(setup, fleet, agg, att)))
-            for att in attacks
+            att: _rounded(kshot_error(setup, fleet, train_theta(setup, fleet, agg, att))) for att in attacks
         }
         for agg in aggregators
     }
