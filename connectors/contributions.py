@@ -13,7 +13,11 @@ The signature covers the whole payload.  The payload is
 ``deltas`` (float32 ``[n, P]``, proposed changes of θ) and ``weights``
 (float32 ``[n]``, readings behind each row) and the string metadata
 ``source``, ``base_meta_version``, ``n_params``, ``schema_version`` (each
-JSON-encoded) and ``sha256`` (tensors digest ``:`` header digest).
+JSON-encoded) and ``sha256`` (tensors digest ``:`` header digest).  A row
+is the parameters flattened in the architecture's order, the key order of
+:func:`learners.nets.init_params` (``0.weight``, ``0.bias``, ``2.weight``,
+``2.bias``, … each row-major), never the order of a decoded θ payload, which
+safetensors does not keep.
 
 Who may send what
 -----------------
