@@ -4,6 +4,10 @@ The device follows θ on the meta topic (verified like any model), adapts
 it on its own readings with :class:`learners.federated.FederatedDevice`, and
 sends the change with its sample count to the deltas topic, where the meta
 agent aggregates it with the same Reptile code as workers' contributions.
+Each contribution is signed with the device's own key (``Signer.seal``; the
+wire format is in :mod:`connectors.contributions`); the meta agent applies it
+only if the device's public key is in its ``device_keys`` directory as
+``<device_id>.pem``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from kafka import KafkaProducer
 
 from connectors.edge import EdgeSubscriber
 from connectors.settings import Settings
-from connectors.signing import Verifier
+from connectors.signing import Signer, Verifier
 from connectors.wire import Reading
 from learners.codec import DeltaHeader, encode_deltas
 from learners.federated import FederatedDevice
@@ -33,11 +37,17 @@ class FederatedEdgeClient:
         This device.
     verifier
         Keys trusted for θ.
+    signer
+        This device's own key: signs every contribution (its public half goes
+        into the meta agent's ``device_keys`` directory as ``<device_id>.pem``).
     """
 
-    def __init__(self, settings: Settings, device_id: str, verifier: Verifier | None = None) -> None:
+    def __init__(
+        self, settings: Settings, device_id: str, verifier: Verifier | None = None, *, signer: Signer
+    ) -> None:
         self.settings = settings
         self.device_id = device_id
+        self.signer = signer
         self.device = FederatedDevice(settings.learner_config())
         self.subscriber = EdgeSubscriber(settings, [device_id], verifier, follow_meta=True)
         self.producer = KafkaProducer(
@@ -64,7 +74,8 @@ class FederatedEdgeClient:
             torch.tensor([float(n)]),
             DeltaHeader(f"edge:{self.device_id}", header.model_version, delta.numel()),
         )
-        self.producer.send(self.settings.topic_deltas, key=self.device_id.encode(), value=payload).get(
+        signed = self.signer.seal(payload)
+        self.producer.send(self.settings.topic_deltas, key=self.device_id.encode(), value=signed).get(
             timeout=30
         )
         self.sent += 1

@@ -71,6 +71,12 @@ class Settings:
     """PEM Ed25519 private key (worker); empty: an ephemeral key (demo/tests only)."""
     trusted_keys: str = ""
     """Comma-separated PEM public keys an edge client trusts."""
+    device_keys: str = ""
+    """Directory of federated devices' PEM Ed25519 public keys, one ``<device_id>.pem`` each.
+
+    The meta agent applies a contribution from ``edge:<device_id>`` only if
+    that device's key signed it; empty: every federated contribution is refused.
+    """
     security_protocol: str = "PLAINTEXT"
     """``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``, for every Kafka client."""
     ssl_cafile: str = ""

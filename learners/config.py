@@ -46,8 +46,18 @@ class LearnerConfig:
         readings, and its result replaces the device's current model only
         if it does no worse on them.  ``guard_holdout=0`` turns it off.
     clip, trim
-        Robust aggregation: clip each device's update to this L2 norm, and
-        drop this fraction of the lowest and highest values per coordinate.
+        Robust aggregation: clip each device's update to this fixed L2 norm
+        (``None``: the adaptive bound below), and drop this fraction of the
+        lowest and highest values per coordinate.
+    clip_multiple, clip_max
+        Adaptive clipping (:mod:`learners.bounds`), on by default: each
+        update's L2 norm is clipped to ``clip_multiple`` times the median
+        norm of recently accepted updates, never above ``clip_max`` (the
+        bound until there is enough history).  ``clip_multiple=0`` turns it off.
+    weight_multiple, weight_max
+        Each update's claimed weight (readings behind it) is capped at
+        ``weight_multiple`` times the median of recently accepted weights,
+        never above ``weight_max``.  ``weight_multiple=0`` turns it off.
     seed
         Seeds weight initialisation and every other random choice.
 
@@ -80,6 +90,10 @@ class LearnerConfig:
     guard_min_holdout: int = 4
     clip: float | None = None
     trim: float = 0.0
+    clip_multiple: float = 3.0
+    clip_max: float = 10.0
+    weight_multiple: float = 2.0
+    weight_max: float = 1000.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -108,6 +122,12 @@ class LearnerConfig:
             raise ValueError(f"guard_holdout must be in [0, 1), got {self.guard_holdout}")
         if self.clip is not None and self.clip <= 0:
             raise ValueError(f"clip must be positive, got {self.clip}")
+        for name in ("clip_multiple", "weight_multiple"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        for name in ("clip_max", "weight_max"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
     def n_outputs(self) -> int:

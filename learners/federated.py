@@ -10,7 +10,7 @@ from torch import Tensor
 
 from learners.buffers import DeviceBuffers
 from learners.config import LearnerConfig
-from learners.nets import FunctionalNet, Params, flatten, flatten_stacked
+from learners.nets import FunctionalNet, Params, flatten, flatten_stacked, init_params
 from learners.scaling import TaskScaler
 
 
@@ -43,6 +43,9 @@ class FederatedDevice:
         self.buffer = DeviceBuffers(cfg.n_features, cfg.buffer_size, capacity=1)
         self.phi: Params | None = None
         self._new = 0
+        # Deltas are flattened in the architecture's parameter order (the wire format's), not in
+        # the order of a decoded θ payload, which is arbitrary.
+        self._order = list(init_params(cfg))
 
     def observe(self, x: np.ndarray, y: np.ndarray) -> None:
         """Keep new local readings (they never leave the device)."""
@@ -58,10 +61,15 @@ class FederatedDevice:
         """
         if self._new < self.cfg.adapt_after:
             return None
+        theta = self.canonical(theta)
         x, y, mask = self._local_data()
         phi = self.net.adapt(theta, x, y, mask)
         n = self._took({k: v[0] for k, v in phi.items()})
         return flatten_stacked(phi)[0] - flatten(theta), n
+
+    def canonical(self, theta: Params) -> Params:
+        """``theta`` in the architecture's parameter order (:func:`learners.nets.init_params`)."""
+        return {k: theta[k] for k in self._order}
 
     def _local_data(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.buffer.recent(np.zeros(1, dtype=np.int64), self.cfg.buffer_size)
@@ -106,6 +114,7 @@ def update_all(devices: Sequence[FederatedDevice], theta: Params) -> list[tuple[
     out: list[tuple[Tensor, int] | None] = [None] * len(devices)
     if not due:
         return out
+    theta = devices[due[0]].canonical(theta)
     data = [devices[i]._local_data() for i in due]
     x, y, mask = (torch.cat(parts) for parts in zip(*data, strict=True))
     phi = devices[due[0]].net.adapt(theta, x, y, mask)

@@ -79,7 +79,7 @@ class FleetLearner:
         self._frozen = theta
         if init in ("reptile", "fomaml"):
             self._rule = rule_by_name(init)
-            self._meta = MetaLearner(theta, cfg.meta_lr, cfg.clip, cfg.trim)
+            self._meta = MetaLearner.from_config(theta, cfg)
         elif init == "finetune":
             self._pooled = GlobalModel(cfg)
         self.devices = DeviceIndex()
@@ -391,6 +391,7 @@ class FleetLearner:
             "processed": self.processed,
             "meta_version": self.meta_version,
             "rng": self._rng.bit_generator.state,
+            "meta_bounds": self._meta.bounds.state() if self._meta is not None else None,
         }
         return tensors, info
 
@@ -459,4 +460,6 @@ class FleetLearner:
             self.monitor.fleet_scale = float(info["error_scale"])
             self.processed = int(info["processed"])
             self._rng.bit_generator.state = info["rng"]
+            if self._meta is not None and info.get("meta_bounds"):  # absent in older checkpoints
+                self._meta.bounds.restore(info["meta_bounds"])
         return ids

@@ -7,7 +7,9 @@ Everything that decides *what* to send lives in :class:`WorkerCore` and
   offset) → :meth:`WorkerCore.on_readings` → dead letters, drift events,
   signed model updates and meta contributions.
 - ``deltas`` agent (one partition, so exactly one worker of the group runs
-  it): :meth:`MetaAggregator.on_delta` → a new signed θ on the meta topic.
+  it): :meth:`MetaAggregator.on_delta` → a new signed θ on the meta topic
+  (or, for a refused θ, a ``theta_refused`` event); unsigned or unknown-key
+  contributions are refused and counted.
 - meta follower (every worker, outside the consumer group): every θ version
   on the meta topic → :meth:`WorkerCore.on_meta`.  A Faust agent would be
   load-balanced and a ``GlobalTable`` is known to fall out of sync, so this
@@ -55,7 +57,7 @@ from learners.codec import CodecError, decode_model
 from pipeline import dashboard, metrics
 from pipeline.checkpoints import HeldMessages, newest_checkpoint, published_versions
 from pipeline.fleet_view import FleetView
-from pipeline.worker_core import META_KEY, MetaAggregator, Outgoing, WorkerCore
+from pipeline.worker_core import AGGREGATOR_COUNTS, META_KEY, MetaAggregator, Outgoing, WorkerCore
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,8 @@ class PipelineState:
             "sent": self.sent,
             "theta_seen": self.theta_seen,
             "aggregator_version": self.aggregator.version,
+            "contributions_rejected": self.aggregator.rejected,
+            **{k: self.aggregator.counts[k] for k in AGGREGATOR_COUNTS},
             "assigned": self.assigned,
             "checkpointed": {str(p): o for p, o in sorted(self.checkpointed.items())},
             "device_readings": dict(sorted(self.core.device_readings.items())),
@@ -315,10 +319,12 @@ def create_app(
         worker_redirect_stdouts=False,
         autodiscover=False,
     )
+    core = core or WorkerCore(settings, signer, worker_id=wid)
     state = PipelineState(
         settings=settings,
-        core=core or WorkerCore(settings, signer, worker_id=wid),
-        aggregator=aggregator or MetaAggregator(settings, signer),
+        core=core,
+        # θ is checked on a few of this worker's devices' recent readings before it is published.
+        aggregator=aggregator or MetaAggregator(settings, signer, fleet=core.fleet),
         verifier=Verifier([signer.public_key]),
         worker_id=wid,
         executor=ThreadPoolExecutor(1, thread_name_prefix="learner") if tune.offload else None,

@@ -67,7 +67,8 @@ class MetricsReading:
     adaptations: Mapping[str, int] = field(default_factory=dict)
     latency: Mapping[str, Histogram] = field(default_factory=dict)
     ack_latency: Mapping[str, Histogram] = field(default_factory=dict)
-    aggregator_rejected: int = 0
+    contributions_rejected: Mapping[str, int] = field(default_factory=dict)
+    """Meta contributions the aggregator refused, by reason (:data:`connectors.contributions.REASONS`)."""
 
 
 # Core and agent counters: stats() key → (metric name without _total, help).
@@ -80,6 +81,19 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "batches": ("metastream_batches", "Micro-batches processed by the readings agent."),
     "sent": ("metastream_sent", "Messages produced and acked by the broker."),
     "theta_seen": ("metastream_theta_messages", "θ messages read from the meta topic."),
+    "theta_refused": (
+        "metastream_theta_refused",
+        "New θ the meta aggregator did not publish: non-finite or worse on held-back readings.",
+    ),
+    "theta_unchecked": (
+        "metastream_theta_unchecked",
+        "θ versions published after a finiteness check only (no held-back readings in this worker).",
+    ),
+    "rows_clipped": ("metastream_contribution_rows_clipped", "Contribution rows whose norm was clipped."),
+    "weights_capped": (
+        "metastream_contribution_weights_capped",
+        "Contribution rows whose claimed weight was capped.",
+    ),
 }
 GAUGES: dict[str, tuple[str, str]] = {
     "meta_version": ("metastream_meta_version", "θ version this worker's learners start from."),
@@ -124,11 +138,14 @@ class _ReadingCollector(Collector):
         for cause, n in sorted(r.adaptations.items()):
             adapted.add_metric([cause], n)
         yield adapted
-        yield CounterMetricFamily(
+        rejected = CounterMetricFamily(
             "metastream_meta_contributions_rejected",
-            "Meta contributions the aggregator refused.",
-            value=r.aggregator_rejected,
+            "Meta contributions the aggregator refused (unsigned, unknown key, …), by reason.",
+            labels=["reason"],
         )
+        for reason, n in sorted(r.contributions_rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
 
         yield _histogram(
             "metastream_publish_latency_seconds",
@@ -249,7 +266,7 @@ async def read(app: faust.App, state: PipelineState) -> MetricsReading:
         adaptations=dict(view.adaptations),
         latency=dict(view.latency),
         ack_latency=dict(view.ack_latency),
-        aggregator_rejected=state.aggregator.rejected,
+        contributions_rejected=dict(state.aggregator.gate.refused),
     )
 
 

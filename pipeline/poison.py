@@ -6,9 +6,17 @@ readings and send ``(φ − θ, readings)`` exactly as
 :class:`learners.federated.FederatedDevice` does on the edge; ``k``
 attackers do the same on their own data but send the delta multiplied by a
 factor (``-10``: sign-flipped and scaled; ``100``: scaled) with their
-reading count inflated.  The meta agent's aggregation
-(:class:`learners.meta.MetaLearner`) runs as a plain weighted mean, with
-per-device clipping, with a trimmed mean, or with both, for ``R`` rounds.
+reading count inflated, or (``forged``) issue #12's forgery: every delta
+``1e4`` with a claimed weight of ``1e30``.  The meta agent's aggregation
+(:class:`learners.meta.MetaLearner`) runs as a plain weighted mean, with a
+fixed per-device clip, with a trimmed mean, with both, or with the
+deployment's defaults (``adaptive``: norms clipped to a multiple of the
+running median of accepted norms, claimed weights capped, see
+:mod:`learners.bounds`), alone or with a trimmed mean, for ``R`` rounds.
+
+Signatures are not part of this experiment: it asks what a device whose key
+*is* allowed (a compromised one) can do.  Nor is the θ check of the meta
+agent (:mod:`learners.theta_check`), which needs a worker's readings.
 
 θ's error is the k-shot error of held-out devices (never seen in training):
 each one adapts θ on its first ``adapt_after`` readings, exactly like a
@@ -21,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,10 +41,14 @@ from learners.meta import MetaLearner
 from learners.nets import Params, init_params
 from learners.synthetic import make_fleet_stream
 
-ATTACKS: dict[str, float | None] = {"none": None, "sign_flip": -10.0, "scaled": 100.0}
-"""Attack name → factor the attackers multiply their honest delta by."""
+ATTACKS: dict[str, float | None] = {"none": None, "sign_flip": -10.0, "scaled": 100.0, "forged": None}
+"""Attack name → factor the attackers multiply their honest delta by (``forged``: see :data:`FORGED`)."""
 
-AGGREGATORS = ("mean", "clip", "trim", "clip+trim")
+FORGED = (1e4, 1e30)
+"""Issue #12's forged contribution: every delta coordinate, and the claimed weight."""
+
+AGGREGATORS = ("mean", "clip", "trim", "clip+trim", "adaptive", "adaptive+trim")
+"""``adaptive`` is what the meta agent does by default (:meth:`MetaLearner.from_config`)."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +122,21 @@ class Fleet:
         self.held_out = order[setup.honest + setup.attackers :]
 
 
-def train_theta(setup: PoisonSetup, fleet: Fleet, aggregator: str, factor: float | None) -> Params:
-    """θ after ``rounds`` federated rounds under one aggregator and one attack."""
-    clip = setup.clip if "clip" in aggregator else None
+def meta_learner(setup: PoisonSetup, aggregator: str) -> MetaLearner:
+    """θ's meta-learner under one aggregator (``mean`` has no bounds at all)."""
     trim = setup.trim if "trim" in aggregator else 0.0
-    meta = MetaLearner(init_params(setup.cfg, setup.seed), setup.cfg.meta_lr, clip, trim)
-    senders = fleet.honest + (fleet.attackers if factor is not None else [])
+    theta = init_params(setup.cfg, setup.seed)
+    if aggregator.startswith("adaptive"):
+        return MetaLearner.from_config(theta, replace(setup.cfg, trim=trim))
+    clip = setup.clip if "clip" in aggregator else None
+    return MetaLearner(theta, setup.cfg.meta_lr, clip, trim)
+
+
+def train_theta(setup: PoisonSetup, fleet: Fleet, aggregator: str, attack: str) -> Params:
+    """θ after ``rounds`` federated rounds under one aggregator and one attack."""
+    meta = meta_learner(setup, aggregator)
+    factor = ATTACKS[attack]
+    senders = fleet.honest + (fleet.attackers if attack != "none" else [])
     devices = {d: FederatedDevice(setup.cfg) for d in senders}
     m = setup.cfg.adapt_after
     for r in range(setup.rounds):
@@ -127,7 +148,9 @@ def train_theta(setup: PoisonSetup, fleet: Fleet, aggregator: str, factor: float
             assert update is not None  # adapt_after new readings every round
             delta, n = update
             weight = float(n)
-            if d in fleet.attackers:
+            if d in fleet.attackers and attack == "forged":
+                delta, weight = torch.full_like(delta, FORGED[0]), FORGED[1]
+            elif d in fleet.attackers:
                 assert factor is not None
                 delta, weight = delta * factor, weight * setup.weight_inflation
             deltas.append(delta)
@@ -181,8 +204,7 @@ def _run(setup: PoisonSetup, aggregators: tuple[str, ...], attacks: tuple[str, .
     fleet = Fleet(setup)
     error = {
         agg: {
-            att: round(kshot_error(setup, fleet, train_theta(setup, fleet, agg, ATTACKS[att])), 4)
-            for att in attacks
+            att: _rounded(kshot_error(setup, fleet, train_theta(setup, fleet, agg, att))) for att in attacks
         }
         for agg in aggregators
     }
@@ -192,6 +214,11 @@ def _run(setup: PoisonSetup, aggregators: tuple[str, ...], attacks: tuple[str, .
         "untrained": round(kshot_error(setup, fleet, init_params(setup.cfg, setup.seed)), 4),
         "error": error,
     }
+
+
+def _rounded(error: float) -> float | None:
+    """4 decimals; ``None`` (JSON ``null``) when θ diverged to a non-finite error."""
+    return round(error, 4) if np.isfinite(error) else None
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -204,14 +231,21 @@ def format_table(result: dict[str, Any]) -> str:
         f"{s['honest']} honest devices, {s['attackers']} attackers (weight ×{s['weight_inflation']:g}); "
         f"clip={s['clip']:g}, trim={s['trim']:g}",
         f"untrained θ: {result['untrained']:.4f}",
-        "  ".join(["aggregator".ljust(10), *(a.rjust(10) for a in attacks)]),
+        "  ".join(["aggregator".ljust(13), *(a.rjust(10) for a in attacks)]),
     ]
     factors = result["attack_factors"]
-    marks = ["" if factors[a] is None else f"×{factors[a]:g}" for a in attacks]
-    lines.append("  ".join(["".ljust(10), *(m.rjust(10) for m in marks)]))
+    marks = [_mark(a, factors[a]) for a in attacks]
+    lines.append("  ".join(["".ljust(13), *(m.rjust(10) for m in marks)]))
     for agg, row in error.items():
-        lines.append("  ".join([agg.ljust(10), *(f"{row[a]:.4f}".rjust(10) for a in attacks)]))
+        cells = ["diverged" if row[a] is None else f"{row[a]:.4g}" for a in attacks]
+        lines.append("  ".join([agg.ljust(13), *(c.rjust(10) for c in cells)]))
     return "\n".join(lines)
+
+
+def _mark(attack: str, factor: float | None) -> str:
+    if attack == "forged":
+        return f"{FORGED[0]:g},w{FORGED[1]:g}"
+    return "" if factor is None else f"×{factor:g}"
 
 
 def cmd_poison(args: argparse.Namespace) -> int:

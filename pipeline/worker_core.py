@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from connectors.contributions import ContributionGate, ContributionRefused, DeviceKeys
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import DeadLetter, Reading, decode_readings, encode_event
@@ -28,7 +29,6 @@ from learners.codec import (
     CodecError,
     DeltaHeader,
     ModelHeader,
-    decode_deltas,
     decode_model,
     encode_deltas,
     encode_model,
@@ -37,11 +37,15 @@ from learners.evaluation import AdaptationTracker
 from learners.fleet import FleetLearner
 from learners.guard import GuardCheck
 from learners.meta import MetaLearner
-from learners.nets import Params, init_params
+from learners.nets import FunctionalNet, Params, init_params
+from learners.theta_check import ThetaCheck, check_theta, sample_held_back
 
 log = logging.getLogger(__name__)
 
 META_KEY = "__meta__"
+
+AGGREGATOR_COUNTS = ("theta_refused", "theta_unchecked", "rows_clipped", "weights_capped")
+"""Counters of :attr:`MetaAggregator.counts` (worker stats and /metrics)."""
 
 
 @dataclass(frozen=True)
@@ -233,9 +237,9 @@ class WorkerCore:
             out.append(Outgoing(s.topic_events, device.encode(), event, []))
         for deltas, weights in self.fleet.take_contributions():
             header = DeltaHeader(f"worker:{self.worker_id}", self.fleet.meta_version, deltas.shape[1])
-            out.append(
-                Outgoing(s.topic_deltas, self.worker_id.encode(), encode_deltas(deltas, weights, header), [])
-            )
+            # Signed like models: the meta agent applies only contributions it can attribute.
+            payload = self.signer.seal(encode_deltas(deltas, weights, header))
+            out.append(Outgoing(s.topic_deltas, self.worker_id.encode(), payload, []))
         return out
 
     def _publish(self, device_id: str, now: float) -> list[Outgoing]:
@@ -396,47 +400,107 @@ def _json_number(value: float) -> float | None:
 
 
 class MetaAggregator:
-    """The meta agent: θ ← θ + ε · aggregate(contributions), each version signed.
+    """The meta agent: θ ← θ + ε · aggregate(contributions), each version checked and signed.
+
+    A contribution is applied only if it is signed by a worker's key or by
+    the allowed key of the federated device it names
+    (:class:`connectors.contributions.ContributionGate`); its rows are
+    clipped and its claimed weights capped (:mod:`learners.bounds`).  The
+    resulting θ is published only if it passes :func:`learners.theta_check.check_theta`
+    on a few devices' recent readings from ``fleet`` (the worker's own
+    learner, when the aggregator runs inside a worker); otherwise θ stays,
+    and a ``theta_refused`` event says why.  Without ``fleet`` (or before it
+    holds enough readings) only finiteness is checked.
 
     Examples
     --------
     >>> import torch
     >>> from learners.codec import DeltaHeader, encode_deltas
-    >>> agg = MetaAggregator(Settings(n_features=2), Signer.generate())
+    >>> signer = Signer.generate()
+    >>> agg = MetaAggregator(Settings(n_features=2), signer)
     >>> n = agg.n_params
-    >>> out = agg.on_delta(encode_deltas(torch.ones(2, n), torch.tensor([1.0, 3.0]), DeltaHeader("w", 0, n)))
+    >>> payload = encode_deltas(torch.ones(2, n) / n, torch.tensor([1.0, 3.0]), DeltaHeader("worker:w", 0, n))
+    >>> out = agg.on_delta(signer.seal(payload))
     >>> agg.version, out[0].topic, out[0].headers
     (1, 'metastream.meta', [('meta_version', b'1')])
-    >>> agg.on_delta(b"junk"), agg.rejected
-    ([], 1)
+    >>> agg.on_delta(payload), agg.on_delta(b"junk"), agg.rejected  # unsigned
+    ([], [], 2)
     """
 
-    def __init__(self, settings: Settings, signer: Signer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        signer: Signer,
+        *,
+        fleet: FleetLearner | None = None,
+        device_keys: DeviceKeys | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         cfg = settings.learner_config()
         self.signer = signer
-        self.meta = MetaLearner(init_params(cfg), cfg.meta_lr, cfg.clip, cfg.trim)
+        self.clock = clock
+        self.meta = MetaLearner.from_config(init_params(cfg), cfg)
         self.n_params = sum(v.numel() for v in self.meta.theta.values())
-        self.rejected = 0
+        if device_keys is None and settings.device_keys:
+            device_keys = DeviceKeys(settings.device_keys)
+        self.gate = ContributionGate([signer.public_key], device_keys, self.n_params)
+        self.fleet = fleet
+        self.net = FunctionalNet(cfg)
+        self._rng = np.random.default_rng(cfg.seed)
+        self.counts: Counter[str] = Counter({k: 0 for k in AGGREGATOR_COUNTS})
+        """See :data:`AGGREGATOR_COUNTS`."""
+        self.last_check: ThetaCheck | None = None
 
     @property
     def version(self) -> int:
         """Current θ version."""
         return self.meta.version
 
+    @property
+    def rejected(self) -> int:
+        """Contributions refused (every reason)."""
+        return sum(self.gate.refused.values())
+
     def current_theta(self) -> list[Outgoing]:
         """θ as it is now, as the message to publish (at start, and after every step)."""
         return [theta_message(self.settings, self.signer, self.meta.theta, self.meta.version)]
 
     def on_delta(self, value: bytes) -> list[Outgoing]:
-        """Apply one contribution message; returns the new θ version to publish."""
+        """Apply one contribution message; returns the new θ version to publish (or a refusal event)."""
         try:
-            deltas, weights, _ = decode_deltas(value)
-            if deltas.shape[1] != self.n_params or float(weights.sum()) <= 0:
-                raise CodecError(f"expected {self.n_params} parameters and a positive weight")
-        except CodecError as exc:
-            log.warning("ignoring meta contribution: %s", exc)
-            self.rejected += 1
-            return []
-        self.meta.step(deltas, weights)
+            c = self.gate.open(value)
+        except ContributionRefused:
+            return []  # counted and logged by the gate
+        proposal = self.meta.propose(c.deltas, c.weights)
+        self.counts["rows_clipped"] += proposal.bounded.clipped
+        self.counts["weights_capped"] += proposal.bounded.capped
+        held = None
+        if self.fleet is not None:
+            held = sample_held_back(self.fleet.buffers, len(self.fleet.devices), self._rng)
+        check = self.last_check = check_theta(self.net, self.meta.theta, proposal.theta, held)
+        if not check.accepted:
+            self.counts["theta_refused"] += 1
+            log.warning(
+                "θ refused (%s): k-shot loss %.4g → %.4g, contribution from %s",
+                check.reason,
+                check.current_loss,
+                check.candidate_loss,
+                c.header.source,
+            )
+            event = encode_event(
+                "theta_refused",
+                reason=check.reason,
+                current_loss=_json_number(check.current_loss),
+                candidate_loss=_json_number(check.candidate_loss),
+                devices=check.devices,
+                held_back=check.readings,
+                source=c.header.source,
+                meta_version=self.meta.version,
+                ts=self.clock(),
+            )
+            return [Outgoing(self.settings.topic_events, META_KEY.encode(), event, [])]
+        if check.reason == "unchecked":
+            self.counts["theta_unchecked"] += 1
+        self.meta.commit(proposal)
         return self.current_theta()

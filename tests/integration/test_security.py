@@ -36,6 +36,7 @@ from connectors.edge import META_KEY, EdgeSubscriber
 from connectors.federated import FederatedEdgeClient
 from connectors.producer import SensorProducer
 from connectors.settings import Settings
+from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
 from pipeline.demo import scratch_settings
@@ -141,6 +142,11 @@ def readings(n_per_device: int) -> list[Reading]:
 def test_every_client_connects_over_sasl_ssl(secure_broker: ApacheKafkaBroker, tmp_path: Path) -> None:
     # Prepare: topics made by the admin client over SASL_SSL; a worker configured from the environment
     settings = secure_settings(secure_broker, tmp_path, "sec")
+    # The federated client signs its contribution with its own key, which the meta agent allows.
+    fed_key = Signer.generate()
+    (tmp_path / "device-keys").mkdir()
+    fed_key.save(tmp_path / "fed-0000.key.pem", tmp_path / "device-keys" / "fed-0000.pem")
+    settings = dataclasses.replace(settings, device_keys=str(tmp_path / "device-keys"))
     # The README's example is exactly what this worker gets.
     assert readme_env(settings) == security_env(settings)
     ensure_topics(settings)
@@ -160,7 +166,7 @@ def test_every_client_connects_over_sasl_ssl(secure_broker: ApacheKafkaBroker, t
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (edge.state.versions(), last_stats(tmp_path / "worker.log"))
             edge.poll_once(500)
-        fed = FederatedEdgeClient(settings, "fed-0000")
+        fed = FederatedEdgeClient(settings, "fed-0000", signer=fed_key)
         deadline = time.monotonic() + 60
         while fed.theta_version is None:
             assert time.monotonic() < deadline, "θ never reached the federated client"

@@ -67,7 +67,7 @@ def comparable(outgoing: list[Outgoing]) -> list[tuple[str, bytes | None, object
             continue
         value: object = o.value
         if o.topic == SETTINGS.topic_deltas:
-            deltas, weights, header = decode_deltas(o.value)
+            deltas, weights, header = decode_deltas(o.value[4 + 8 + 64 :])  # signed, like models
             value = (sorted(zip(deltas.tolist(), weights.tolist(), strict=True)), header)
         elif o.topic == SETTINGS.topic_models:
             tensors, model_header = decode_model(o.value[4 + 8 + 64 :])

@@ -33,6 +33,22 @@ def test_trimmed_mean_stays_within_ten_percent_of_no_attack(result: dict[str, di
     assert result["trim"]["none"] <= 1.05 * clean  # trimming honest updates costs little
 
 
+@pytest.fixture(scope="module")
+def forged() -> dict[str, dict[str, float]]:
+    out = run_poison(SMALL, aggregators=("mean", "adaptive", "adaptive+trim"), attacks=("none", "forged"))
+    return dict(out["error"])
+
+
+def test_issue_12_forgery_ruins_the_plain_mean_but_the_default_bounds_hold(
+    forged: dict[str, dict[str, float]],
+) -> None:
+    clean = forged["mean"]["none"]
+    assert forged["mean"]["forged"] > 1e6 * clean
+    assert forged["adaptive"]["forged"] < 25 * clean  # bounded: two attackers of ten still hurt
+    assert forged["adaptive+trim"]["forged"] <= 1.15 * clean
+    assert forged["adaptive"]["none"] <= 1.01 * clean  # the default bounds cost honest devices nothing here
+
+
 def test_the_experiment_is_seeded() -> None:
     setup = PoisonSetup(honest=3, attackers=1, held_out=2, rounds=2, trim=0.25, query=20)
     first = run_poison(setup, aggregators=("trim",), attacks=("sign_flip",))
@@ -46,6 +62,7 @@ def test_poison_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert code == 0
     assert "clip+trim" in out and "sign_flip" in out and "untrained θ" in out
+    assert "adaptive+trim" in out and "forged" in out
 
 
 def test_bad_setup_is_refused() -> None:

@@ -104,11 +104,13 @@ def test_meta_loop_worker_to_aggregator_and_back() -> None:
 def test_worker_refuses_theta_it_cannot_trust() -> None:
     # Prepare
     core = WorkerCore(SETTINGS, Signer.generate())
-    forged = MetaAggregator(SETTINGS, Signer.generate())
+    foreign = Signer.generate()
+    forged = MetaAggregator(SETTINGS, foreign)
     n = forged.n_params
     from learners.codec import DeltaHeader, encode_deltas
 
-    (theta,) = forged.on_delta(encode_deltas(torch.ones(1, n), torch.ones(1), DeltaHeader("x", 0, n)))
+    delta = encode_deltas(torch.ones(1, n), torch.ones(1), DeltaHeader("worker:x", 0, n))
+    (theta,) = forged.on_delta(foreign.seal(delta))
     # Execute / Assert
     assert core.on_meta(theta.value) is False
     assert core.on_meta(theta.value[80:]) is False  # stripped signature
