@@ -73,6 +73,7 @@ def test_replay_all_runs_every_strategy(fleet_csv: Path, capsys: pytest.CaptureF
         "global",
         "finetune",
         "blend",
+        "blend-finetune",
         "river-linear",
         "river-hat",
     ]
