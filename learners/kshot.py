@@ -35,6 +35,8 @@ import torch
 from torch.func import vmap
 
 from learners.base import StepResult, Strategy, reading_errors
+from learners.blend import ErrorWeightedBlend
+from learners.blended import BlendedStrategy
 from learners.config import Task
 from learners.evaluation import PrequentialEvaluator
 from learners.fleet import FleetLearner
@@ -267,6 +269,8 @@ def kshot_curve(
 
 def personaliser(strategy: Strategy) -> Personalise:
     """How a trained strategy personalises a new device (see the module docstring)."""
+    if isinstance(strategy, BlendedStrategy):
+        return _blend_personaliser(strategy)
     if isinstance(strategy, FleetLearner):
         return _fleet_personaliser(strategy)
     if isinstance(strategy, GlobalLearner):
@@ -287,6 +291,31 @@ def _fleet_personaliser(learner: FleetLearner) -> Personalise:
         phi = learner.net.adapt(learner.theta, xs_t, ys_t, torch.ones_like(ys_t))
         out = vmap(learner.net.forward)(phi, xq_t)
         return learner.scaler.inverse_y(learner.net.predict(out).numpy().astype(np.float64))
+
+    return run
+
+
+def _blend_personaliser(strategy: BlendedStrategy) -> Personalise:
+    """The two models' k-shot predictions, mixed by how each did on the support's newest readings.
+
+    The personal model is adapted on the older support readings to be judged
+    on the newest quarter (at least one), as the regression guard does.
+    """
+    own, pooled = _fleet_personaliser(strategy.personal), _global_personaliser(strategy.pooled)
+
+    def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+        hold = max(1, xs.shape[1] // 4)
+        judge = ErrorWeightedBlend(strategy.cfg.task)
+        episodes = np.arange(len(xs))
+        own_held = own(xs[:, :-hold], ys[:, :-hold], xs[:, -hold:])
+        pooled_held = pooled(xs, ys, xs[:, -hold:])
+        for j in range(hold):
+            judge.combine(episodes, own_held[:, j], pooled_held[:, j], ys[:, -hold + j])
+        w = judge.own_weight(episodes)[:, None]
+        mine, theirs = own(xs, ys, xq), pooled(xs, ys, xq)
+        if strategy.cfg.task == "classification":
+            return np.where(w > 0.5, mine, theirs)
+        return w * mine + (1 - w) * theirs
 
     return run
 

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from learners.base import Strategy
+from learners.blended import BlendedStrategy
 from learners.config import LearnerConfig
 from learners.fleet import FleetLearner
 from learners.river_fleet import RiverFleet
 from learners.shared_model import GlobalLearner
 
-STRATEGIES = ("reptile", "fomaml", "scratch", "global", "finetune", "river-linear", "river-hat")
+STRATEGIES = (
+    "reptile",
+    "fomaml",
+    "scratch",
+    "global",
+    "finetune",
+    "blend",
+    "blend-finetune",
+    "river-linear",
+    "river-hat",
+)
 ALIASES = {"river": "river-linear"}
 
 
@@ -49,6 +60,10 @@ def make_strategy(name: str, cfg: LearnerConfig) -> Strategy:
     (name,) = resolve([name])
     if name == "global":
         return GlobalLearner(cfg)
+    if name == "blend":
+        return BlendedStrategy(cfg)
+    if name == "blend-finetune":
+        return BlendedStrategy(cfg, init="finetune")
     if name.startswith("river-"):
         return RiverFleet(cfg, kind="hat" if name == "river-hat" else "linear")
     return FleetLearner(cfg, init=name)  # type: ignore[arg-type]

@@ -66,7 +66,17 @@ def test_replay_all_runs_every_strategy(fleet_csv: Path, capsys: pytest.CaptureF
         ]
     )
     names = [json.loads(line)["strategy"] for line in capsys.readouterr().out.strip().splitlines()]
-    assert names == ["reptile", "fomaml", "scratch", "global", "finetune", "river-linear", "river-hat"]
+    assert names == [
+        "reptile",
+        "fomaml",
+        "scratch",
+        "global",
+        "finetune",
+        "blend",
+        "blend-finetune",
+        "river-linear",
+        "river-hat",
+    ]
 
 
 def test_bad_rows_are_reported_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
