@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -158,7 +159,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_core_bench(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands defined in their own modules: (module with ``add_cli``, help shown by ``metastream --help``).
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": (
+        "pipeline.evaluate",
+        "strategies on a data set: prequential error, recovery, k-shot on held-out devices",
+    ),
+    "poison": ("pipeline.poison", "poisoned federated updates vs robust aggregation (no broker)"),
+    "soak": (
+        "pipeline.soak",
+        "sustained paced load on one worker for minutes: memory (RSS) and consumer lag",
+    ),
+    "worker": ("pipeline.worker", "run a stream worker (Faust) until SIGTERM/SIGINT"),
+    "broker": ("pipeline.broker_cli", "start or stop a local Kafka broker (Apache Kafka or embedded)"),
+    "produce": ("connectors.producer", "send sensor readings (synthetic or CSV) to the readings topic"),
+    "edge": ("connectors.edge", "follow, verify and hot-swap the models of some devices"),
+}
+
+# Commands that never need torch: its start-up cost is not paid for them.
+_TORCH_FREE = frozenset({"broker", "produce", "edge", "tail", "keys"})
+
+
+def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``metastream`` parser.
+
+    Parameters
+    ----------
+    load : collection of str, optional
+        Commands from other modules whose arguments are needed (default: all).
+        The others are only listed, so ``metastream --help`` stays fast.
+
+    Examples
+    --------
+    >>> build_parser(load=()).parse_args(["generate", "--out", "f.csv"]).devices
+    100
+    """
     parser = argparse.ArgumentParser(prog="metastream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -220,28 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    from connectors import edge, producer
-    from pipeline import broker_cli, evaluate, poison, soak, worker
-
-    evaluate.add_cli(sub)
-    poison.add_cli(sub)
-    soak.add_cli(sub)
-    worker.add_cli(sub)
-    broker_cli.add_cli(sub)
-    producer.add_cli(sub)
-    edge.add_cli(sub)
+    for name, (module, help_text) in _COMMANDS.items():
+        if load is None or name in load:
+            importlib.import_module(module).add_cli(sub)
+        else:
+            # Listed for ``--help``; its module (torch, Faust, …) is only imported when chosen.
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import os
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(load={command} if command in _COMMANDS else ()).parse_args(argv)
+    if args.command not in _TORCH_FREE:
+        import os
 
-    import torch
+        import torch
 
-    # The per-op work is tiny: one thread is fastest, and two processes with
-    # two threads each on two cores slow torch down several times over.
-    torch.set_num_threads(int(os.environ.get("METASTREAM_TORCH_THREADS", "1")))
-    args = build_parser().parse_args(argv)
+        # The per-op work is tiny: one thread is fastest, and two processes with
+        # two threads each on two cores slow torch down several times over.
+        torch.set_num_threads(int(os.environ.get("METASTREAM_TORCH_THREADS", "1")))
     try:
         return int(args.func(args))
     except (ValueError, OSError, RuntimeError) as exc:  # bad input, missing file, broker problems
