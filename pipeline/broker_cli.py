@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from connectors.brokers import start_broker
 from connectors.brokers.apache_kafka import cache_root
@@ -71,9 +72,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def running_broker() -> dict[str, Any] | None:
+    """The state (``pid``, ``bootstrap``, ``kind``) of the running ``broker start``, if any."""
     path = state_file()
-    if path.exists() and _alive((state := json.loads(path.read_text()))["pid"]):
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if _alive(state["pid"]) else None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = running_broker()
+    if state is not None:
         print(f"running: kafka://{state['bootstrap']} ({state['kind']}, pid {state['pid']})")
         return 0
     print("not running")

@@ -176,6 +176,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "edge": ("connectors.edge", "follow, verify and hot-swap the models of some devices"),
 }
 
+# Commands that talk to a broker from the start: without one they fail fast, in one line.
+_NEEDS_BROKER = frozenset({"worker", "edge", "produce"})
+
 # Commands that never need torch: its start-up cost is not paid for them.
 _TORCH_FREE = frozenset({"broker", "produce", "edge", "tail", "keys"})
 
@@ -267,6 +270,16 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
+    if command in _NEEDS_BROKER and not {"-h", "--help"} & set(argv):
+        # Before the command's module (Faust, torch) is imported: a missing broker is told at once.
+        early = argparse.ArgumentParser(add_help=False)
+        early.add_argument("--settings")
+        early.add_argument("--broker")
+        try:
+            _check_broker(early.parse_known_args(argv)[0])
+        except (ValueError, OSError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser(load={command} if command in _COMMANDS else ()).parse_args(argv)
     if args.command not in _TORCH_FREE:
         import os
@@ -281,6 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as exc:  # bad input, missing file, broker problems
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_broker(args: argparse.Namespace) -> None:
+    from connectors.settings import Settings
+    from pipeline.broker_check import check_broker
+
+    settings = Settings.load(args.settings, broker=args.broker)
+    check_broker(settings, args.broker, args.settings)
 
 
 if __name__ == "__main__":
