@@ -174,6 +174,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("pipeline.broker_cli", "start or stop a local Kafka broker (Apache Kafka or embedded)"),
     "produce": ("connectors.producer", "send sensor readings (synthetic or CSV) to the readings topic"),
     "edge": ("connectors.edge", "follow, verify and hot-swap the models of some devices"),
+    "keys": ("pipeline.keys", "generate the workers' Ed25519 signing key pair"),
 }
 
 # Commands that talk to a broker from the start: without one they fail fast, in one line.
