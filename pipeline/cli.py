@@ -175,10 +175,11 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("connectors.producer", "send sensor readings (synthetic or CSV) to the readings topic"),
     "edge": ("connectors.edge", "follow, verify and hot-swap the models of some devices"),
     "keys": ("pipeline.keys", "generate the workers' Ed25519 signing key pair"),
+    "tail": ("pipeline.tail", "print the events, dead letters or models of a deployment"),
 }
 
 # Commands that talk to a broker from the start: without one they fail fast, in one line.
-_NEEDS_BROKER = frozenset({"worker", "edge", "produce"})
+_NEEDS_BROKER = frozenset({"worker", "edge", "produce", "tail"})
 
 # Commands that never need torch: its start-up cost is not paid for them.
 _TORCH_FREE = frozenset({"broker", "produce", "edge", "tail", "keys"})
