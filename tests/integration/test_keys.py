@@ -84,6 +84,9 @@ def test_generated_keys_sign_at_the_worker_and_verify_at_the_edge(
             )
             if edge.stdout.count("accepted") >= 2 or time.monotonic() > deadline:
                 break
+        tail = ["--settings", str(settings), "--from-beginning", "--idle-timeout", "5"]
+        models = metastream("tail", "models", *tail, "--trusted-key", str(keys / "worker.pub.pem"))
+        events = metastream("tail", "events", *tail, "--device", "dev-0001", "--json")
         stranger = metastream(
             "edge", *trusted, "--trusted-key", str(keys / "other.pub.pem"), "--duration", "5"
         )
@@ -99,3 +102,11 @@ def test_generated_keys_sign_at_the_worker_and_verify_at_the_edge(
     refused = stranger.stdout.splitlines()[:-1]  # the last line is "running versions: …"
     assert refused and all("refused" in ln and "unknown" in ln for ln in refused), stranger.stdout
     assert stranger.stdout.splitlines()[-1] == "running versions: dev-0000 -, dev-0001 -"
+    # metastream tail: every model with its version, parent θ and a good signature; one device's events
+    lines = models.stdout.splitlines()
+    assert lines and all(ln.endswith("signature ok") and " parent θ v" in ln for ln in lines), models
+    assert {ln.split()[0] for ln in lines} == {"dev-0000", "dev-0001"}
+    assert {ln.split()[1] for ln in lines if ln.startswith("dev-0000")} >= {"v1"}
+    kinds = [json.loads(ln) for ln in events.stdout.splitlines()]
+    assert kinds and {e["device_id"] for e in kinds} == {"dev-0001"}, events
+    assert "adapted" in {e["type"] for e in kinds}
