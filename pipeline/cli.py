@@ -53,7 +53,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.progress import Progress
 
     names = resolve(args.strategy or ["reptile"])
-    table = load_readings_csv(args.file, args.device_col, args.target_col, args.time_col, args.task)
+    table = load_readings_csv(
+        args.file,
+        args.device_col,
+        args.target_col,
+        args.time_col,
+        args.task,
+        feature_cols=_columns(args.feature_cols),
+        ignore_cols=_columns(args.ignore_cols) or (),
+    )
+    for note in table.notes:
+        print(f"note: {note}", file=sys.stderr)
     if table.skipped:
         print(f"skipped {len(table.skipped)} bad rows:", file=sys.stderr)
         for s in table.skipped[:10]:
@@ -79,6 +89,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.json:
         print(format_table(results, table.task))
     return 0
+
+
+def _columns(text: str | None) -> list[str] | None:
+    """``a,b`` as ``["a", "b"]`` (``None`` when not given)."""
+    return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
 
 
 def format_table(results: list[dict[str, Any]], task: str) -> str:
@@ -202,11 +217,21 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
     parser = argparse.ArgumentParser(prog="metastream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("replay", help="run a CSV of readings through the learner core offline")
+    p = sub.add_parser(
+        "replay",
+        help="run a CSV of readings through the learner core offline",
+        description=(
+            "Features: the columns named in --feature-cols; without it, every column but device, "
+            "target, time and --ignore-cols, except a column named time, timestamp, ts, date or "
+            "datetime (any case) and a text column (mostly non-numbers), which are left out with a note."
+        ),
+    )
     p.add_argument("file")
     p.add_argument("--device-col", required=True)
-    p.add_argument("--target-col", required=True)
+    p.add_argument("--target-col", required=True, help="must differ from --device-col")
     p.add_argument("--time-col", help="sort by this column (numbers or ISO times); else file order")
+    p.add_argument("--feature-cols", metavar="A,B,...", help="exactly these columns are the features")
+    p.add_argument("--ignore-cols", metavar="A,B,...", help="columns that are never features")
     p.add_argument("--task", choices=["regression", "classification"], help="inferred if absent")
     p.add_argument(
         "--strategy",
