@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -38,6 +40,15 @@ TROUBLE = re.compile(
             r"Unable to request metadata",
             r"OffsetCommit failed",
             r"Connection refused",
+            # kafka-python (edge, producer, tail)
+            r"No node available",
+            r"Connection lost",
+            r"Connection failed",
+            r"ECONNREFUSED",
+            r"Metadata refresh: failed",
+            r"socket disconnected",
+            r"Fetch to node \d+ failed",
+            r"Got error produce response",
         )
     )
 )
@@ -190,3 +201,42 @@ class DropMessages(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (isinstance(record.msg, str) and any(t in record.msg for t in self.texts))
+
+
+def _answers(bootstrap: str, timeout_s: float = 1.0) -> bool:
+    for part in bootstrap.split(","):
+        host, _, port = part.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def report_kafka_python_outages(bootstrap: str, outage: OutageLog | None = None) -> OutageLog:
+    """For a kafka-python client (edge, producer, tail): show its warnings, an outage in a few lines.
+
+    kafka-python's own records go nowhere by default, so an outage passed in
+    silence; this prints its warnings and errors on stderr, except the
+    connection trouble, which ``outage`` sums up.  A daemon thread tells
+    ``outage`` when the broker answers again.
+    """
+    outage = outage or OutageLog()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(outage)  # a handler's filter sees the records of every child logger
+    kafka = logging.getLogger("kafka")
+    kafka.addHandler(handler)
+    if kafka.getEffectiveLevel() > logging.WARNING:
+        kafka.setLevel(logging.WARNING)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if outage.in_trouble:
+                outage.tick(_answers(bootstrap))
+
+    threading.Thread(target=watch, name="metastream-outage-watch", daemon=True).start()
+    return outage

@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         early.add_argument("--settings")
         early.add_argument("--broker")
         try:
-            _check_broker(early.parse_known_args(argv)[0])
+            _check_broker(early.parse_known_args(argv, argparse.Namespace(command=command))[0])
         except (ValueError, OSError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -329,6 +329,10 @@ def _check_broker(args: argparse.Namespace) -> None:
 
     settings = Settings.load(args.settings, broker=args.broker)
     check_broker(settings, args.broker, args.settings)
+    if args.command != "worker":  # the worker reports outages through its own (aiokafka) log
+        from pipeline.broker_log import report_kafka_python_outages
+
+        report_kafka_python_outages(settings.bootstrap)
 
 
 if __name__ == "__main__":
