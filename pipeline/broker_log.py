@@ -227,6 +227,8 @@ def report_kafka_python_outages(bootstrap: str, outage: OutageLog | None = None)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(outage)  # a handler's filter sees the records of every child logger
+    # kafka-python's event-loop timing warning: it says the machine is busy, not that anything failed.
+    handler.addFilter(DropMessages("It is blocking the event loop"))
     kafka = logging.getLogger("kafka")
     kafka.addHandler(handler)
     if kafka.getEffectiveLevel() > logging.WARNING:
