@@ -26,7 +26,8 @@ def settings_file(kafka_broker: ApacheKafkaBroker, tmp_path: Path) -> Path:
     """Settings with topic names and an app id no other test uses."""
     run = uuid.uuid4().hex[:10]
     topics = {f"topic_{t}": f"k-{run}.{t}" for t in ("readings", "models", "meta", "deltas", "events")}
-    settings = Settings(
+    settings = Settings.load(
+        environ={},
         broker=f"kafka://{kafka_broker.bootstrap}",
         app_id=f"keys-test-{run}",
         partitions=1,

@@ -23,7 +23,7 @@ class Clock:
 
 def test_a_hiccup_shorter_than_the_grace_is_not_reported() -> None:
     # Prepare
-    clock, lines = Clock(), []
+    clock, lines = Clock(), list[str]()
     log = OutageLog(clock=clock, say=lines.append, grace_s=5, quiet_s=3)
 
     # Execute: one coordinator error at start-up, then calm
@@ -40,7 +40,7 @@ def test_a_hiccup_shorter_than_the_grace_is_not_reported() -> None:
 
 def test_an_outage_is_three_lines_and_other_records_pass() -> None:
     # Prepare
-    clock, lines = Clock(), []
+    clock, lines = Clock(), list[str]()
     log = OutageLog(clock=clock, say=lines.append, grace_s=5, repeat_s=60, quiet_s=3)
     passed = []
 
