@@ -13,8 +13,11 @@ one still retrying with an old password) must not be reported as this one's.
 The probe is stopped once the check has its answer, so it does not keep
 retrying in the background.
 
-A broker that is merely unreachable is *not* an error here: the clients'
-own retries handle brokers that are still starting or restarting.
+A broker that is merely unreachable is *not* an error for
+:func:`check_connection`: the clients' own retries handle brokers that are
+still starting or restarting.  A command that starts against no broker at
+all calls :func:`require_broker` first, which says so within seconds
+instead of kafka-python's 30 s wait and traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -46,6 +50,77 @@ _probe_numbers = itertools.count()
 
 class BrokerConnectionError(RuntimeError):
     """The broker refused these TLS/SASL settings (wrong password, untrusted certificate, …)."""
+
+
+class BrokerUnreachableError(BrokerConnectionError):
+    """No broker of the bootstrap list accepted a connection in time."""
+
+
+def _addresses(bootstrap: str) -> list[tuple[str, int]]:
+    """``host:port[,host:port]`` as pairs; a clear error for a malformed entry.
+
+    Examples
+    --------
+    >>> _addresses("127.0.0.1:9092,[::1]:9093")
+    [('127.0.0.1', 9092), ('::1', 9093)]
+    """
+    out = []
+    for part in bootstrap.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError(f"broker address {part.strip()!r} is not host:port")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def require_broker(settings: Settings, timeout_s: float = 5.0, *, sleep_s: float = 0.25) -> None:
+    """Wait until one bootstrap broker accepts a TCP connection; raise after ``timeout_s``.
+
+    Parameters
+    ----------
+    settings : Settings
+        Its ``broker`` is probed (any of the listed addresses will do).
+    timeout_s : float
+        Longest wait: a broker that is still starting gets this long.
+    sleep_s : float
+        Pause between rounds of attempts.
+
+    Raises
+    ------
+    BrokerUnreachableError
+        If no address accepted a connection in time.
+    ValueError
+        If an address is not ``host:port``.
+
+    Examples
+    --------
+    >>> with socket.socket() as s:  # a port nothing listens on
+    ...     s.bind(("127.0.0.1", 0))
+    ...     closed = f"kafka://127.0.0.1:{s.getsockname()[1]}"
+    >>> require_broker(Settings(broker=closed), timeout_s=0.2)
+    Traceback (most recent call last):
+    ...
+    connectors.connection_check.BrokerUnreachableError: no broker answers at 127.0.0.1:... (tried for 0.2 s)
+    """
+    addresses = _addresses(settings.bootstrap)
+    deadline = time.monotonic() + timeout_s
+    last: OSError | None = None
+    while True:
+        for host, port in addresses:
+            left = deadline - time.monotonic()
+            try:
+                with socket.create_connection((host, port), timeout=max(0.1, min(left, 2.0))):
+                    return
+            except OSError as exc:
+                last = exc
+        if time.monotonic() + sleep_s >= deadline:
+            break
+        time.sleep(sleep_s)
+    # "Connection refused" is what "no broker" means; anything else (a timeout, no route) is worth saying.
+    why = "" if last is None or isinstance(last, ConnectionRefusedError) else f": {last.strerror or last}"
+    raise BrokerUnreachableError(
+        f"no broker answers at {settings.bootstrap} (tried for {timeout_s:g} s{why})"
+    )
 
 
 class _Reasons(logging.Handler):

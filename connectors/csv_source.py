@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 from learners.config import Task
 
 MAX_CLASSES_INFERRED = 20
+TIME_NAMES = frozenset({"time", "timestamp", "ts", "date", "datetime"})
+"""Column names (any case) taken for time stamps: never a feature unless named in ``feature_cols``."""
 
 
 @dataclass
@@ -34,6 +37,8 @@ class ReadingsTable:
     feature_names: list[str]
     classes: list[str] = field(default_factory=list)
     skipped: list[SkippedRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Columns left out of the features, and why (time-like or text columns)."""
 
     def __len__(self) -> int:
         return len(self.device_ids)
@@ -45,8 +50,15 @@ def load_readings_csv(
     target_col: str,
     time_col: str | None = None,
     task: Task | None = None,
+    feature_cols: Sequence[str] | None = None,
+    ignore_cols: Sequence[str] = (),
 ) -> ReadingsTable:
-    """Load readings; every column other than device, target and time is a feature.
+    """Load readings; the features are ``feature_cols``, else the numeric columns left.
+
+    Without ``feature_cols``, every column other than device, target, time
+    and ``ignore_cols`` is a feature, except a column named like a time
+    stamp (:data:`TIME_NAMES`) and a text column (most of its values are
+    not numbers); those are left out with a note in ``notes``.
 
     Rows with a missing or non-numeric feature (or target, for regression),
     or a non-finite value, are skipped and listed in ``skipped``.  Without
@@ -67,6 +79,8 @@ def load_readings_csv(
     >>> table.skipped
     [SkippedRow(line=3, reason="column 'b': not a number: 'x'")]
     """
+    if device_col == target_col:
+        raise ValueError(f"--device-col and --target-col are both {device_col!r}: they must differ")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -74,22 +88,25 @@ def load_readings_csv(
             ("--device-col", device_col),
             ("--target-col", target_col),
             ("--time-col", time_col),
+            *(("--feature-cols", c) for c in feature_cols or ()),
+            *(("--ignore-cols", c) for c in ignore_cols),
         ):
             if col is not None and col not in header:
                 raise ValueError(f"{name} {col!r} is not a column of {path}; columns are {header}")
-        features = [c for c in header if c not in (device_col, target_col, time_col)]
-        if not features:
-            raise ValueError(f"{path} has no feature columns besides device, target and time")
-        rows: list[tuple[object, int, str, list[float], str]] = []
-        skipped: list[SkippedRow] = []
-        for line, row in enumerate(reader, start=2):
-            problem, parsed = _parse_row(row, device_col, target_col, time_col, features)
-            if problem:
-                skipped.append(SkippedRow(line, problem))
-            else:
-                assert parsed is not None
-                stamp, device, values, target = parsed
-                rows.append((stamp, line, device, values, target))
+        raw_rows = list(reader)
+    features, notes = choose_features(
+        header, raw_rows, device_col, target_col, time_col, feature_cols, ignore_cols
+    )
+    rows: list[tuple[object, int, str, list[float], str]] = []
+    skipped: list[SkippedRow] = []
+    for line, row in enumerate(raw_rows, start=2):
+        problem, parsed = _parse_row(row, device_col, target_col, time_col, features)
+        if problem:
+            skipped.append(SkippedRow(line, problem))
+        else:
+            assert parsed is not None
+            stamp, device, values, target = parsed
+            rows.append((stamp, line, device, values, target))
     if time_col is not None:
         rows.sort(key=lambda r: r[0])  # type: ignore[arg-type,return-value]  # stable: ties keep file order
     targets = [r[4] for r in rows]
@@ -113,8 +130,68 @@ def load_readings_csv(
         y = np.array(y_list, dtype=np.float64)
     x = np.array([rows[i][3] for i in keep], dtype=np.float64).reshape(len(keep), len(features))
     return ReadingsTable(
-        [rows[i][2] for i in keep], x, y, task, features, classes, sorted(skipped, key=lambda s: s.line)
+        [rows[i][2] for i in keep],
+        x,
+        y,
+        task,
+        features,
+        classes,
+        sorted(skipped, key=lambda s: s.line),
+        notes,
     )
+
+
+def choose_features(
+    header: Sequence[str],
+    rows: Sequence[dict[str, str | None]],
+    device_col: str,
+    target_col: str,
+    time_col: str | None = None,
+    feature_cols: Sequence[str] | None = None,
+    ignore_cols: Sequence[str] = (),
+) -> tuple[list[str], list[str]]:
+    """The feature columns, and a note for each column left out on its own judgement.
+
+    Examples
+    --------
+    >>> rows = [{"ts": "1", "dev": "d", "a": "1.5", "site": "north", "y": "2"}]
+    >>> choose_features(["ts", "dev", "a", "site", "y"], rows, "dev", "y")  # doctest: +NORMALIZE_WHITESPACE
+    (['a'], ["column 'ts' looks like a time stamp: not a feature (sort by it with --time-col ts;
+    make it a feature with --feature-cols)", "column 'site' holds text: not a feature (drop it with
+    --ignore-cols site)"])
+    >>> choose_features(["ts", "dev", "a", "site", "y"], rows, "dev", "y", feature_cols=["ts", "a"])
+    (['ts', 'a'], [])
+    """
+    given = [device_col, target_col, *([time_col] if time_col else [])]
+    if feature_cols:
+        clash = [c for c in feature_cols if c in given]
+        if clash:
+            raise ValueError(f"--feature-cols {clash} are also the device, target or time column")
+        return list(feature_cols), []
+    features: list[str] = []
+    notes: list[str] = []
+    for c in header:
+        if c in given or c in ignore_cols:
+            continue
+        if c.strip().lower() in TIME_NAMES:
+            notes.append(
+                f"column {c!r} looks like a time stamp: not a feature "
+                f"(sort by it with --time-col {c}; make it a feature with --feature-cols)"
+            )
+        elif _is_text(r.get(c) for r in rows):
+            notes.append(f"column {c!r} holds text: not a feature (drop it with --ignore-cols {c})")
+        else:
+            features.append(c)
+    if not features:
+        raise ValueError("no feature columns besides device, target and time (name them with --feature-cols)")
+    return features, notes
+
+
+def _is_text(values: Iterable[str | None]) -> bool:
+    """Most non-empty values are not numbers (a few bad ones are bad rows instead)."""
+    filled = [v.strip() for v in values if v is not None and v.strip()]
+    words = sum(1 for v in filled if _number(v) is None)
+    return bool(filled) and words * 2 > len(filled)
 
 
 def _parse_row(

@@ -139,7 +139,11 @@ class PipelineState:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fun, *args)
 
     def stats(self) -> dict[str, Any]:
-        """Core counters plus what went through the agents."""
+        """Core counters plus what went through the agents: totals only.
+
+        The size of this line does not grow with the fleet (it is printed
+        periodically); per-device counts are in :meth:`device_readings`.
+        """
         elapsed = time.monotonic() - self.started_at
         return {
             **self.core.stats(),
@@ -152,9 +156,12 @@ class PipelineState:
             **{k: self.aggregator.counts[k] for k in AGGREGATOR_COUNTS},
             "assigned": self.assigned,
             "checkpointed": {str(p): o for p, o in sorted(self.checkpointed.items())},
-            "device_readings": dict(sorted(self.core.device_readings.items())),
             "uptime_s": round(elapsed, 1),
         }
+
+    def device_readings(self) -> dict[str, int]:
+        """Readings learned per device, by device id (a fleet-sized map: not in :meth:`stats`)."""
+        return dict(sorted(self.core.device_readings.items()))
 
 
 class ReadingsPerMessage:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from connectors.brokers import start_broker
 from connectors.brokers.apache_kafka import cache_root
@@ -34,13 +35,14 @@ def cmd_start(args: argparse.Namespace) -> int:
             )
             return 1
     print(f"starting {args.kind} broker…", file=sys.stderr)
-    broker = start_broker(args.kind)
+    broker = start_broker(args.kind, args.data_dir, args.port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"pid": os.getpid(), "bootstrap": broker.bootstrap, "kind": args.kind}))
+        state = {"pid": os.getpid(), "bootstrap": broker.bootstrap, "kind": args.kind}
+        path.write_text(json.dumps({**state, "data_dir": args.data_dir}))
         print(f"broker ready: kafka://{broker.bootstrap}  (stop with Ctrl-C or `metastream broker stop`)")
         sys.stdout.flush()
         while not stop.wait(0.5):
@@ -71,9 +73,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def running_broker() -> dict[str, Any] | None:
+    """The state (``pid``, ``bootstrap``, ``kind``) of the running ``broker start``, if any."""
     path = state_file()
-    if path.exists() and _alive((state := json.loads(path.read_text()))["pid"]):
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if _alive(state["pid"]) else None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = running_broker()
+    if state is not None:
         print(f"running: kafka://{state['bootstrap']} ({state['kind']}, pid {state['pid']})")
         return 0
     print("not running")
@@ -102,6 +114,15 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=["kafka", "embedded"],
         default="kafka",
         help="kafka: Apache Kafka (KRaft, jars from Maven Central); embedded: Tansu, memory only",
+    )
+    start.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="kafka: keep data here; started again on DIR it has the same port and topics "
+        "(default: a temporary directory, removed at stop)",
+    )
+    start.add_argument(
+        "--port", type=int, help="kafka: client port (default: DIR's last one, else a free one)"
     )
     start.set_defaults(func=cmd_start)
     stop = actions.add_parser("stop", help="stop the broker started by `broker start`")

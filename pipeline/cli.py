@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -52,7 +53,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.progress import Progress
 
     names = resolve(args.strategy or ["reptile"])
-    table = load_readings_csv(args.file, args.device_col, args.target_col, args.time_col, args.task)
+    table = load_readings_csv(
+        args.file,
+        args.device_col,
+        args.target_col,
+        args.time_col,
+        args.task,
+        feature_cols=_columns(args.feature_cols),
+        ignore_cols=_columns(args.ignore_cols) or (),
+    )
+    for note in table.notes:
+        print(f"note: {note}", file=sys.stderr)
     if table.skipped:
         print(f"skipped {len(table.skipped)} bad rows:", file=sys.stderr)
         for s in table.skipped[:10]:
@@ -78,6 +89,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.json:
         print(format_table(results, table.task))
     return 0
+
+
+def _columns(text: str | None) -> list[str] | None:
+    """``a,b`` as ``["a", "b"]`` (``None`` when not given)."""
+    return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
 
 
 def format_table(results: list[dict[str, Any]], task: str) -> str:
@@ -158,15 +174,64 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_core_bench(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands defined in their own modules: (module with ``add_cli``, help shown by ``metastream --help``).
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": (
+        "pipeline.evaluate",
+        "strategies on a data set: prequential error, recovery, k-shot on held-out devices",
+    ),
+    "poison": ("pipeline.poison", "poisoned federated updates vs robust aggregation (no broker)"),
+    "soak": (
+        "pipeline.soak",
+        "sustained paced load on one worker for minutes: memory (RSS) and consumer lag",
+    ),
+    "worker": ("pipeline.worker", "run a stream worker (Faust) until SIGTERM/SIGINT"),
+    "broker": ("pipeline.broker_cli", "start or stop a local Kafka broker (Apache Kafka or embedded)"),
+    "produce": ("connectors.producer", "send sensor readings (synthetic or CSV) to the readings topic"),
+    "edge": ("connectors.edge", "follow, verify and hot-swap the models of some devices"),
+    "keys": ("pipeline.keys", "generate the workers' Ed25519 signing key pair"),
+    "tail": ("pipeline.tail", "print the events, dead letters or models of a deployment"),
+}
+
+# Commands that talk to a broker from the start: without one they fail fast, in one line.
+_NEEDS_BROKER = frozenset({"worker", "edge", "produce", "tail"})
+
+# Commands that never need torch: its start-up cost is not paid for them.
+_TORCH_FREE = frozenset({"broker", "produce", "edge", "tail", "keys"})
+
+
+def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``metastream`` parser.
+
+    Parameters
+    ----------
+    load : collection of str, optional
+        Commands from other modules whose arguments are needed (default: all).
+        The others are only listed, so ``metastream --help`` stays fast.
+
+    Examples
+    --------
+    >>> build_parser(load=()).parse_args(["generate", "--out", "f.csv"]).devices
+    100
+    """
     parser = argparse.ArgumentParser(prog="metastream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("replay", help="run a CSV of readings through the learner core offline")
+    p = sub.add_parser(
+        "replay",
+        help="run a CSV of readings through the learner core offline",
+        description=(
+            "Features: the columns named in --feature-cols; without it, every column but device, "
+            "target, time and --ignore-cols, except a column named time, timestamp, ts, date or "
+            "datetime (any case) and a text column (mostly non-numbers), which are left out with a note."
+        ),
+    )
     p.add_argument("file")
     p.add_argument("--device-col", required=True)
-    p.add_argument("--target-col", required=True)
+    p.add_argument("--target-col", required=True, help="must differ from --device-col")
     p.add_argument("--time-col", help="sort by this column (numbers or ISO times); else file order")
+    p.add_argument("--feature-cols", metavar="A,B,...", help="exactly these columns are the features")
+    p.add_argument("--ignore-cols", metavar="A,B,...", help="columns that are never features")
     p.add_argument("--task", choices=["regression", "classification"], help="inferred if absent")
     p.add_argument(
         "--strategy",
@@ -220,33 +285,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    from connectors import edge, producer
-    from pipeline import broker_cli, evaluate, poison, soak, worker
-
-    evaluate.add_cli(sub)
-    poison.add_cli(sub)
-    soak.add_cli(sub)
-    worker.add_cli(sub)
-    broker_cli.add_cli(sub)
-    producer.add_cli(sub)
-    edge.add_cli(sub)
+    for name, (module, help_text) in _COMMANDS.items():
+        if load is None or name in load:
+            importlib.import_module(module).add_cli(sub)
+        else:
+            # Listed for ``--help``; its module (torch, Faust, …) is only imported when chosen.
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import os
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in _NEEDS_BROKER and not {"-h", "--help"} & set(argv):
+        # Before the command's module (Faust, torch) is imported: a missing broker is told at once.
+        early = argparse.ArgumentParser(add_help=False)
+        early.add_argument("--settings")
+        early.add_argument("--broker")
+        try:
+            _check_broker(early.parse_known_args(argv, argparse.Namespace(command=command))[0])
+        except (ValueError, OSError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    args = build_parser(load={command} if command in _COMMANDS else ()).parse_args(argv)
+    if args.command not in _TORCH_FREE:
+        import os
 
-    import torch
+        import torch
 
-    # The per-op work is tiny: one thread is fastest, and two processes with
-    # two threads each on two cores slow torch down several times over.
-    torch.set_num_threads(int(os.environ.get("METASTREAM_TORCH_THREADS", "1")))
-    args = build_parser().parse_args(argv)
+        # The per-op work is tiny: one thread is fastest, and two processes with
+        # two threads each on two cores slow torch down several times over.
+        torch.set_num_threads(int(os.environ.get("METASTREAM_TORCH_THREADS", "1")))
     try:
         return int(args.func(args))
     except (ValueError, OSError, RuntimeError) as exc:  # bad input, missing file, broker problems
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_broker(args: argparse.Namespace) -> None:
+    from connectors.settings import Settings
+    from pipeline.broker_check import check_broker
+
+    settings = Settings.load(args.settings, broker=args.broker)
+    check_broker(settings, args.broker, args.settings)
+    if args.command != "worker":  # the worker reports outages through its own (aiokafka) log
+        from pipeline.broker_log import report_kafka_python_outages
+
+        report_kafka_python_outages(settings.bootstrap)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,19 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "metastream_contribution_weights_capped",
         "Contribution rows whose claimed weight was capped.",
     ),
+    "rejected": (
+        "metastream_guard_rejections",
+        "Adaptations the regression guard refused (the device kept its model; nothing published).",
+    ),
+    "checkpoints_written": ("metastream_checkpoints_written", "Partition checkpoints written."),
+    "checkpoints_restored": (
+        "metastream_checkpoints_restored",
+        "Partition checkpoints restored on assignment.",
+    ),
+    "duplicates_skipped": (
+        "metastream_duplicates_skipped",
+        "Reading messages skipped as already covered by a restored checkpoint.",
+    ),
 }
 GAUGES: dict[str, tuple[str, str]] = {
     "meta_version": ("metastream_meta_version", "θ version this worker's learners start from."),

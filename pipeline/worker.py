@@ -25,9 +25,10 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -35,6 +36,7 @@ from connectors.admin import ensure_topics
 from connectors.settings import Settings
 from connectors.signing import Signer
 from pipeline.app import PipelineState, Tuning, create_app
+from pipeline.broker_log import DropMessages, OutageLog, install
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ def run_worker(
     asyncio.set_event_loop(loop)
     app = create_app(settings, signer, worker_id=worker_id, web_port=web_port, tuning=tuning)
     state: PipelineState = app.pipeline  # type: ignore[attr-defined]
+    quiet_client_logs(app, state, tuning or Tuning())
     if stats_interval_s > 0:
 
         @app.timer(stats_interval_s)
@@ -122,6 +125,59 @@ def run_worker(
         asyncio.set_event_loop(None)
     if stats_interval_s > 0:
         print(json.dumps({"stats": state.stats(), "final": True}), file=sys.stderr, flush=True)
+
+
+def quiet_client_logs(app: faust.App, state: PipelineState, tuning: Tuning) -> None:
+    """An outage in a few lines, not thousands; a "worker ready" line; no benign warnings.
+
+    See :mod:`pipeline.broker_log`.
+    """
+    outage = OutageLog()
+    install(outage)
+    if not tuning.monitor:
+        # Faust warns on every rebalance when no sensor is installed; the app drops its only one.
+        logging.getLogger("faust.app.base").addFilter(DropMessages("Missing sensor state for rebalance"))
+    started = time.monotonic()
+    pending: set[asyncio.Future[None]] = set()
+
+    @app.timer(1.0)
+    async def watch_broker() -> None:
+        if outage.in_trouble:
+            outage.tick(await broker_answers(state.settings.bootstrap))
+
+    async def announce_ready() -> None:
+        await state.restored.wait()
+        readings = state.settings.topic_readings
+        owned = sorted(int(tp.rsplit(":", 1)[1]) for tp in state.assigned if tp.rsplit(":", 1)[0] == readings)
+        print(
+            f"worker ready: owns partitions {','.join(map(str, owned)) or 'none'} of {readings} "
+            f"({len(state.core.fleet.devices)} devices restored) after {time.monotonic() - started:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        # Not awaited here: the app's own receiver restores the partitions after this one returns.
+        pending.add(task := asyncio.ensure_future(announce_ready()))
+        task.add_done_callback(pending.discard)
+
+    app.on_partitions_assigned.connect(cast(Any, on_assigned))
+    _ = watch_broker
+
+
+async def broker_answers(bootstrap: str, timeout_s: float = 1.0) -> bool:
+    """Whether one of the bootstrap brokers accepts a TCP connection."""
+    for part in bootstrap.split(","):
+        host, _, port = part.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)), timeout_s
+            )
+        except (TimeoutError, OSError, ValueError):
+            continue
+        writer.close()
+        return True
+    return False
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Protocol
 
 from .apache_kafka import KAFKA_VERSION, ApacheKafkaBroker, BrokerStartError, ensure_jars
@@ -39,6 +40,8 @@ class Broker(Protocol):
 
 def start_broker(
     kind: Literal["kafka", "embedded"] = "kafka",
+    data_dir: str | Path | None = None,
+    port: int | None = None,
 ) -> ApacheKafkaBroker | EmbeddedBroker:
     """Start a local broker and return it once it accepts clients.
 
@@ -46,6 +49,11 @@ def start_broker(
     ----------
     kind : {"kafka", "embedded"}
         ``"kafka"`` for Apache Kafka, ``"embedded"`` for the Tansu broker.
+    data_dir : path, optional
+        Apache Kafka only: keep config and data here; a broker started on
+        it again comes back with its topics and port.
+    port : int, optional
+        Apache Kafka only: the client port.
 
     Returns
     -------
@@ -53,7 +61,9 @@ def start_broker(
         The running broker; call ``close()`` (or use it as a context manager) when done.
     """
     if kind == "kafka":
-        return ApacheKafkaBroker().start()
+        return ApacheKafkaBroker(work_dir=Path(data_dir) if data_dir else None, port=port).start()
     if kind == "embedded":
+        if data_dir is not None or port is not None:
+            raise ValueError("the embedded broker keeps nothing and picks its own port: use --kind kafka")
         return EmbeddedBroker().start()
     raise ValueError(f"unknown broker kind: {kind!r}")

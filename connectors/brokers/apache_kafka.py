@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -227,7 +228,12 @@ class ApacheKafkaBroker(ClosesOnExit):
         Apache Kafka version.
     work_dir : Path, optional
         Directory for config, data and ``broker.log``; a temporary one
-        (removed by :meth:`close`) if omitted.
+        (removed by :meth:`close`) if omitted.  A directory given here is
+        kept, and a later broker (another process too) started on it comes
+        back with its topics and, unless ``port`` says otherwise, its port
+        (PLAINTEXT only: a TLS/SASL broker's users and CA are not kept).
+    port : int, optional
+        Client port (default: a free one, or the port ``work_dir`` last had).
     heap : str
         JVM max heap, e.g. ``"512m"``.
     startup_timeout : float
@@ -260,6 +266,7 @@ class ApacheKafkaBroker(ClosesOnExit):
         sasl_mechanism: str = "SCRAM-SHA-256",
         username: str = "metastream",
         password: str = "",
+        port: int | None = None,
     ) -> None:
         if security_protocol not in SECURITY_PROTOCOLS:
             raise ValueError(
@@ -284,6 +291,7 @@ class ApacheKafkaBroker(ClosesOnExit):
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="metastream-kafka-"))
         self.port: int | None = None
         self.controller_port: int | None = None
+        self._wanted_port = port
         self._proc: subprocess.Popen[bytes] | None = None
         atexit.register(self.close)  # never leave a JVM behind if the caller forgets
 
@@ -441,8 +449,15 @@ class ApacheKafkaBroker(ClosesOnExit):
         if self.is_running:
             return self
         libs = ensure_jars(self.version)
+        saved = self._saved_ports()
+        if self.port is None and saved is not None:
+            # A data directory formatted by an earlier broker: same cluster, same controller.
+            self.port = self._wanted_port or saved["port"]
+            self.controller_port = saved["controller_port"]
+            self._write_config()
+            self._save_ports()
         if self.port is None:
-            self.port, self.controller_port = free_port(), free_port()
+            self.port, self.controller_port = self._wanted_port or free_port(), free_port()
             self.work_dir.mkdir(parents=True, exist_ok=True)
             props = self._write_config()
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -463,6 +478,7 @@ class ApacheKafkaBroker(ClosesOnExit):
             )
             if fmt.returncode != 0:
                 raise BrokerStartError(f"kafka storage format failed:\n{(fmt.stdout + fmt.stderr)[-3000:]}")
+            self._save_ports()
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self._java(libs, "kafka.Kafka", str(self.work_dir / "server.properties")),
@@ -478,6 +494,22 @@ class ApacheKafkaBroker(ClosesOnExit):
             self.stop()
             raise
         return self
+
+    @property
+    def _ports_file(self) -> Path:
+        return self.work_dir / "ports.json"
+
+    def _saved_ports(self) -> dict[str, int] | None:
+        """The ports of the broker that formatted ``work_dir`` (PLAINTEXT only; else ``None``)."""
+        if self._own_dir or self.security_protocol != "PLAINTEXT" or not self._ports_file.exists():
+            return None
+        if not (self.work_dir / "data" / "meta.properties").exists():
+            return None
+        ports: dict[str, int] = json.loads(self._ports_file.read_text())
+        return ports
+
+    def _save_ports(self) -> None:
+        self._ports_file.write_text(json.dumps({"port": self.port, "controller_port": self.controller_port}))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker gracefully (SIGTERM), killing it after ``timeout`` seconds.

@@ -108,8 +108,8 @@ def test_the_readme_python_examples_produce_and_receive_a_verified_model(
     kafka_broker: ApacheKafkaBroker, tmp_path: Path
 ) -> None:
     # Prepare: the README's key pair, a worker signing with it, on the default topics.
-    keygen = readme_command("Run the pieces yourself", "Signer.generate().save(")
-    subprocess.run([sys.executable, *shlex.split(keygen)[1:]], cwd=tmp_path, check=True)
+    keygen = readme_command("Run the pieces yourself", "keys generate")
+    subprocess.run([sys.executable, "-m", "pipeline.cli", *shlex.split(keygen)[1:]], cwd=tmp_path, check=True)
     broker = f"kafka://{kafka_broker.bootstrap}"
     settings = Settings(broker=broker, signing_key=str(tmp_path / "worker.key.pem"))
     sdk, plain, subscribe = python_examples()

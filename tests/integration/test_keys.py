@@ -1,0 +1,113 @@
+"""``metastream keys generate`` makes a pair the worker signs with and the edge verifies with."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from connectors.brokers import ApacheKafkaBroker
+from connectors.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+METASTREAM = [sys.executable, "-m", "pipeline.cli"]
+
+
+def settings_file(kafka_broker: ApacheKafkaBroker, tmp_path: Path) -> Path:
+    """Settings with topic names and an app id no other test uses."""
+    run = uuid.uuid4().hex[:10]
+    topics = {f"topic_{t}": f"k-{run}.{t}" for t in ("readings", "models", "meta", "deltas", "events")}
+    settings = Settings.load(
+        environ={},
+        broker=f"kafka://{kafka_broker.bootstrap}",
+        app_id=f"keys-test-{run}",
+        partitions=1,
+        n_features=4,
+        micro_batch=200,
+        topic_deadletter=f"k-{run}.deadletter",
+        **topics,
+    )
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(asdict(settings)))
+    return path
+
+
+def metastream(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*METASTREAM, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def test_generated_keys_sign_at_the_worker_and_verify_at_the_edge(
+    kafka_broker: ApacheKafkaBroker, tmp_path: Path
+) -> None:
+    # Prepare: two pairs, the worker signs with "worker"; the "other" public key must not be trusted for it
+    keys = tmp_path / "keys"
+    for name in ("worker", "other"):
+        made = metastream("keys", "generate", "--out-dir", str(keys), "--name", name)
+        assert made.returncode == 0, made.stderr
+    assert (keys / "worker.key.pem").stat().st_mode & 0o777 == 0o600
+    again = metastream("keys", "generate", "--out-dir", str(keys))
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    settings = settings_file(kafka_broker, tmp_path)
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [
+                *METASTREAM,
+                "worker",
+                "--settings",
+                str(settings),
+                "--signing-key",
+                str(keys / "worker.key.pem"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "METASTREAM_TORCH_THREADS": "1"},
+        )
+    try:
+        # Execute: readings of two devices; each gets a first (new-device) model
+        produced = metastream("produce", "--settings", str(settings), "--devices", "2", "--readings", "600")
+        assert produced.returncode == 0, produced.stderr
+        trusted = ["--settings", str(settings), "--device", "dev-0000", "--device", "dev-0001"]
+        deadline = time.monotonic() + 120
+        while True:
+            edge = metastream(
+                "edge", *trusted, "--trusted-key", str(keys / "worker.pub.pem"), "--duration", "5"
+            )
+            if edge.stdout.count("accepted") >= 2 or time.monotonic() > deadline:
+                break
+        tail = ["--settings", str(settings), "--from-beginning", "--idle-timeout", "5"]
+        models = metastream("tail", "models", *tail, "--trusted-key", str(keys / "worker.pub.pem"))
+        events = metastream("tail", "events", *tail, "--device", "dev-0001", "--json")
+        stranger = metastream(
+            "edge", *trusted, "--trusted-key", str(keys / "other.pub.pem"), "--duration", "5"
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+
+    # Assert
+    text = log.read_text(errors="replace")
+    assert "ephemeral" not in text  # the generated key was used, not a demo key
+    accepted = [ln for ln in edge.stdout.splitlines() if ln.endswith("accepted")]
+    assert {ln.split()[0] for ln in accepted} == {"dev-0000", "dev-0001"}, edge.stdout + text[-3000:]
+    refused = stranger.stdout.splitlines()[:-1]  # the last line is "running versions: …"
+    assert refused and all("refused" in ln and "unknown" in ln for ln in refused), stranger.stdout
+    assert stranger.stdout.splitlines()[-1] == "running versions: dev-0000 -, dev-0001 -"
+    # metastream tail: every model with its version, parent θ and a good signature; one device's events
+    lines = models.stdout.splitlines()
+    assert lines and all(ln.endswith("signature ok") and " parent θ v" in ln for ln in lines), models
+    assert {ln.split()[0] for ln in lines} == {"dev-0000", "dev-0001"}
+    assert {ln.split()[1] for ln in lines if ln.startswith("dev-0000")} >= {"v1"}
+    kinds = [json.loads(ln) for ln in events.stdout.splitlines()]
+    assert kinds and {e["device_id"] for e in kinds} == {"dev-0001"}, events
+    assert "adapted" in {e["type"] for e in kinds}
