@@ -221,10 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     from connectors import edge, producer
-    from pipeline import broker_cli, evaluate, poison, soak, worker
+    from pipeline import broker_cli, dp_utility, evaluate, poison, soak, worker
 
     evaluate.add_cli(sub)
     poison.add_cli(sub)
+    dp_utility.add_cli(sub)
     soak.add_cli(sub)
     worker.add_cli(sub)
     broker_cli.add_cli(sub)
