@@ -79,18 +79,23 @@ def run_dp_utility(
     >>> setup = PoisonSetup(honest=6, attackers=0, held_out=3, rounds=2, query=20)
     >>> out = run_dp_utility(setup, epsilons=(8.0,), modes=("central",), seeds=1)
     >>> sorted(out["error"]), out["epsilon_spent"]["8"] <= 8.0 + 1e-6
-    (['central', 'clip', 'none'], True)
+    (['central', 'clip', 'none', 'untrained'], True)
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is faster on a busy machine
     try:
         z = {eps: noise_for_epsilon(eps, setup.rounds, delta) for eps in epsilons}
-        runs: dict[str, dict[str, list[float]]] = {"none": {"-": []}, "clip": {"-": []}}
+        runs: dict[str, dict[str, list[float]]] = {
+            "untrained": {"-": []},
+            "none": {"-": []},
+            "clip": {"-": []},
+        }
         runs |= {mode: {str(eps): [] for eps in epsilons} for mode in modes}
         for s in range(seeds):
             seeded = replace(setup, seed=setup.seed + s)
             fleet = Fleet(seeded)
             rng = np.random.default_rng([seeded.seed, 1])
+            runs["untrained"]["-"].append(kshot_error(seeded, fleet, init_params(seeded.cfg, seeded.seed)))
             for mode in ("none", "clip"):
                 runs[mode]["-"].append(kshot_error(seeded, fleet, train_theta(seeded, fleet, mode, 0.0, rng)))
             for mode in modes:
@@ -122,12 +127,13 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"θ's k-shot MAE on {s['held_out']} held-out devices after {s['rounds']} rounds of {s['honest']} "
         f"devices, clip={s['clip']:g}, δ={result['delta']:g}, mean of {result['seeds']} seeds",
-        f"no DP: {err['none']['-']:.4f}   clipping only: {err['clip']['-']:.4f}",
+        f"untrained θ: {err['untrained']['-']:.4f}   no DP: {err['none']['-']:.4f}   "
+        f"clipping only: {err['clip']['-']:.4f}",
         "  ".join(["mode".ljust(8), *(f"ε={e}".rjust(9) for e in eps)]),
         "  ".join(["z".ljust(8), *(f"{result['noise_multiplier'][e]:.3f}".rjust(9) for e in eps)]),
     ]
     for mode, row in err.items():
-        if mode not in ("none", "clip"):
+        if mode not in ("untrained", "none", "clip"):
             lines.append("  ".join([mode.ljust(8), *(f"{row[e]:.4f}".rjust(9) for e in eps)]))
     return "\n".join(lines)
 
