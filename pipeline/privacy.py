@@ -14,9 +14,10 @@ device is that device's ε, and the figure reported for θ is the largest
 (:meth:`PrivacyLedger.theta_epsilon`).  With a finite budget it stays below
 the budget however long the stream runs.
 
-Wiring (the meta agent): before applying device ``d``'s update call
-``ledger.admit(d)``; on ``False`` drop the update, and publish
-:meth:`PrivacyLedger.drain_events` (``event.to_json()``) to the events topic.
+Wiring (the meta agent): :class:`PrivacyGate` is the hook.  In
+``MetaAggregator.on_delta``, after decoding, call ``gate.screen(header.source)``;
+when it says no, skip ``meta.step`` for that message (count it as refused);
+either way send the :class:`~pipeline.worker_core.Outgoing` events it returns.
 
 Examples
 --------
@@ -40,6 +41,8 @@ from typing import Literal
 
 import dp_accounting
 from dp_accounting.rdp import RdpAccountant
+
+from pipeline.worker_core import Outgoing
 
 EVENT_TYPE = "privacy_budget_exhausted"
 
@@ -193,3 +196,42 @@ class PrivacyLedger:
         """Events queued since the last call (each device's exhaustion once)."""
         out, self._events = self._events, []
         return out
+
+
+EDGE_PREFIX = "edge:"
+"""Source prefix of a federated device's contribution (``connectors.federated.FederatedEdgeClient``)."""
+
+
+class PrivacyGate:
+    """The meta agent's hook: whether a contribution counts, and the budget events to publish.
+
+    Only federated devices' contributions (source ``edge:<device id>``) are
+    DP releases of one device; a worker's contribution comes from readings
+    the worker already holds and passes unscreened.
+
+    Examples
+    --------
+    >>> gate = PrivacyGate(PrivacyLedger(PrivacyPolicy(3.0, epsilon_budget=1.5)), "metastream.events")
+    >>> gate.screen("edge:dev-9")
+    (True, [])
+    >>> ok, events = gate.screen("edge:dev-9")
+    >>> ok, events[0].topic, events[0].key, json.loads(events[0].value)["contributions"]
+    (False, 'metastream.events', b'dev-9', 1)
+    >>> gate.screen("worker-1")
+    (True, [])
+    """
+
+    def __init__(self, ledger: PrivacyLedger, events_topic: str) -> None:
+        self.ledger = ledger
+        self.events_topic = events_topic
+
+    def screen(self, source: str) -> tuple[bool, list[Outgoing]]:
+        """``(admitted, events to send)`` for one contribution from ``source``."""
+        if not source.startswith(EDGE_PREFIX):
+            return True, []
+        admitted = self.ledger.admit(source[len(EDGE_PREFIX) :])
+        events = [
+            Outgoing(self.events_topic, e.device_id.encode(), e.to_json(), [("type", EVENT_TYPE.encode())])
+            for e in self.ledger.drain_events()
+        ]
+        return admitted, events
