@@ -514,6 +514,8 @@ class AggregatorRound:
         self.clock = clock
         self.phase = Phase.ADVERTISE
         self.failure = ""
+        self.result: AggregateResult | None = None
+        """The round's outcome once it is done."""
         self._opened = clock()
         self._got = _Collected()
         self._roster: Roster | None = None
@@ -638,9 +640,9 @@ class AggregatorRound:
         if len(self._got.unmask) < t:
             self._fail(f"unmask: {len(self._got.unmask)} answers; threshold {t}")
             return None
-        result = self._unmask()
+        self.result = self._unmask()
         self.phase = Phase.DONE
-        return result
+        return self.result
 
     def _unmask(self) -> AggregateResult:
         assert self._request is not None and self._roster is not None
