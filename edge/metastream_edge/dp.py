@@ -12,6 +12,11 @@ Two places to add the noise, same maths:
   most ``clip`` (weights are capped at 1), so the standard deviation is
   ``noise_multiplier · clip``.
 
+With secure aggregation the aggregator sees only the sum, so it cannot clip:
+each device clips its own Δ (:func:`clip_to_norm`) and caps its weight
+before masking, and the aggregator adds the central noise to the unmasked
+weighted sum (:func:`noise_on_sum`).
+
 Either way one release costs what a Gaussian mechanism with that
 ``noise_multiplier`` costs; ``pipeline.privacy`` keeps the account.
 Weights are data too: under DP a device's weight is capped to ``[0, 1]``
@@ -107,3 +112,18 @@ def central_privatise(
     clipped = np.stack([clip_to_norm(row, clip) for row in u]) if len(u) else u
     total = (w[:, None] * clipped).sum(axis=0)
     return total + rng.normal(0.0, noise_multiplier * clip, total.shape), float(w.sum())
+
+
+def noise_on_sum(
+    weighted_sum: np.ndarray, clip: float, noise_multiplier: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Central DP on a sum of already clipped, weight-capped updates (e.g. secure aggregation's).
+
+    Examples
+    --------
+    >>> noise_on_sum(np.zeros(3), 1.0, 0.0, np.random.default_rng(0)).tolist()
+    [0.0, 0.0, 0.0]
+    """
+    _check(clip, noise_multiplier)
+    total = np.asarray(weighted_sum, dtype=np.float64)
+    return total + rng.normal(0.0, noise_multiplier * clip, total.shape)

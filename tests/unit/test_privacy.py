@@ -107,3 +107,19 @@ def test_central_noise_goes_on_the_clipped_weighted_sum() -> None:
     np.testing.assert_allclose(noisy - exact, np.random.default_rng(0).normal(0.0, 2.0, 2), atol=1e-12)
     with pytest.raises(ValueError, match=r"weights must lie in \[0, 1\]"):
         central_privatise(updates, np.array([1.0, 2.0, 1.0]), 1.0, 1.0, np.random.default_rng(0))
+
+
+def test_noise_on_a_secure_sum_matches_central_noise_on_the_same_updates() -> None:
+    # Prepare: devices clip and cap before masking; the aggregator sees only the sum.
+    from metastream_edge.dp import noise_on_sum
+
+    updates = np.array([[3.0, 4.0], [0.3, 0.4]])
+    weights = np.array([1.0, 0.5])
+    clipped_sum = (weights[:, None] * np.stack([clip_to_norm(u, 1.0) for u in updates])).sum(axis=0)
+
+    # Execute
+    on_sum = noise_on_sum(clipped_sum, 1.0, 1.5, np.random.default_rng(3))
+    central, _ = central_privatise(updates, weights, 1.0, 1.5, np.random.default_rng(3))
+
+    # Assert: the same release either way.
+    np.testing.assert_allclose(on_sum, central, rtol=0, atol=1e-12)
