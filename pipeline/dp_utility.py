@@ -27,9 +27,7 @@ import torch
 from learners.federated import FederatedDevice, update_all
 from learners.meta import MetaLearner
 from learners.nets import Params, init_params
-from metastream_edge.dp import capped_weights, central_privatise, clip_to_norm, local_privatise
 from pipeline.poison import Fleet, PoisonSetup, kshot_error
-from pipeline.privacy import gaussian_epsilon, noise_for_epsilon
 
 EPSILONS = (1.0, 4.0, 8.0)
 
@@ -38,6 +36,9 @@ def train_theta(
     setup: PoisonSetup, fleet: Fleet, mode: str, noise_multiplier: float, rng: np.random.Generator
 ) -> Params:
     """θ after ``rounds`` rounds of every honest device's (possibly privatised) update."""
+    # Imported here: building the CLI parser must not need the device package nor dp-accounting.
+    from metastream_edge.dp import capped_weights, central_privatise, clip_to_norm, local_privatise
+
     meta = MetaLearner(init_params(setup.cfg, setup.seed), setup.cfg.meta_lr, None, 0.0)
     devices = {d: FederatedDevice(setup.cfg) for d in fleet.honest}
     m = setup.cfg.adapt_after
@@ -76,11 +77,13 @@ def run_dp_utility(
 
     Examples
     --------
-    >>> setup = PoisonSetup(honest=6, attackers=0, held_out=3, rounds=2, query=20)
+    >>> setup = PoisonSetup(honest=4, attackers=0, held_out=2, rounds=2, query=20)
     >>> out = run_dp_utility(setup, epsilons=(8.0,), modes=("central",), seeds=1)
-    >>> sorted(out["error"]), out["epsilon_spent"]["8"] <= 8.0 + 1e-6
+    >>> sorted(out["error"]), out["epsilon_spent"]["8.0"] <= 8.0 + 1e-6
     (['central', 'clip', 'none', 'untrained'], True)
     """
+    from pipeline.privacy import gaussian_epsilon, noise_for_epsilon
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is faster on a busy machine
     try:
