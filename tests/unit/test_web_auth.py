@@ -44,3 +44,61 @@ def test_only_the_exact_token_in_the_header_or_cookie_is_authorised() -> None:
 def test_settings_hide_the_tokens_from_their_repr() -> None:
     text = repr(Settings(web_token="dash-secret", metrics_token="scrape-secret"))
     assert "dash-secret" not in text and "scrape-secret" not in text and "web_host='127.0.0.1'" in text
+
+
+class _Response:
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.status, self.headers, self.cookies = status, headers, {}
+
+    def set_cookie(self, name: str, value: str, **options: object) -> None:
+        self.cookies[name] = (value, options)
+
+
+class _View:
+    """The two response builders of faust's View that the guard uses."""
+
+    def text(self, body: str, status: int = 200, headers: dict[str, str] | None = None) -> _Response:
+        return _Response(status, headers or {})
+
+    def json(self, body: object, status: int = 200, headers: dict[str, str] | None = None) -> _Response:
+        return _Response(status, headers or {})
+
+
+class _Request:
+    def __init__(self, path: str, query: dict[str, str], headers: dict[str, str], cookies: dict[str, str]):
+        self.path, self.query, self.headers, self.cookies = path, query, headers, cookies
+
+
+def _call(handler: object, request: _Request) -> _Response:
+    import asyncio
+
+    return asyncio.run(handler(_View(), request))  # type: ignore[operator, arg-type, no-any-return]
+
+
+def test_the_guard_answers_401_redirects_a_query_token_once_and_passes_the_rest() -> None:
+    # Prepare: a metrics-like handler behind "m-tok", and a dashboard-like one that accepts ?token=.
+    from pipeline.web_auth import guard
+
+    async def ok(view: _View, request: _Request) -> _Response:
+        return _Response(200, {})
+
+    metrics = guard("m-tok", ok)  # type: ignore[arg-type]
+    dashboard = guard("d-tok", ok, accept_query=True)  # type: ignore[arg-type]
+    open_metrics = guard("", ok)  # type: ignore[arg-type]
+
+    # Execute
+    bare = _call(metrics, _Request("/metrics", {}, {}, {}))
+    bearer = _call(metrics, _Request("/metrics", {}, {"Authorization": "Bearer m-tok"}, {}))
+    other_token = _call(metrics, _Request("/metrics", {}, {"Authorization": "Bearer d-tok"}, {}))
+    query_on_metrics = _call(metrics, _Request("/metrics", {"token": "m-tok"}, {}, {}))
+    redirect = _call(dashboard, _Request("/dashboard", {"token": "d-tok"}, {}, {}))
+    anyone = _call(open_metrics, _Request("/metrics", {}, {}, {}))
+
+    # Assert
+    assert (bare.status, bare.headers["WWW-Authenticate"]) == (401, 'Bearer realm="metastream"')
+    assert bearer.status == 200 and other_token.status == 401
+    assert query_on_metrics.status == 401  # only the dashboard page takes ?token=
+    assert (redirect.status, redirect.headers) == (303, {"Location": "/dashboard"})
+    value, options = redirect.cookies[COOKIE]
+    assert value == "d-tok" and options == {"httponly": True, "samesite": "Strict", "path": "/"}
+    assert anyone.status == 200
