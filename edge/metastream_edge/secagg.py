@@ -640,7 +640,11 @@ class AggregatorRound:
         if len(self._got.unmask) < t:
             self._fail(f"unmask: {len(self._got.unmask)} answers; threshold {t}")
             return None
-        self.result = self._unmask()
+        try:
+            self.result = self._unmask()
+        except (ProtocolError, ValueError) as exc:  # bad shares: the round fails, with the reason
+            self._fail(f"unmask: {exc}")
+            return None
         self.phase = Phase.DONE
         return self.result
 

@@ -284,3 +284,36 @@ def test_every_message_survives_the_wire() -> None:
         decode(b'{"type": "nope", "round_id": "r"}')
     with pytest.raises(ProtocolError, match="not a secure-aggregation message"):
         decode(b"\xff")
+
+
+def test_a_wrong_key_share_fails_the_round_with_the_reason() -> None:
+    # Prepare: dev-02 drops after sharing; one survivor's answer carries a corrupted share of its key.
+    f = fleet(n=3, n_params=4, threshold=2, seed=5)
+    ids = sorted(f.devices)
+    for d in ids:
+        f.server.receive_advert(f.devices[d].advertise())
+    roster = f.server.step()
+    for d in ids:
+        f.server.receive_shares(d, f.devices[d].share_keys(roster))  # type: ignore[arg-type]
+    inbox = f.server.step()
+    assert isinstance(inbox, dict)
+    for d in ("dev-00", "dev-01"):
+        f.server.receive_masked(f.devices[d].masked_input(inbox[d], f.deltas[d], f.weights[d]))
+    f.clock.now += f.config.phase_timeout_s
+    request = f.server.step()
+    assert isinstance(request, UnmaskRequest) and request.dropped == ("dev-02",)
+    good = f.devices["dev-00"].unmask(request)
+    honest = f.devices["dev-01"].unmask(request)
+    index, share = honest.key_shares["dev-02"]
+    bad = replace(honest, key_shares={"dev-02": (index, bytes(len(share)))})
+
+    # Execute
+    f.server.receive_unmask(good)
+    f.server.receive_unmask(bad)
+    out = f.server.step()
+
+    # Assert
+    assert out is None and f.server.phase is Phase.FAILED
+    assert (
+        f.server.failure == "unmask: the shares of 'dev-02''s mask key do not rebuild the key it advertised"
+    )
