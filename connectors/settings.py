@@ -89,6 +89,17 @@ class Settings:
     """``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``; empty with a SASL protocol means ``PLAIN``."""
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
+    web_host: str = "127.0.0.1"
+    """Address the worker's web server (``--web-port``) binds to; ``0.0.0.0`` for every interface."""
+    web_token: str = field(default="", repr=False)
+    """Bearer token for ``/dashboard`` and ``/fleet.json``.
+
+    Empty: the first line of ``web_token_file``, else a random token the worker logs at start.
+    """
+    web_token_file: str = ""
+    """File whose first line is the dashboard token (e.g. a mounted secret)."""
+    metrics_token: str = field(default="", repr=False)
+    """Bearer token for ``/metrics``; empty: ``/metrics`` is open on ``web_host``."""
     learner: dict[str, Any] = field(default_factory=dict)
     """Extra :class:`LearnerConfig` fields (e.g. ``{"inner_steps": 10}``)."""
 

@@ -54,7 +54,7 @@ from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import MAX_DEAD_LETTER_BYTES
 from learners.codec import CodecError, decode_model
-from pipeline import dashboard, metrics
+from pipeline import dashboard, metrics, web_auth
 from pipeline.checkpoints import HeldMessages, newest_checkpoint, published_versions
 from pipeline.fleet_view import FleetView
 from pipeline.worker_core import AGGREGATOR_COUNTS, META_KEY, MetaAggregator, Outgoing, WorkerCore
@@ -309,6 +309,8 @@ def create_app(
         store="memory://",
         web_enabled=web_port is not None,
         web_port=web_port or 6066,
+        # Loopback unless configured: the pages show the whole fleet (pipeline/web_auth.py).
+        web_bind=settings.web_host,
         consumer_auto_offset_reset="earliest",
         producer_linger=tune.producer_linger_s,
         broker_max_poll_records=tune.max_poll_records,
@@ -495,8 +497,8 @@ def create_app(
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
     app.on_partitions_assigned.connect(cast(Any, on_assigned))
     if web_port is not None:
-        metrics.install(app, state)
-        dashboard.install(app, state)
+        metrics.install(app, state, token=settings.metrics_token)
+        dashboard.install(app, state, token=web_auth.resolve_token(settings))
     _ = (on_readings, on_deltas, follow_meta, checkpoint_changed)  # registered by the decorators
     return app
 

@@ -13,18 +13,21 @@ workers, open each one's page.
 
 from __future__ import annotations
 
+import logging
 import time
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from pipeline import metrics
+from pipeline import metrics, web_auth
 
 if TYPE_CHECKING:
     import faust
     from faust.web import Request, Response, View
 
     from pipeline.app import PipelineState
+
+log = logging.getLogger(__name__)
 
 TOP_DEVICES = 25
 """Devices listed on the dashboard (the worst by current error)."""
@@ -50,14 +53,24 @@ def fleet_json(state: PipelineState, now: float, top_n: int = TOP_DEVICES) -> di
     return {"worker_id": state.worker_id, "app_id": state.settings.app_id, **snapshot}
 
 
-def install(app: faust.App, state: PipelineState, top_n: int = TOP_DEVICES) -> None:
-    """Serve the dashboard page and its JSON feed on ``app``'s web server."""
+def install(app: faust.App, state: PipelineState, top_n: int = TOP_DEVICES, *, token: str) -> None:
+    """Serve the dashboard page and its JSON feed on ``app``'s web server, both behind ``token``.
 
-    @app.page("/dashboard")
+    ``/dashboard?token=TOKEN`` once sets a cookie (:mod:`pipeline.web_auth`);
+    the page's fetches of ``fleet.json`` carry it.
+    """
+    if not token:
+        raise ValueError("the dashboard needs a token (pipeline.web_auth.resolve_token gives one)")
+    log.warning(
+        "dashboard: open http://%s:%s/dashboard?token=%s (/dashboard and /fleet.json need the token)",
+        app.conf.web_bind,
+        app.conf.web_port,
+        token if not state.settings.web_token and not state.settings.web_token_file else "<configured token>",
+    )
+
     async def dashboard(self: View, request: Request) -> Response:
-        return self.html(page_html())
+        return self.html(page_html(), headers={"Cache-Control": "no-store"})
 
-    @app.page("/fleet.json")
     async def fleet(self: View, request: Request) -> Response:
         body = fleet_json(state, time.time(), top_n)
         try:
@@ -67,4 +80,5 @@ def install(app: faust.App, state: PipelineState, top_n: int = TOP_DEVICES) -> N
             body["lag"] = None
         return self.json(body, headers={"Cache-Control": "no-store"})
 
-    _ = (dashboard, fleet)  # registered on the app by the decorators
+    app.page("/dashboard")(web_auth.guard(token, dashboard, accept_query=True))
+    app.page("/fleet.json")(web_auth.guard(token, fleet))

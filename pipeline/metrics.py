@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline import web_auth
 from pipeline.fleet_view import FleetView, Histogram, fleet_error_summary, worst_devices
 
 if TYPE_CHECKING:
@@ -283,17 +284,24 @@ async def read(app: faust.App, state: PipelineState) -> MetricsReading:
     )
 
 
-def install(app: faust.App, state: PipelineState, top_n: int = TOP_N, sample_every_s: float = 1.0) -> None:
-    """Serve ``/metrics`` on ``app``'s web server and sample the fleet view every ``sample_every_s``."""
+def install(
+    app: faust.App, state: PipelineState, top_n: int = TOP_N, sample_every_s: float = 1.0, *, token: str = ""
+) -> None:
+    """Serve ``/metrics`` on ``app``'s web server and sample the fleet view every ``sample_every_s``.
 
-    @app.page("/metrics")
+    With a ``token``, a scrape needs ``Authorization: Bearer TOKEN``
+    (Prometheus: ``authorization: {credentials: TOKEN}``); without, it is open.
+    """
+
     async def metrics(self: View, request: Request) -> Response:
         body = render(await read(app, state), top_n)
         return self.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.page("/metrics")(web_auth.guard(token, metrics))
 
     @app.timer(sample_every_s)
     async def sample_fleet() -> None:
         """Readings counter and per-device errors into the view (readings/s, error curves)."""
         state.view.sample(time.time(), state.core.stats()["readings"], state.core.device_errors())
 
-    _ = (metrics, sample_fleet)  # registered on the app by the decorators
+    _ = sample_fleet  # registered on the app by the decorator

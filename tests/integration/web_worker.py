@@ -24,6 +24,8 @@ from learners.synthetic import FleetStream
 from pipeline.demo import running_worker, scratch_settings
 from tests.integration.test_worker import BAD_MESSAGES, N_FEATURES, PER_MESSAGE, fleet, produce
 
+WEB_TOKEN = "dashboard-test-token"
+
 
 @dataclass
 class FedWorker:
@@ -41,9 +43,15 @@ class FedWorker:
         """Reading messages produced: gateway messages plus the bad ones."""
         return -(-len(self.stream) // PER_MESSAGE) + len(BAD_MESSAGES)
 
+    @property
+    def token(self) -> str:
+        """The dashboard's bearer token (``Settings.web_token``)."""
+        return self.settings.web_token
+
     def get(self, path: str) -> bytes:
-        """GET ``path`` from the worker's web server."""
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        """GET ``path`` from the worker's web server, with the dashboard token."""
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
             return bytes(response.read())
 
     def fleet(self) -> dict[str, Any]:
@@ -77,7 +85,9 @@ def wait_until(check: Callable[[], bool], timeout: float, describe: Callable[[],
 def fed_worker(broker: ApacheKafkaBroker, work: Path) -> Iterator[FedWorker]:
     """Start a worker with ``--web-port``, produce the fleet, wait until all of it is processed."""
     base = scratch_settings(broker.bootstrap, work, "web", partitions=2)
-    settings = dataclasses.replace(base, n_features=N_FEATURES, micro_batch=200, batch_window_s=0.05)
+    settings = dataclasses.replace(
+        base, n_features=N_FEATURES, micro_batch=200, batch_window_s=0.05, web_token=WEB_TOKEN
+    )
     port = free_port()
     with running_worker(settings, work, "--web-port", str(port)):
         w = FedWorker(settings, f"http://127.0.0.1:{port}", fleet(), work)
