@@ -181,7 +181,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "strategies on a data set: prequential error, recovery, k-shot on held-out devices",
     ),
     "poison": ("pipeline.poison", "poisoned federated updates vs robust aggregation (no broker)"),
-    "dp-utility": ("pipeline.dp_utility", "k-shot error of θ trained under differential privacy (no broker)"),
+    "dp-utility": ("pipeline.dp_utility", "k-shot error under differential privacy vs none (no broker)"),
     "soak": (
         "pipeline.soak",
         "sustained paced load on one worker for minutes: memory (RSS) and consumer lag",

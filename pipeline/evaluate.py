@@ -80,7 +80,14 @@ def add_cli(subparsers: Any) -> None:
         "--seeds",
         metavar="S,S,…",
         help="run under each learner seed (same devices, data and episodes: those of --seed) and compare "
-        "reptile with every other strategy, paired over seeds and episodes (learners.compare)",
+        "the --reference strategy with every other one: k-shot paired over seeds and episodes, "
+        "prequential error paired over seeds and training devices (learners.compare)",
+    )
+    p.add_argument(
+        "--reference",
+        default="reptile",
+        metavar="STRATEGY",
+        help="the strategy --seeds compares with every other one (default reptile)",
     )
     p.add_argument("--report", metavar="DIR", help="write DIR/index.html, DIR/*.png and DIR/results.json")
     p.add_argument("--json", action="store_true", help="one JSON object per strategy (or detector) per line")
@@ -120,8 +127,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             from learners.compare import format_comparison
 
             seeds = ",".join(str(s) for s in results["seeds"])
-            print(f"\nk-shot error, reptile minus baseline, over seeds {seeds} (negative: reptile better)")
+            ref = results["reference"]
+            print(f"\nk-shot error, {ref} minus baseline, over seeds {seeds} (negative: {ref} better)")
             print(format_comparison(results["comparison"]))
+            print(f"\nprequential error per training device, {ref} minus baseline, over seeds {seeds}")
+            print(format_comparison(results["prequential_comparison"]))
         if "detectors" in results:
             print(format_detectors(results["detectors"]))
     if args.report:
@@ -146,6 +156,7 @@ def evaluate_seeds(
     from learners.compare import compare
 
     errors: dict[str, list[np.ndarray]] = {}
+    preq: dict[str, list[np.ndarray]] = {}
     per_seed: list[list[dict[str, Any]]] = []
     first: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
     for s in seeds:
@@ -154,14 +165,34 @@ def evaluate_seeds(
         per_seed.append(out[2]["strategies"])
         for name, run in out[1].items():
             errors.setdefault(name, []).append(run.curve.per_episode)
+            preq.setdefault(name, []).append(per_device_errors(out[0].device_ids, run.train_rows, run.errors))
     assert first is not None, "no seeds"
     data, runs, results = first
-    results = {**results, "seeds": list(seeds), "per_seed": per_seed}
-    if "reptile" in errors:
-        results["comparison"] = compare(errors, results["ks"], "reptile", seed=split_seed)
+    ref = args.reference
+    results = {**results, "seeds": list(seeds), "per_seed": per_seed, "reference": ref}
+    if ref in errors:
+        results["comparison"] = compare(errors, results["ks"], ref, seed=split_seed)
+        # One "k" column, 0: each training device's mean prequential error, paired by device.
+        results["prequential_comparison"] = compare(preq, [0], ref, seed=split_seed)
         if args.json:
             print(json.dumps({"comparison": results["comparison"]}), flush=True)
+            print(json.dumps({"prequential_comparison": results["prequential_comparison"]}), flush=True)
     return data, runs, results
+
+
+def per_device_errors(device_ids: Sequence[str], rows: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    """Mean prequential error of each device of ``rows`` (sorted by id), as a ``[devices, 1]`` matrix.
+
+    Examples
+    --------
+    >>> per_device_errors(["b", "a", "b", "c"], np.array([0, 1, 2]), np.array([1.0, 4.0, 3.0]))
+    array([[4.],
+           [2.]])
+    """
+    ids = np.asarray(device_ids)[rows]
+    names, inverse = np.unique(ids, return_inverse=True)
+    sums = np.bincount(inverse, weights=errors, minlength=len(names))
+    return (sums / np.bincount(inverse, minlength=len(names))).reshape(-1, 1)
 
 
 def evaluate_dataset(

@@ -291,6 +291,9 @@ def render_html(results: dict[str, Any], images: Sequence[tuple[str, Path]]) -> 
         parts.append(_paired_table(results["strategies"]))
         if results.get("comparison"):
             parts.append(_comparison_table(results["comparison"], results["seeds"]))
+        if results.get("prequential_comparison"):
+            preq = results["prequential_comparison"]
+            parts.append(_comparison_table(preq, results["seeds"], "prequential"))
         cfg = ", ".join(f"{k}={v}" for k, v in results["config"].items())
         parts.append(f"<p class='note'>Learner settings: {html.escape(cfg)}</p>")
         if results.get("overrides"):
@@ -360,7 +363,7 @@ def _paired_table(rows: Sequence[dict[str, Any]], reference: str = "reptile") ->
     )
 
 
-def _comparison_table(rows: Sequence[dict[str, Any]], seeds: Sequence[int]) -> str:
+def _comparison_table(rows: Sequence[dict[str, Any]], seeds: Sequence[int], what: str = "k-shot") -> str:
     head = ["baseline", "k", "reference error", "baseline error", "difference", "95% CI", "verdict"]
     table = [
         [
@@ -376,11 +379,17 @@ def _comparison_table(rows: Sequence[dict[str, Any]], seeds: Sequence[int]) -> s
     ]
     reference = rows[0]["reference"]
     return (
-        f"<h3>{reference} minus each baseline over seeds {', '.join(map(str, seeds))}</h3>"
+        f"<h3>{what}: {reference} minus each baseline over seeds {', '.join(map(str, seeds))}</h3>"
         + _table(head, table)
-        + f"<p class='note'>k-shot error of {reference} minus the baseline's on the same episodes, "
-        "averaged over seeds and episodes; negative: "
-        f"{reference} is better. 95% interval: bootstrap resampling seeds and episodes (learners.compare). "
+        + (
+            f"<p class='note'>k-shot error of {reference} minus the baseline's on the same episodes, "
+            "averaged over seeds and episodes; negative: "
+            if what == "k-shot"
+            else "<p class='note'>Each training device's mean prequential error (k column 0) under "
+            f"{reference} minus the baseline's, averaged over seeds and devices; negative: "
+        )
+        + f"{reference} is better. 95% interval: bootstrap resampling seeds and episodes or devices "
+        "(learners.compare). "
         "ahead / behind: the interval excludes 0; tie: it does not. Figures and the tables above: "
         f"seed {seeds[0]}.</p>"
     )
