@@ -37,6 +37,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/metastream bench --e2e
+	$(BIN)/metastream bench --edge
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
