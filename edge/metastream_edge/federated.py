@@ -27,6 +27,42 @@ from metastream_edge.signing import Signer, Verifier
 from metastream_edge.subscriber import EdgeSubscriber, Topics
 
 
+def contribution_payload(
+    device_id: str, device: OnDeviceLearner, signer: Signer | None = None
+) -> bytes | None:
+    """The device's next deltas message (``φ − θ`` and its reading count), sealed if it has a key.
+
+    ``None`` while the device has no θ or too few new readings (see
+    :meth:`~metastream_edge.learner.OnDeviceLearner.contribution`).
+
+    Examples
+    --------
+    >>> from metastream_edge.codec import decode_deltas
+    >>> cfg = EdgeConfig(n_features=1, hidden=(2,), adapt_after=4, buffer_size=4)
+    >>> device = OnDeviceLearner(cfg)
+    >>> device.set_theta({"0.weight": np.ones((2, 1)), "0.bias": np.zeros(2),
+    ...                   "2.weight": np.ones((1, 2)), "2.bias": np.zeros(1)}, version=3)
+    >>> contribution_payload("dev-1", device) is None   # no readings yet
+    True
+    >>> _ = device.observe(np.arange(6.0)[:, None], np.arange(6.0))
+    >>> deltas, weights, header = decode_deltas(contribution_payload("dev-1", device))
+    >>> deltas.shape, weights.tolist(), header.source, header.base_meta_version
+    ((1, 7), [6.0], 'edge:dev-1', 3)
+    """
+    if device.theta is None or device.theta_version is None:
+        return None
+    update = device.contribution()
+    if update is None:
+        return None
+    delta, n = update
+    payload = encode_deltas(
+        delta[None, :],
+        np.array([float(n)]),
+        DeltaHeader(f"edge:{device_id}", device.theta_version, delta.size),
+    )
+    return payload if signer is None else signer.seal(payload)
+
+
 class FederatedClient:
     """One federated device: local readings in, deltas out, θ followed.
 
@@ -106,19 +142,9 @@ class FederatedClient:
             else:
                 self.device.learn(x, y)
         self.refresh(poll_ms)
-        if self.device.theta is None or self.device.theta_version is None:
+        payload = contribution_payload(self.device_id, self.device, self.signer)
+        if payload is None:
             return False
-        update = self.device.contribution()
-        if update is None:
-            return False
-        delta, n = update
-        payload = encode_deltas(
-            delta[None, :],
-            np.array([float(n)]),
-            DeltaHeader(f"edge:{self.device_id}", self.device.theta_version, delta.size),
-        )
-        if self.signer is not None:
-            payload = self.signer.seal(payload)
         self.producer.send(self.topics.deltas, key=self.device_id.encode(), value=payload).get(timeout=30)
         self.sent += 1
         return True

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from metastream_edge.codec import NORM_KEYS, Arrays, ModelHeader, decode_model
-from metastream_edge.mlp import forward, point_predictions
+from metastream_edge.mlp import layer_names, point_predictions
 
 
 class EdgeModel:
@@ -38,6 +38,11 @@ class EdgeModel:
         self.x_mean, self.x_std, self.y_mean, self.y_std = (
             np.asarray(arrays[k], np.float64) for k in NORM_KEYS
         )
+        # Transposed weights, in layer order, once: prediction is a few small matrix products.
+        names = layer_names(self.params)
+        self._layers = [
+            (np.ascontiguousarray(self.params[f"{n}.weight"].T), self.params[f"{n}.bias"]) for n in names
+        ]
 
     @classmethod
     def from_payload(cls, payload: bytes) -> EdgeModel:
@@ -50,8 +55,13 @@ class EdgeModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions for raw readings ``[n, n_features]`` (class index for classification)."""
-        xs = ((np.atleast_2d(x) - self.x_mean) / self.x_std).astype(np.float32)
-        pred = point_predictions(self.header.task, forward(self.params, xs)).astype(np.float64)
+        h = ((np.atleast_2d(x) - self.x_mean) / self.x_std).astype(np.float32)
+        last = len(self._layers) - 1
+        for i, (w_t, b) in enumerate(self._layers):
+            h = h @ w_t + b
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        pred = point_predictions(self.header.task, h).astype(np.float64)
         if self.header.task == "regression":
             return pred * self.y_std[0] + self.y_mean[0]
         return pred
