@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from connectors.brokers import ApacheKafkaBroker
@@ -88,3 +90,46 @@ def test_a_device_without_torch_verifies_predicts_adapts_and_moves_theta(
     assert seen["fed_sent"] == 1 and seen["theta_after"] > seen["theta_before"]
     assert seen["heavy_modules"] == []
     print(json.dumps(seen))  # the figures, for `pytest -s`
+
+
+def test_the_edge_command_prints_a_summary_on_sigterm(
+    kafka_broker: ApacheKafkaBroker, tmp_path: Path, edge_python: Path
+) -> None:
+    # Prepare: one signed model on the models topic, and one of another device under this key
+    from kafka import KafkaProducer
+
+    from connectors.admin import ensure_topics
+    from connectors.signing import Signer
+    from learners import LearnerConfig
+    from learners.fleet import FleetLearner
+
+    settings = scratch_settings(kafka_broker.bootstrap, tmp_path, "edgecli", partitions=1)
+    ensure_topics(settings)
+    signer = Signer.from_file(tmp_path / "worker.key.pem")
+    fleet = FleetLearner(LearnerConfig(n_features=2))
+    for d in ("dev-1", "dev-2"):
+        fleet.learn_predict([d, d], np.ones((2, 2)), np.array([1.0, 2.0]))
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap)
+    for payload in (fleet.export("dev-1", 2), fleet.export("dev-2", 3)):
+        producer.send(settings.topic_models, key=b"dev-1", value=signer.seal(payload)).get(timeout=30)
+    producer.close()
+    prefix = settings.topic_models.removesuffix(".models")
+    cli = edge_python.with_name("metastream-edge")
+    # Execute: follow until both decisions are printed, then SIGTERM (as systemd stops it)
+    proc = subprocess.Popen(
+        [str(cli), "--broker", f"kafka://{settings.bootstrap}", "--device", "dev-1",
+         "--trusted-key", str(tmp_path / "worker.pub.pem"), "--topic-prefix", prefix],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline().strip() for _ in range(2)]
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    # Assert
+    assert proc.returncode == 0
+    assert [*lines, *rest.splitlines()] == [
+        "dev-1 v2 accepted",
+        "dev-1 v3 refused wrong_device (a model of dev-2)",
+        "stopped by SIGTERM: accepted 1, refused 1 (wrong_device 1); running dev-1 v2, θ -",
+        "running versions: dev-1 v2",
+    ]
