@@ -22,8 +22,6 @@ from metastream_edge.codec import (
     DeltaHeader,
     ModelHeader,
 )
-from metastream_edge.codec import header_digest as _header_digest
-from metastream_edge.codec import read_metadata as _metadata
 
 __all__ = [
     "NORM_KEYS",
@@ -40,7 +38,9 @@ __all__ = [
     "tensor_digest",
 ]
 
-_ = (_header_digest, _metadata)  # re-exported for learners.checkpoint
+# learners.checkpoint seals its payloads the same way.
+_header_digest = _np.header_digest
+_metadata = _np.read_metadata
 
 
 def header_config(header: ModelHeader) -> LearnerConfig:

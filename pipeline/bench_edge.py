@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,11 +46,13 @@ def build_edge_venv(work: Path) -> Path:
     """``pip wheel --no-deps ./edge`` and a fresh venv with only that wheel (and its deps); its python."""
     if not (EDGE_SOURCE / "pyproject.toml").exists():
         raise FileNotFoundError(f"{EDGE_SOURCE}/pyproject.toml not found: run from a clone of metastream")
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
+    source = work / "edge-src"
+    shutil.copytree(EDGE_SOURCE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     cache = ["--cache-dir", str(PIP_CACHE)]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--quiet", *cache, "-w", str(work / "dist"), str(EDGE_SOURCE)],
-        check=True,
+        [*pip, "wheel", "--no-deps", "--quiet", *cache, "-w", str(work / "dist"), str(source)], check=True
     )
     (wheel,) = (work / "dist").glob("metastream_edge-*.whl")
     venv.EnvBuilder(with_pip=True).create(work / "venv")
