@@ -206,8 +206,9 @@ class OnDeviceLearner:
         Returns the standardised inputs and targets and the predictions made
         before the step (standardised units).
         """
+        weights = self._weights()  # before observing: no weights, nothing changes
         xs, ys = self.observe(x, y)
-        self.params, out = online_step(self.cfg.task, self._weights(), xs, ys, self.cfg.online_lr)
+        self.params, out = online_step(self.cfg.task, weights, xs, ys, self.cfg.online_lr)
         return xs, ys, point_predictions(self.cfg.task, out).astype(np.float64)
 
     def learn(self, x: np.ndarray, y: np.ndarray) -> LearnStep:
