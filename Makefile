@@ -8,10 +8,10 @@ export PIP_CACHE_DIR ?= $(HOME)/.cache/metastream/pip
 
 .PHONY: install datasets chromium demo test test-fast bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml edge/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --progress-bar off -e '.[dev,report]'
+	$(BIN)/pip install --progress-bar off -e ./edge -e '.[dev,report]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +37,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/metastream bench --e2e
+	$(BIN)/metastream bench --edge
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

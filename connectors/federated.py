@@ -1,9 +1,11 @@
 """Federated mode on the wire: an edge device that sends only φ − θ.
 
-The device follows θ on the meta topic (verified like any model), adapts
-it on its own readings with :class:`learners.federated.FederatedDevice`, and
-sends the change with its sample count to the deltas topic, where the meta
-agent aggregates it with the same Reptile code as workers' contributions.
+The device side is :class:`metastream_edge.federated.FederatedClient` (numpy,
+no torch); this module configures it from the worker's
+:class:`~connectors.settings.Settings`.  The device follows θ on the meta
+topic (verified like any model), learns on its own readings, and sends the
+change with its sample count to the deltas topic, where the meta agent
+aggregates it with the same Reptile code as workers' contributions.
 Each contribution is signed with the device's own key (``Signer.seal``; the
 wire format is in :mod:`connectors.contributions`); the meta agent applies it
 only if the device's public key is in its ``device_keys`` directory as
@@ -13,20 +15,36 @@ only if the device's public key is in its ``device_keys`` directory as
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
-import torch
-from kafka import KafkaProducer
 
-from connectors.edge import EdgeSubscriber
+from connectors.edge import EdgeSubscriber, topics_of
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import Reading
-from learners.codec import DeltaHeader, encode_deltas
-from learners.federated import FederatedDevice
+from metastream_edge.federated import FederatedClient
+from metastream_edge.learner import EdgeConfig
 
 
-class FederatedEdgeClient:
+def edge_config(settings: Settings) -> EdgeConfig:
+    """The device's learning settings from the fleet's (same model family, steps and buffer)."""
+    cfg = settings.learner_config()
+    return EdgeConfig(
+        n_features=cfg.n_features,
+        task=cfg.task,
+        n_classes=cfg.n_classes,
+        hidden=tuple(cfg.hidden),
+        online_lr=cfg.online_lr,
+        inner_lr=cfg.inner_lr,
+        inner_steps=cfg.inner_steps,
+        buffer_size=cfg.buffer_size,
+        adapt_after=cfg.adapt_after,
+        cooldown=cfg.cooldown,
+    )
+
+
+class FederatedEdgeClient(FederatedClient):
     """One federated device: local readings in, deltas out, θ followed.
 
     Parameters
@@ -37,57 +55,49 @@ class FederatedEdgeClient:
         This device.
     verifier
         Keys trusted for θ.
-    signer
-        This device's own key: signs every contribution (its public half goes
+    signer, signing_key
+        This device's own key, as a :class:`Signer` or the path of its PEM
+        private key: every contribution is sealed with it (its public half goes
         into the meta agent's ``device_keys`` directory as ``<device_id>.pem``).
+        The meta agent refuses unsigned contributions.
+    state_path
+        Where the device's learning state is saved atomically and resumed from.
     """
 
     def __init__(
-        self, settings: Settings, device_id: str, verifier: Verifier | None = None, *, signer: Signer
+        self,
+        settings: Settings,
+        device_id: str,
+        verifier: Verifier | None = None,
+        signing_key: str | Path | None = None,
+        state_path: str | Path | None = None,
+        *,
+        signer: Signer | None = None,
     ) -> None:
+        if signer is None and signing_key is not None:
+            signer = Signer.from_file(signing_key)
         self.settings = settings
-        self.device_id = device_id
-        self.signer = signer
-        self.device = FederatedDevice(settings.learner_config())
-        self.subscriber = EdgeSubscriber(settings, [device_id], verifier, follow_meta=True)
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap, acks="all", **settings.kafka_python_security()
+        subscriber = EdgeSubscriber(settings, [device_id], verifier, follow_meta=True)
+        super().__init__(
+            settings.bootstrap,
+            device_id,
+            subscriber.state.verifier,
+            edge_config(settings),
+            topics_of(settings),
+            signer=signer,
+            state_path=state_path,
+            security=settings.kafka_python_security(),
+            client_id=f"{settings.app_id}-edge",
+            subscriber=subscriber,
         )
-        self.sent = 0
 
-    def step(self, readings: Iterable[Reading], poll_ms: int = 200) -> bool:
+    def step(  # type: ignore[override]  # takes wire readings, not arrays
+        self, readings: Iterable[Reading] = (), poll_ms: int = 200
+    ) -> bool:
         """Take new local readings, refresh θ, and send a delta when there is one to send."""
         batch = list(readings)
-        if batch:
-            self.device.observe(np.array([r.x for r in batch]), np.array([r.y for r in batch]))
-        self.subscriber.poll_once(poll_ms)
-        theta = self.subscriber.state.theta
-        if theta is None:
-            return False
-        params, header = theta
-        update = self.device.update(params)
-        if update is None:
-            return False
-        delta, n = update
-        payload = encode_deltas(
-            delta.unsqueeze(0),
-            torch.tensor([float(n)]),
-            DeltaHeader(f"edge:{self.device_id}", header.model_version, delta.numel()),
-        )
-        signed = self.signer.seal(payload)
-        self.producer.send(self.settings.topic_deltas, key=self.device_id.encode(), value=signed).get(
-            timeout=30
-        )
-        self.sent += 1
-        return True
-
-    @property
-    def theta_version(self) -> int | None:
-        """Version of the θ this device last saw."""
-        theta = self.subscriber.state.theta
-        return None if theta is None else theta[1].model_version
-
-    def close(self) -> None:
-        """Flush and close the Kafka clients."""
-        self.producer.close()
-        self.subscriber.close()
+        if not batch:
+            return super().step(poll_ms=poll_ms)
+        x = np.array([r.x for r in batch], dtype=np.float64)
+        y = np.array([r.y for r in batch], dtype=np.float64)
+        return super().step(x, y, poll_ms)

@@ -169,6 +169,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.edge:
+        from pipeline.bench_edge import run_edge_bench
+
+        return run_edge_bench(args)
     from pipeline.bench_core import run_core_bench
 
     return run_core_bench(args)
@@ -283,6 +287,9 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
         help="rounds of every core bench in turn; medians are reported (default 3)",
     )
     p.add_argument("--e2e", action="store_true", help="also the end-to-end figures on Apache Kafka")
+    p.add_argument(
+        "--edge", action="store_true", help="only the device package's figures (own venv, no torch)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -53,30 +54,43 @@ def test_image_installs_the_project_with_the_makefile_extras_minus_dev() -> None
     make_targets = make_install_targets()
     docker_targets = [t for (run,) in instructions("RUN") for t in pip_install_targets(run)]
     # Execute
-    make_project = [split_extras(t) for t in make_targets if t.startswith(".")]
-    docker_project = [split_extras(t) for t in docker_targets]
-    # Assert: the Makefile's only other install is pip itself
+    make_project = dict(split_extras(t) for t in make_targets if t.startswith("."))
+    docker_project = dict(split_extras(t) for t in docker_targets)
+    # Assert: the Makefile's only other install is pip itself; both install the edge package and the project
     assert [t for t in make_targets if not t.startswith(".")] == ["pip"]
-    assert len(make_project) == 1 and len(docker_project) == 1
-    (make_path, make_extras), (docker_path, docker_extras) = make_project[0], docker_project[0]
-    assert make_path == docker_path == "."
-    assert docker_extras == make_extras - {"dev"} == {"report"}
-    assert docker_extras <= set(PYPROJECT["project"]["optional-dependencies"])
+    assert set(make_project) == set(docker_project) == {"./edge", "."}
+    assert make_project["./edge"] == docker_project["./edge"] == set()
+    assert docker_project["."] == make_project["."] - {"dev"} == {"report"}
+    assert docker_project["."] <= set(PYPROJECT["project"]["optional-dependencies"])
+
+
+def test_the_project_depends_on_the_edge_package_it_installs_beside_it() -> None:
+    # Prepare
+    edge = tomllib.loads((ROOT / "edge" / "pyproject.toml").read_text())
+    # Execute
+    names = [re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0] for d in PYPROJECT["project"]["dependencies"]]
+    # Assert: one implementation of the device side, and setuptools does not pack edge/ into the worker
+    assert edge["project"]["name"] in names
+    assert "edge*" in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["exclude"]
+    assert not {"torch", "faust-streaming", "river"} & {
+        re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0] for d in edge["project"]["dependencies"]
+    }
 
 
 def test_readme_installs_what_the_makefile_installs() -> None:
     # Prepare
     readme = (ROOT / "README.md").read_text()
     # Execute
-    (project,) = [t for t in make_install_targets() if t.startswith(".")]
+    projects = [t for t in make_install_targets() if t.startswith(".")]
     # Assert
-    assert f"pip install -e '{project}'" in readme
+    assert f"pip install -e {projects[0]} -e '{projects[1]}'" in readme
 
 
 def test_image_copies_every_package_and_the_files_the_build_reads() -> None:
     # Prepare
     copied = {src.rstrip("/") for args in instructions("COPY") for src in args[:-1]}
     packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages.add("edge")  # the device package the project depends on
     # Execute
     missing = ({"pyproject.toml", PYPROJECT["project"]["readme"]} | packages) - copied
     # Assert

@@ -132,6 +132,7 @@ def test_genuine_model_of_another_device_under_this_key_is_refused(signer: Signe
     decision = state.offer("dev-1", other)
     # Assert
     assert (decision.reason, decision.version) == ("wrong_device", 7)
+    assert str(decision) == "dev-1 v7 refused wrong_device (a model of dev-2)"
     assert state.model("dev-1") is None
 
 
