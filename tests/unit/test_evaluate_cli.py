@@ -178,7 +178,7 @@ def test_seeds_score_the_same_episodes_and_compare_reptile(
     assert lines[0]["kshot"] != lines[2]["kshot"]  # the learner seed matters …
     assert lines[0]["kshot_episodes"] == lines[2]["kshot_episodes"]  # … the episodes do not change
     (comparison,) = (line["comparison"] for line in lines[4:] if "comparison" in line)
-    (prequential,) = (line["prequential_comparison"] for line in lines[4:] if "prequential_comparison" in line)
+    (prequential,) = (p["prequential_comparison"] for p in lines[4:] if "prequential_comparison" in p)
     assert [(c["baseline"], c["k"], c["seeds"]) for c in prequential] == [("global", 0, 2)]
     assert prequential[0]["episodes"] == lines[0]["devices"]  # paired over the training devices
     assert [(c["baseline"], c["k"], c["seeds"]) for c in comparison] == [("global", 5, 2), ("global", 10, 2)]
