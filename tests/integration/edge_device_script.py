@@ -23,7 +23,7 @@ def main(config_path: str) -> dict[str, Any]:
     from metastream_edge.federated import FederatedClient
     from metastream_edge.learner import EdgeConfig, OnDeviceLearner
     from metastream_edge.persist import load_state, save_state
-    from metastream_edge.signing import Verifier
+    from metastream_edge.signing import Signer, Verifier
     from metastream_edge.state import META_KEY
     from metastream_edge.subscriber import EdgeSubscriber, Topics
 
@@ -71,7 +71,13 @@ def main(config_path: str) -> dict[str, Any]:
 
     # 3. Federated: readings stay here; φ − θ goes to the deltas topic and θ moves.
     fed = FederatedClient(
-        c["bootstrap"], c["fed_device"], verifier, cfg, topics, state_path=Path(c["work"]) / "fed.state"
+        c["bootstrap"],
+        c["fed_device"],
+        verifier,
+        cfg,
+        topics,
+        signer=Signer.from_file(c["fed_key"]),
+        state_path=Path(c["work"]) / "fed.state",
     )
     with fed:
         deadline = time.monotonic() + 60

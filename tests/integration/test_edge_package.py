@@ -3,6 +3,7 @@ against a real Apache Kafka broker and a real worker."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from connectors.brokers import ApacheKafkaBroker
 from connectors.producer import SensorProducer
+from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
 from pipeline.bench_edge import build_edge_venv
@@ -49,6 +51,11 @@ def test_a_device_without_torch_verifies_predicts_adapts_and_moves_theta(
 ) -> None:
     # Prepare: a worker, and readings of one device so that the worker publishes its model
     settings = scratch_settings(kafka_broker.bootstrap, tmp_path, "edgepkg", partitions=1)
+    # The federated device signs its deltas with its own key, which the meta agent allows.
+    allowed = tmp_path / "device-keys"
+    allowed.mkdir()
+    Signer.generate().save(tmp_path / "fed-0000.key.pem", allowed / "fed-0000.pem")
+    settings = dataclasses.replace(settings, device_keys=str(allowed))
     stream = make_fleet_stream(
         n_devices=1, n_readings=60, n_features=settings.n_features, late_joiners=0.0, seed=3
     )
@@ -62,6 +69,7 @@ def test_a_device_without_torch_verifies_predicts_adapts_and_moves_theta(
         "n_features": settings.n_features,
         "device": device,
         "fed_device": "fed-0000",
+        "fed_key": str(tmp_path / "fed-0000.key.pem"),
         "work": str(tmp_path),
     }
     (tmp_path / "device.json").write_text(json.dumps(config))
@@ -99,7 +107,6 @@ def test_the_edge_command_prints_a_summary_on_sigterm(
     from kafka import KafkaProducer
 
     from connectors.admin import ensure_topics
-    from connectors.signing import Signer
     from learners import LearnerConfig
     from learners.fleet import FleetLearner
 
