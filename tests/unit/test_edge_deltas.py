@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from connectors.contributions import DeviceKeys
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from learners.codec import decode_deltas
@@ -39,14 +42,17 @@ def test_sealed_deltas_open_with_the_device_key_only() -> None:
         Verifier([Signer.generate().public_key]).open(sealed)
 
 
-def test_the_meta_agent_moves_theta_by_the_devices_delta() -> None:
-    # Prepare: the agent's θ is the device's θ (v0)
+def test_the_meta_agent_moves_theta_by_the_devices_delta(tmp_path: Path) -> None:
+    # Prepare: the agent's θ is the device's θ (v0); the device's key is on the agent's allow-list
     settings = Settings(n_features=2)
-    agent = MetaAggregator(settings, Signer.generate())
+    key = Signer.generate()
+    (tmp_path / "allowed").mkdir()
+    key.save(tmp_path / "dev-1.key.pem", tmp_path / "allowed" / "dev-1.pem")
+    agent = MetaAggregator(settings, Signer.generate(), device_keys=DeviceKeys(tmp_path / "allowed"))
     before = flatten(agent.meta.theta).clone()
-    payload = contribution_payload("dev-1", device_with_readings())
+    payload = contribution_payload("dev-1", device_with_readings(), key)
     assert payload is not None
-    deltas, _, _ = decode_deltas(payload)
+    deltas, _, _ = decode_deltas(Verifier([key.public_key]).open(payload))
     # Execute
     agent.on_delta(payload)
     # Assert: θ moved by ε · (φ − θ), parameter for parameter (same order on both sides)
