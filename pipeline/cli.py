@@ -230,7 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     broker_cli.add_cli(sub)
     producer.add_cli(sub)
     edge.add_cli(sub)
+    _add_device_commands(sub)
     return parser
+
+
+def _add_device_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Devices that speak MQTT or run ONNX: ``mqtt-bridge`` and ``export``."""
+    from pipeline import export_onnx, mqtt_bridge
+
+    mqtt_bridge.add_cli(sub)
+    export_onnx.add_cli(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
