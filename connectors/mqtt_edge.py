@@ -243,10 +243,13 @@ class MqttEdge:
         Several readings travel as one gateway batch.  Raises :class:`TimeoutError`
         if the broker did not acknowledge in time (then publish them again).
         """
-        if not readings:
-            return
-        topic = device_topic(self.prefix, readings[0].device_id, "readings")
-        info = self._client.publish(topic, encode_readings(readings), qos=QOS)
+        if readings:
+            self.publish_payload(readings[0].device_id, encode_readings(readings), timeout_s)
+
+    def publish_payload(self, device_id: str, payload: bytes, timeout_s: float = 30.0) -> None:
+        """Publish an encoded reading message (QoS 1) on ``<prefix>/<device_id>/readings``."""
+        topic = device_topic(self.prefix, device_id, "readings")
+        info = self._client.publish(topic, payload, qos=QOS)
         info.wait_for_publish(timeout_s)
         if not info.is_published():
             raise TimeoutError(f"the MQTT broker did not acknowledge {topic} in {timeout_s:g} s")
