@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 
+from connectors.admin import admin_client, ensure_topics
 from connectors.brokers import ApacheKafkaBroker
 from connectors.mqtt_edge import MqttEdge
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import DeadLetter, Reading
+from connectors.wire import DeadLetter, Reading, encode_readings
 from learners.edge_model import EdgeModel
 from learners.synthetic import make_fleet_stream
 from tests.integration.mosquitto import MosquittoBroker
@@ -207,3 +209,53 @@ def test_mqtt_devices_learn_get_retained_models_and_bad_payloads_are_dead_letter
     assert final["final"] and final["stats"]["mqtt_messages"] == final["stats"]["acked"] == n_messages
     assert final["stats"]["dead_letters"] == len(BAD)
     assert final["stats"]["models_published"] >= len(set(stream.device_ids))
+
+
+def test_a_reading_kafka_refused_is_not_acknowledged_and_arrives_after_a_restart(
+    settings: Settings, start: Start, tmp_path: Path
+) -> None:
+    # Prepare: a readings topic that refuses records above 200 bytes, and a bridge on it
+    ensure_topics(settings)
+    set_max_message_bytes(settings, settings.topic_readings, 200)
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(asdict(settings)))
+    argv = ["pipeline.cli", "mqtt-bridge", "--settings", str(path)]
+    first = start("bridge-1", argv)
+    wait(lambda: "bridging" in log_of(tmp_path, "bridge-1"), 60, lambda: log_of(tmp_path, "bridge-1"))
+    readings = [Reading("dev-a", (float(i), 1.0, 2.0, 3.0), float(i)) for i in range(10)]
+    verifier = Verifier([Signer.generate().public_key])
+
+    # Execute: the device publishes (QoS 1; the MQTT broker has it once publish returns)
+    with MqttEdge(settings.mqtt_broker, ["dev-a"], verifier, settings.mqtt_topic_prefix) as device:
+        device.publish_readings(readings)
+
+    # Assert: the bridge stops on Kafka's refusal without acknowledging, and nothing reached Kafka
+    assert first.wait(60) == 2, log_of(tmp_path, "bridge-1")
+    assert "Kafka refused a record from MQTT" in log_of(tmp_path, "bridge-1")
+    assert read_topic(settings, settings.topic_readings) == []
+
+    # Execute: Kafka accepts again; the bridge restarts with the same MQTT client id
+    set_max_message_bytes(settings, settings.topic_readings, 1_000_000)
+    second = start("bridge-2", [*argv, "--stats-interval", "0.5"])
+
+    # Assert: the MQTT broker delivered the unacknowledged message again, and it reached Kafka once
+    wait(
+        lambda: len(read_topic(settings, settings.topic_readings)) >= 1,
+        60,
+        lambda: log_of(tmp_path, "bridge-2"),
+    )
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(30) == 0, log_of(tmp_path, "bridge-2")
+    [record] = read_topic(settings, settings.topic_readings)
+    assert record.key == b"dev-a"  # type: ignore[attr-defined]
+    assert record.value == encode_readings(readings)  # type: ignore[attr-defined]
+    final = json.loads(log_of(tmp_path, "bridge-2").strip().splitlines()[-1])
+    assert final["stats"]["acked"] == final["stats"]["mqtt_messages"] == 1
+
+
+def set_max_message_bytes(settings: Settings, topic: str, n: int) -> None:
+    admin = admin_client(settings)
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(n)})])
+    finally:
+        admin.close()
