@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from learners.edge_model import EdgeModel
 from learners.synthetic import make_fleet_stream
 from tests.integration.mosquitto import MosquittoBroker
 from tests.integration.test_worker import last_stats, wait_for_topics
+from tests.readme import blocks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -201,6 +203,28 @@ def test_mqtt_devices_learn_get_retained_models_and_bad_payloads_are_dead_letter
         assert all(d.accepted for d in late.decisions), late.decisions
         model = EdgeModel.from_payload(verifier.open(newest[1]))
         np.testing.assert_array_equal(late.predict(device, stream.x[:10]), model.predict(stream.x[:10]))
+
+    # The README's MQTT device example, as written, for a device that has a model by now.
+    example = next(b for b in blocks() if b.lang == "python" and b.section == "Run it on a device")
+    env = {
+        **os.environ,
+        "METASTREAM_MQTT_BROKER": settings.mqtt_broker,
+        "METASTREAM_MQTT_TOPIC_PREFIX": settings.mqtt_topic_prefix,
+        "METASTREAM_N_FEATURES": str(N_FEATURES),
+    }
+    code = example.text.replace('"greenhouse-7"', f'"{device}"')
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"running model version {newest[0]}\n" in done.stdout
+    assert re.search(r"^prediction \[\s*-?[0-9.e+-]+\]$", done.stdout, re.M), done.stdout
+    n_messages += 1  # the example published one reading
+    wait(
+        lambda: last_stats(tmp_path, 0).get("readings") == len(stream) + 1,
+        60,
+        lambda: f"worker stats {last_stats(tmp_path, 0)}",
+    )
 
     # Every MQTT message was acknowledged only after Kafka had it: the bridge's counters add up.
     bridge.send_signal(signal.SIGTERM)
