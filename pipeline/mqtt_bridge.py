@@ -209,12 +209,14 @@ class MqttBridge(ClosesOnExit):
         try:
             topic = device_topic(self.prefix, device_id, "model")
         except ValueError as exc:
-            self.stats["models_unroutable"] += 1
+            with self._lock:
+                self.stats["models_unroutable"] += 1
             log.warning("model not published over MQTT: %s", exc)
             return
         # A tombstone clears the retained model (an empty retained message deletes it).
         self._mqtt.publish(topic, payload or b"", qos=QOS, retain=True)
-        self.stats["models_published" if payload else "models_cleared"] += 1
+        with self._lock:  # paho's thread counts too; snapshot() copies under this lock
+            self.stats["models_published" if payload else "models_cleared"] += 1
 
     def poll_models(self, timeout_ms: int = 200) -> None:
         """Read what arrived on the models topic and publish it (the newest per device at start-up)."""
