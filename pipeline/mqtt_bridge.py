@@ -12,6 +12,8 @@ Two directions, one process:
   connects later still gets its newest model at once.  At start-up the
   bridge reads the compacted models topic from the beginning and publishes
   only the newest model of each device; after that, each one as it comes.
+  It does the same again when it reconnects to an MQTT broker that forgot
+  its session (a restart without persistence loses the retained messages too).
 
 Delivery guarantee (readings): at least once.  The bridge subscribes with
 QoS 1 on a persistent MQTT session and acknowledges an MQTT message only
@@ -171,6 +173,8 @@ class MqttBridge(ClosesOnExit):
             **security,
         )
         self._connected = threading.Event()
+        self._connects = 0
+        self._republish = threading.Event()
         self._mqtt = make_client(
             self.address,
             settings.mqtt_client_id or f"{settings.app_id}-mqtt-bridge",
@@ -220,6 +224,13 @@ class MqttBridge(ClosesOnExit):
 
     def poll_models(self, timeout_ms: int = 200) -> None:
         """Read what arrived on the models topic and publish it (the newest per device at start-up)."""
+        if self._republish.is_set():
+            # The MQTT broker lost its state (restarted without persistence): retained models too.
+            self._republish.clear()
+            log.warning("MQTT broker forgot the bridge's session; publishing every newest model again")
+            self._catching_up = True
+            self._newest.clear()
+            self._assign_models()
         for records in self._consumer.poll(timeout_ms=timeout_ms).values():
             for r in records:
                 if r.key is None:
@@ -249,6 +260,9 @@ class MqttBridge(ClosesOnExit):
             log.warning("MQTT broker refused the bridge: %s", rc)
             return
         client.subscribe(readings_subscription(self.prefix), qos=QOS)
+        if self._connects > 0 and not getattr(flags, "session_present", True):
+            self._republish.set()
+        self._connects += 1
         self._connected.set()
 
     def _on_disconnect(

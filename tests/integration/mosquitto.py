@@ -68,11 +68,21 @@ class MosquittoBroker:
                 return
             except OSError:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
+                    log = self.log()
                     self.stop()
-                    raise RuntimeError(f"mosquitto did not start:\n{self.log()}") from None
+                    raise RuntimeError(f"mosquitto did not start:\n{log}") from None
                 time.sleep(0.05)
 
+    def restart(self) -> None:
+        """Stop the broker and start it again on the same port: it forgets everything (no persistence)."""
+        self._terminate()
+        self.start()
+
     def stop(self) -> None:
+        self._terminate()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _terminate(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -80,7 +90,6 @@ class MosquittoBroker:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> MosquittoBroker:
         self.start()

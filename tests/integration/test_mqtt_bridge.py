@@ -17,13 +17,13 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from connectors.admin import admin_client, ensure_topics
@@ -32,7 +32,9 @@ from connectors.mqtt_edge import MqttEdge
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import DeadLetter, Reading, encode_readings
+from learners import LearnerConfig
 from learners.edge_model import EdgeModel
+from learners.fleet import FleetLearner
 from learners.synthetic import make_fleet_stream
 from tests.integration.mosquitto import MosquittoBroker
 from tests.integration.test_worker import last_stats, wait_for_topics
@@ -283,3 +285,35 @@ def set_max_message_bytes(settings: Settings, topic: str, n: int) -> None:
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(n)})])
     finally:
         admin.close()
+
+
+def test_retained_models_come_back_when_the_mqtt_broker_restarts_without_persistence(
+    settings: Settings, start: Start, tmp_path: Path
+) -> None:
+    # Prepare: a broker of this test's own, a signed model of dev-a on the models topic, a bridge
+    with MosquittoBroker() as broker:
+        settings = replace(settings, mqtt_broker=broker.url)
+        ensure_topics(settings)
+        signer = Signer.generate()
+        fleet = FleetLearner(LearnerConfig(n_features=N_FEATURES))
+        fleet.learn_predict(["dev-a", "dev-a"], np.ones((2, N_FEATURES)), np.ones(2))
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap)
+        producer.send(settings.topic_models, key=b"dev-a", value=signer.seal(fleet.export("dev-a", 1)))
+        producer.flush()
+        producer.close()
+        path = tmp_path / "settings.json"
+        path.write_text(json.dumps(asdict(settings)))
+        start("bridge", ["pipeline.cli", "mqtt-bridge", "--settings", str(path)])
+        wait(lambda: "bridging" in log_of(tmp_path, "bridge"), 60, lambda: log_of(tmp_path, "bridge"))
+        verifier = Verifier([signer.public_key])
+        with MqttEdge(settings.mqtt_broker, ["dev-a"], verifier, settings.mqtt_topic_prefix) as before:
+            assert before.wait_for(lambda: before.state.version("dev-a") == 1, timeout_s=30)
+
+        # Execute: the MQTT broker restarts and forgets its retained messages
+        broker.restart()
+
+        # Assert: the bridge reconnects and publishes the model again; a new device gets it
+        with MqttEdge(settings.mqtt_broker, ["dev-a"], verifier, settings.mqtt_topic_prefix) as after:
+            got = after.wait_for(lambda: after.state.version("dev-a") == 1, timeout_s=30)
+            assert got, log_of(tmp_path, "bridge")
+            assert [d.reason for d in after.decisions] == ["accepted"]
