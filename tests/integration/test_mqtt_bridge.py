@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -36,6 +38,7 @@ from learners import LearnerConfig
 from learners.edge_model import EdgeModel
 from learners.fleet import FleetLearner
 from learners.synthetic import make_fleet_stream
+from pipeline.cli import main
 from tests.integration.mosquitto import MosquittoBroker
 from tests.integration.test_worker import last_stats, wait_for_topics
 from tests.readme import blocks
@@ -206,6 +209,16 @@ def test_mqtt_devices_learn_get_retained_models_and_bad_payloads_are_dead_letter
         model = EdgeModel.from_payload(verifier.open(newest[1]))
         np.testing.assert_array_equal(late.predict(device, stream.x[:10]), model.predict(stream.x[:10]))
 
+    # Its newest model, exported from the models topic to ONNX, predicts what the edge predicts.
+    out = tmp_path / f"{device}.onnx"
+    argv = ["export", "--device", device, "--broker", settings.broker, "--out", str(out)]
+    assert main([*argv, "--settings", str(path), "--trusted-key", str(tmp_path / "worker.pub.pem")]) == 0
+    exported = onnx.load(str(out))
+    assert {p.key: p.value for p in exported.metadata_props}["model_version"] == str(newest[0])
+    session = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
+    [onnx_pred] = session.run(["prediction"], {"x": stream.x[:200]})
+    np.testing.assert_allclose(onnx_pred, model.predict(stream.x[:200]), rtol=0, atol=1e-5)
+
     # The README's MQTT device example, as written, for a device that has a model by now.
     example = next(b for b in blocks() if b.lang == "python" and b.section == "Run it on a device")
     env = {
@@ -317,3 +330,28 @@ def test_retained_models_come_back_when_the_mqtt_broker_restarts_without_persist
             got = after.wait_for(lambda: after.state.version("dev-a") == 1, timeout_s=30)
             assert got, log_of(tmp_path, "bridge")
             assert [d.reason for d in after.decisions] == ["accepted"]
+
+
+def test_export_takes_the_newest_model_a_trusted_key_signed(settings: Settings, tmp_path: Path) -> None:
+    # Prepare: v1 and v2 signed by the worker, then v3 signed by a stranger, on the models topic
+    ensure_topics(settings)
+    worker, stranger = Signer.generate(), Signer.generate()
+    worker.save(tmp_path / "w.pem", tmp_path / "w.pub.pem")
+    fleet = FleetLearner(LearnerConfig(n_features=N_FEATURES))
+    fleet.learn_predict(["dev-b", "dev-b"], np.ones((2, N_FEATURES)), np.ones(2))
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap)
+    for version, signer in ((1, worker), (2, worker), (3, stranger)):
+        producer.send(settings.topic_models, key=b"dev-b", value=signer.seal(fleet.export("dev-b", version)))
+    producer.flush()
+    producer.close()
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(asdict(settings)))
+    out = tmp_path / "dev-b.onnx"
+
+    # Execute
+    argv = ["export", "--device", "dev-b", "--settings", str(path), "--out", str(out)]
+    code = main([*argv, "--trusted-key", str(tmp_path / "w.pub.pem")])
+
+    # Assert: v2, the newest that passes the checks; the stranger's v3 is refused
+    assert code == 0
+    assert {p.key: p.value for p in onnx.load(str(out)).metadata_props}["model_version"] == "2"
