@@ -33,7 +33,9 @@ def mosquitto_binary() -> str:
 class MosquittoBroker:
     """``with MosquittoBroker() as broker:`` runs mosquitto until the block ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_config: str = "") -> None:
+        self.extra_config = extra_config
+        """More ``mosquitto.conf`` lines (e.g. ``max_queued_messages 0``)."""
         self.port = free_port()
         self.host = "127.0.0.1"
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
@@ -56,7 +58,7 @@ class MosquittoBroker:
             "allow_anonymous true\n"
             "persistence false\n"
             f"log_dest file {self.log_path}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
+            "log_type error\nlog_type warning\nlog_type notice\n" + self.extra_config
         )
         self._proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
