@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # PyTorch from PyPI is a large download: keep pip's wheels between installs.
 export PIP_CACHE_DIR ?= $(HOME)/.cache/metastream/pip
 
-.PHONY: install datasets chromium demo test test-fast bench lint clean
+.PHONY: install datasets chromium mosquitto demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml edge/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ demo: $(STAMP)
 chromium:
 	bash scripts/install_chromium.sh
 
-test: $(STAMP) datasets chromium
+# Mosquitto for the MQTT bridge tests (apt; a no-op when it is there).
+mosquitto:
+	bash scripts/install_mosquitto.sh
+
+test: $(STAMP) datasets chromium mosquitto
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

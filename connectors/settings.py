@@ -102,6 +102,17 @@ class Settings:
     """Bearer token for ``/metrics``; empty: ``/metrics`` is open on ``web_host``."""
     learner: dict[str, Any] = field(default_factory=dict)
     """Extra :class:`LearnerConfig` fields (e.g. ``{"inner_steps": 10}``)."""
+    mqtt_broker: str = "mqtt://127.0.0.1:1883"
+    """MQTT broker of the bridge and of MQTT devices: ``mqtt://host:port`` or ``mqtts://`` (TLS)."""
+    mqtt_username: str = ""
+    """MQTT user name; empty: connect anonymously."""
+    mqtt_password: str = field(default="", repr=False)
+    mqtt_cafile: str = ""
+    """PEM CA of the MQTT broker's certificate with ``mqtts://``; empty: the system's CAs."""
+    mqtt_topic_prefix: str = "metastream"
+    """Devices publish on ``<prefix>/<device>/readings`` and get models on ``<prefix>/<device>/model``."""
+    mqtt_client_id: str = ""
+    """The bridge's MQTT client id (its persistent session); empty: ``<app_id>-mqtt-bridge``."""
 
     def __post_init__(self) -> None:
         # Normalised once here, so Faust, aiokafka and kafka-python all get the same spelling.

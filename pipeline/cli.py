@@ -196,6 +196,14 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "edge": ("connectors.edge", "follow, verify and hot-swap the models of some devices"),
     "keys": ("pipeline.keys", "generate the workers' Ed25519 signing key pair"),
     "tail": ("pipeline.tail", "print the events, dead letters or models of a deployment"),
+    "mqtt-bridge": (
+        "pipeline.mqtt_bridge",
+        "forward MQTT readings to Kafka and models to retained MQTT messages",
+    ),
+    "export": (
+        "pipeline.export_onnx",
+        "write a device's newest verified model as ONNX (or its signed envelope)",
+    ),
 }
 
 # Commands that talk to a broker from the start: without one they fail fast, in one line.

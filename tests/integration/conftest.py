@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from connectors.brokers import ApacheKafkaBroker
+from tests.integration.mosquitto import MosquittoBroker
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +22,10 @@ def kafka_broker() -> Iterator[ApacheKafkaBroker]:
 def topic_name() -> str:
     """A topic name no other test uses, so tests sharing a broker stay independent."""
     return f"test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoBroker]:
+    """One real Mosquitto MQTT broker for the whole test session, on a free loopback port."""
+    with MosquittoBroker() as broker:
+        yield broker

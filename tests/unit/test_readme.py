@@ -103,6 +103,7 @@ def test_the_python_examples_are_valid_python() -> None:
         "Plug in your own producer",
         "Plug in your own producer",
         "Subscribe a device",
+        "Run it on a device",
     ]
     for b in python:
         ast.parse(b.text)
