@@ -106,7 +106,8 @@ def test_forged_and_foreign_contributions_are_refused_and_theta_stays(
                 assert worker.poll() is None, log.read_text()[-3000:]
                 assert time.monotonic() < deadline, "θ v0 never published"
                 follower.poll_once(500)
-            theta0, header0 = follower.state.theta
+            arrays0, header0 = follower.state.theta  # numpy arrays (the edge package is torch-free)
+            theta0 = {k: torch.from_numpy(v) for k, v in arrays0.items()}
             p = int(sum(v.numel() for v in theta0.values()))
             small = torch.full((1, p), 0.01)
             # Execute: issue #12's forged contribution, an unknown device key, a key naming another
@@ -126,7 +127,8 @@ def test_forged_and_foreign_contributions_are_refused_and_theta_stays(
                 assert time.monotonic() < deadline, last_stats(log)
                 time.sleep(0.5)
             # Assert: only the valid one moved θ, by exactly ε · its delta; three refusals counted
-            theta1, header1 = follower.state.theta
+            arrays1, header1 = follower.state.theta
+            theta1 = {k: torch.from_numpy(v) for k, v in arrays1.items()}
             assert header0.model_version == 0 and header1.model_version == 1
             order = list(init_params(n))  # the wire order of contribution rows
             expected = flatten({k: theta0[k] for k in order}) + n.meta_lr * small[0]

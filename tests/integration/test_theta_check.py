@@ -81,7 +81,7 @@ def test_worse_theta_is_refused_with_an_event_and_never_published(
             theta1, header1 = follower.state.theta
             assert header1.model_version == 1
             order = list(init_params(cfg))
-            moved = flatten({k: theta1[k] for k in order}) - flatten(init_params(cfg))
+            moved = flatten({k: torch.from_numpy(theta1[k]) for k in order}) - flatten(init_params(cfg))
             assert moved.abs().max().item() == pytest.approx(cfg.meta_lr * 1e-3, rel=1e-3)
             probe = KafkaConsumer(bootstrap_servers=settings.bootstrap, consumer_timeout_ms=3000)
             meta, events = TopicPartition(settings.topic_meta, 0), TopicPartition(settings.topic_events, 0)
