@@ -152,11 +152,13 @@ def decode_readings(
 
 def _decode(raw: bytes, n_features: int | None, max_abs: float) -> tuple[list[Reading], list[Rejected]]:
     if len(raw) > MAX_MESSAGE_BYTES:
-        return [], [Rejected("oversized", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}", raw, _named_in(raw))]
+        return [], [
+            Rejected("oversized", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}", raw, device_named_in(raw))
+        ]
     try:
         body = _loads(raw)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return [], [Rejected("malformed_json", _short(str(exc)), raw, _named_in(raw))]
+        return [], [Rejected("malformed_json", _short(str(exc)), raw, device_named_in(raw))]
     if not isinstance(body, dict):
         return [], [Rejected("not_an_object", f"got {type(body).__name__}", raw)]
     device = _device_of(body)
@@ -236,8 +238,17 @@ def _encodable(text: str) -> bool:
 _DEVICE_FIELD = re.compile(rb'"device_id"\s*:\s*"([^"\\]{1,%d})"' % MAX_DEVICE_ID)
 
 
-def _named_in(raw: bytes) -> str | None:
-    """The one device id an unparseable record names (a gateway batch may name several: then none)."""
+def device_named_in(raw: bytes) -> str | None:
+    """The one device id a record names, read without parsing it (it may not parse); ``None`` if not one.
+
+    For dead letters of records that could not be read as JSON; a gateway
+    batch naming several devices gets none.
+
+    Examples
+    --------
+    >>> device_named_in(b'{"v":1,"device_id":"d-3","x":[1,2'), device_named_in(b'{"device_id":1}')
+    ('d-3', None)
+    """
     found = set(_DEVICE_FIELD.findall(raw[:65536]))
     if len(found) != 1:
         return None
