@@ -27,6 +27,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, KafkaProducer
 
+from connectors.admin import ensure_topics
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import DeadLetter, Reading, encode_readings
@@ -238,6 +239,7 @@ def test_a_message_the_learner_always_fails_on_is_dead_lettered_after_two_failur
     stream = cr.make_fleet_stream(n_devices=6, n_readings=3000, n_features=N, late_joiners=0.0, seed=8)
     readings = cr.as_readings(stream)
     poison = encode_readings([Reading("poison", (1.0, 2.0, 3.0, 4.0), 1.0)])
+    ensure_topics(cfg)
     producer = KafkaProducer(bootstrap_servers=cfg.bootstrap, acks="all")
     try:
         produced = cr.produce(cfg, readings[:1500])
