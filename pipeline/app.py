@@ -513,8 +513,12 @@ def create_app(
         async with state.checkpoint_lock:
             new = sorted(owned - set(state.checkpointed))
             if new:
-                await _restore_partitions(settings, state, new)
-                await _restore_suspects(settings, state, new)
+                try:
+                    await _restore_partitions(settings, state, new)
+                    await _restore_suspects(settings, state, new)
+                except Exception as exc:  # unrestored partitions would never be learned: a zombie
+                    state.fatal.fail("partition restore", exc)
+                    raise
         state.restored.set()
 
     async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
