@@ -259,37 +259,48 @@ def device_named_in(raw: bytes) -> str | None:
     return device if device.strip() else None
 
 
+def _too_large(values: list[Any]) -> tuple[str, str] | None:
+    """The ``number_too_large`` problem if ``values`` hold an over-long integer."""
+    for v in values:
+        if type(v) is _BigInt:
+            return (
+                "number_too_large",
+                f"an integer of {len(v.digits.lstrip('-'))} digits (at most {MAX_INT_DIGITS})",
+            )
+    return None
+
+
 def _reading(item: Any, n_features: int | None, max_abs: float) -> tuple[Reading | None, tuple[str, str]]:
     if not isinstance(item, dict):
         return None, ("not_an_object", f"reading is {type(item).__name__}")
     device = item.get("device_id")
     if not isinstance(device, str) or not device.strip() or len(device) > MAX_DEVICE_ID:
         return None, ("bad_device_id", f"device_id must be a non-empty string of <= {MAX_DEVICE_ID} chars")
-    if not _encodable(device):  # a lone surrogate (legal in JSON) would fail later as a message key
+    if not (
+        device.isascii() or _encodable(device)
+    ):  # a lone surrogate (legal in JSON) would fail later as a message key
         return None, ("bad_device_id", "device_id must be valid unicode (no lone surrogates)")
     x = item.get("x")
     y: Any = item.get("y")
     ts = item.get("ts")
-    big = [v for v in [*(x if type(x) is list else []), y, ts] if type(v) is _BigInt]
-    if big:
-        return None, (
-            "number_too_large",
-            f"an integer of {len(big[0].digits.lstrip('-'))} digits (at most {MAX_INT_DIGITS})",
-        )
     # type() rather than isinstance(): JSON numbers are exactly int or float, and bool must not pass.
+    # An over-long integer (_BigInt) fails these checks too; only then is it looked for (no cost when valid).
     if type(x) is not list or not x or any(type(v) not in _NUMBER_TYPES for v in x):
-        return None, ("bad_features", "x must be a non-empty list of numbers")
+        return None, _too_large(x if type(x) is list else []) or (
+            "bad_features",
+            "x must be a non-empty list of numbers",
+        )
     if n_features is not None and len(x) != n_features:
         return None, ("wrong_feature_count", f"expected {n_features} features, got {len(x)}")
     if type(y) not in _NUMBER_TYPES:
-        return None, ("bad_target", "y must be a number")
+        return None, _too_large([y]) or ("bad_target", "y must be a number")
     if ts is not None:
         try:
             ts = float(ts) if type(ts) in _NUMBER_TYPES else math.nan
         except OverflowError:  # an integer too large for a float
             ts = math.nan
         if not math.isfinite(ts):
-            return None, ("bad_timestamp", "ts must be a finite number")
+            return None, _too_large([item.get("ts")]) or ("bad_timestamp", "ts must be a finite number")
     values = [*x, y]
     try:
         # One sum finds NaN/inf in any value (fast path for the common, valid reading).
