@@ -79,6 +79,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Co-partitioned with the readings (checkpoint of readings partition p goes to
         # partition p); compacted, since a partition only ever needs its newest one.
         TopicSpec(settings.checkpoints_topic, n, dict(CHECKPOINT_CONFIGS)),
+        # Per readings partition, the offsets the learner failed on (pipeline.suspects): newest only.
+        TopicSpec(settings.suspects_topic, n, dict(COMPACT)),
     ]
 
 

@@ -171,6 +171,19 @@ class Settings:
         return self.topic_checkpoints or f"{self.app_id}.checkpoints"
 
     @property
+    def suspects_topic(self) -> str:
+        """Compacted topic of the readings the learner failed on (see :mod:`pipeline.suspects`).
+
+        One per consumer group, next to the checkpoint topic.
+
+        Examples
+        --------
+        >>> Settings(app_id="plant-7").suspects_topic, Settings(topic_checkpoints="ck").suspects_topic
+        ('plant-7.checkpoints.suspects', 'ck.suspects')
+        """
+        return f"{self.checkpoints_topic}.suspects"
+
+    @property
     def bootstrap(self) -> str:
         """``host:port[,host:port]`` without the ``kafka://`` scheme."""
         return ",".join(part.split("://", 1)[-1] for part in self.broker.split(","))

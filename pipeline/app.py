@@ -55,8 +55,10 @@ from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import MAX_DEAD_LETTER_BYTES
 from learners.codec import CodecError, decode_model
 from pipeline import dashboard, metrics, web_auth
-from pipeline.checkpoints import HeldMessages, newest_checkpoint, published_versions
+from pipeline.checkpoints import HeldMessages, newest_checkpoint, published_versions, read_range
+from pipeline.fatal import FatalStop
 from pipeline.fleet_view import FleetView
+from pipeline.suspects import SuspectError, decode_suspects, encode_suspects
 from pipeline.worker_core import AGGREGATOR_COUNTS, META_KEY, MetaAggregator, Outgoing, WorkerCore
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,8 @@ class PipelineState:
     """Next readings offset to process, per owned partition (for consumer lag)."""
     view: FleetView = field(init=False)
     """Bounded recent history for ``/metrics`` and the dashboard."""
+    fatal: FatalStop = field(default_factory=FatalStop)
+    """Stops the process on the first unexpected failure of an agent or task (:mod:`pipeline.fatal`)."""
 
     def __post_init__(self) -> None:
         self.view = FleetView(self.settings)
@@ -272,6 +276,7 @@ def create_app(
     tuning: Tuning | None = None,
     core: WorkerCore | None = None,
     aggregator: MetaAggregator | None = None,
+    fatal: FatalStop | None = None,
 ) -> faust.App:
     """The Faust app of one worker; several with the same ``app_id`` share the partitions.
 
@@ -290,6 +295,9 @@ def create_app(
         Throughput knobs (:class:`Tuning`).
     core, aggregator
         Injected state machines (tests, benchmarks); built from ``settings`` when absent.
+    fatal
+        What an unexpected failure of an agent or task does (default: stop the process,
+        exit status :data:`pipeline.fatal.EXIT_FATAL`).
     """
     tune = tuning or Tuning()
     wid = worker_id or default_worker_id()
@@ -337,6 +345,7 @@ def create_app(
         verifier=Verifier([signer.public_key]),
         worker_id=wid,
         executor=ThreadPoolExecutor(1, thread_name_prefix="learner") if tune.offload else None,
+        fatal=fatal or FatalStop(),
     )
     app.pipeline = state  # type: ignore[attr-defined]  # read by tests and tools
 
@@ -382,7 +391,14 @@ def create_app(
         Inside a batch the core gets chunks of about ``micro_batch`` *readings*
         (gateway messages pack many), and each chunk's outputs are sent as soon
         as it is done, so a drift is published without waiting for the batch.
+
+        If the learner raises, the chunk's offsets are recorded as suspect
+        (:mod:`pipeline.suspects`) and the process stops (:mod:`pipeline.fatal`);
+        after a restart suspect messages are learned alone, then dead-lettered.
         """
+        await state.fatal.guard("readings agent", learn_readings(stream))
+
+    async def learn_readings(stream: StreamT[bytes]) -> None:
         per_message = ReadingsPerMessage()
         # take_events (unlike take) keeps partition and offset; StreamT's stub lacks it, Stream has it.
         batches = cast(Stream, stream).take_events(settings.micro_batch, within=settings.batch_window_s)
@@ -398,10 +414,15 @@ def create_app(
                 start += len(chunk)
                 # Never learn a partition whose state is not restored yet (during a rebalance).
                 await state.restored.wait()
-                outgoing = await state.run(state.core.on_readings, chunk)
-                per_message.update(len(chunk), state.core.stats())
-                state.view.observe(outgoing, time.time())
-                await send_soon(outgoing, pending)
+                for piece in state.core.suspects.pieces(chunk):
+                    try:
+                        outgoing = await state.run(state.core.on_readings, piece)
+                    except Exception:
+                        await record_suspects(piece)
+                        raise
+                    per_message.update(len(piece), state.core.stats())
+                    state.view.observe(outgoing, time.time())
+                    await send_soon(outgoing, pending)
             await asyncio.gather(*pending)
             state.view.acked(time.time())
             state.sent += len(pending)
@@ -409,9 +430,29 @@ def create_app(
             metrics.track_processed(state.processed, batch)
             state.batches += 1
 
+    suspects_topic = out_topics[settings.suspects_topic]
+
+    async def record_suspects(piece: Sequence[tuple[bytes | None, int, int]]) -> None:
+        """The learner raised on ``piece``: its offsets go on the suspects topic before the process stops."""
+        changed = state.core.suspects.failed(piece)
+        try:
+            pending = []
+            for p, suspects in changed.items():
+                kept = [s for s in suspects if s.last > state.checkpointed.get(p, -1)]
+                payload = state.core.signer.seal(encode_suspects(p, kept, state.worker_id))
+                pending.append(
+                    await suspects_topic.send(key=str(p).encode(), value=payload, partition=p, force=True)
+                )
+            await asyncio.wait_for(asyncio.gather(*pending), timeout=10.0)
+        except Exception as exc:  # the restart then fails on the same chunk again: a loop, but loudly
+            log.error("could not record the suspect offsets %s: %r", changed, exc)
+
     @app.agent(deltas, name="meta-aggregator")
     async def on_deltas(stream: StreamT[bytes]) -> None:
         """Meta contributions → θ versions (only the owner of the single deltas partition)."""
+        await state.fatal.guard("meta-aggregator agent", aggregate_deltas(stream))
+
+    async def aggregate_deltas(stream: StreamT[bytes]) -> None:
         # Resume from the newest θ first, or the first contribution would publish version 1 again.
         await state.meta_ready.wait()
         async for event in stream.events():
@@ -421,7 +462,7 @@ def create_app(
     @app.task
     async def follow_meta() -> None:
         """Every θ version → this worker's core (and the aggregator, so a new owner resumes)."""
-        await _follow_meta(settings, state, send_all)
+        await state.fatal.guard("meta follower task", _follow_meta(settings, state, send_all))
 
     if not tune.monitor:
 
@@ -452,8 +493,12 @@ def create_app(
     @app.timer(settings.checkpoint_interval_s)
     async def checkpoint_changed() -> None:
         """Checkpoint the partitions whose state changed since their last checkpoint."""
+        await state.fatal.guard("checkpoint timer", take_checkpoints())
+
+    async def take_checkpoints() -> None:
         async with state.checkpoint_lock:
-            if state.restored.is_set():
+            # After a fatal failure the state may be half updated: never checkpoint it.
+            if state.restored.is_set() and state.fatal.failed is None:
                 await write_checkpoints(await state.run(state.core.checkpoint))
 
     async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
@@ -464,6 +509,9 @@ def create_app(
             # Faust already forgot these partitions' acks; acking now would commit partitions
             # this worker no longer owns.  The next owner reads them again, skipping what it has.
             state.held.drop(revoked)
+            state.core.suspects.forget(sorted(revoked))
+            if state.fatal.failed is not None:
+                return  # stopping after a failure: no checkpoint of a state that may be half updated
             taken = await state.run(state.core.release, sorted(revoked))
             await write_checkpoints(taken)
             for p in revoked:
@@ -480,11 +528,19 @@ def create_app(
         async with state.checkpoint_lock:
             new = sorted(owned - set(state.checkpointed))
             if new:
-                await _restore_partitions(settings, state, new)
+                try:
+                    await _restore_partitions(settings, state, new)
+                    await _restore_suspects(settings, state, new)
+                except Exception as exc:  # unrestored partitions would never be learned: a zombie
+                    state.fatal.fail("partition restore", exc)
+                    raise
         state.restored.set()
 
     async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         """A last checkpoint on a clean stop, so the next owner need not learn anything again."""
+        if state.fatal.failed is not None:
+            log.warning("no final checkpoint: stopping after a failure of the %s", state.fatal.failed)
+            return
         try:
             async with state.checkpoint_lock:
                 taken = await state.run(state.core.release, sorted(state.checkpointed))
@@ -558,6 +614,42 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
             await state.run(state.core.restore, p, ck, published)
             state.checkpointed[p] = ck.offset if ck is not None else -1
             log.info("partition %d restored: %s", p, f"offset {ck.offset}" if ck else "no checkpoint")
+    finally:
+        await consumer.stop()
+
+
+async def _restore_suspects(settings: Settings, state: PipelineState, partitions: Sequence[int]) -> None:
+    """Each partition's newest signed list of suspect offsets (:mod:`pipeline.suspects`) → the core."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        client_id=f"{settings.app_id}-suspects-{state.worker_id}",
+        **aiokafka_security(settings),
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.suspects_topic, p) for p in partitions]
+        consumer.assign(tps)
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            newest = None
+            for record in await read_range(consumer, tp, begins[tp], ends[tp]):
+                if record.value is None:
+                    continue
+                try:
+                    p, suspects = decode_suspects(state.core.verifier.open(record.value))
+                except (SignatureError, SuspectError) as exc:
+                    log.warning("skipping suspects record at %s offset %d: %s", tp, record.offset, exc)
+                    continue
+                if p == tp.partition:
+                    newest = suspects
+            if newest:
+                state.core.suspects.load(tp.partition, newest, after=state.checkpointed.get(tp.partition, -1))
+                log.warning(
+                    "partition %d: suspect offsets %s", tp.partition, state.core.suspects.of(tp.partition)
+                )
     finally:
         await consumer.stop()
 

@@ -15,6 +15,12 @@ Examples
 
 SIGTERM or SIGINT stops the worker cleanly: the current batch finishes, its
 outputs are acked by the broker, offsets are committed, the group is left.
+
+An unexpected failure of any agent or task (the learner raising, say) stops
+the worker with exit status 70 (:mod:`pipeline.fatal`) and one ``fatal:`` log
+line, for its orchestrator to restart it; the restarted worker resumes from
+the last checkpoint, and a message the learner keeps failing on is
+dead-lettered (:mod:`pipeline.suspects`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -35,7 +42,8 @@ import faust
 from connectors.admin import ensure_topics
 from connectors.settings import Settings
 from connectors.signing import Signer
-from pipeline.app import PipelineState, Tuning, create_app
+from pipeline import faults
+from pipeline.app import PipelineState, Tuning, create_app, default_worker_id
 from pipeline.broker_log import DropMessages, OutageLog, install
 
 log = logging.getLogger(__name__)
@@ -75,7 +83,10 @@ def run_worker(
     worker_id: str | None = None,
     stats_interval_s: float = 0.0,
 ) -> None:
-    """Create the topics if needed, then run the Faust worker until SIGTERM/SIGINT.
+    """Create the topics if needed, then run the Faust worker until SIGTERM/SIGINT or a fatal failure.
+
+    After a fatal failure of an agent or task it raises ``SystemExit(70)``
+    (:data:`pipeline.fatal.EXIT_FATAL`).
 
     Parameters
     ----------
@@ -103,7 +114,9 @@ def run_worker(
     # process (tests, notebooks) must not inherit a closed one.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    app = create_app(settings, signer, worker_id=worker_id, web_port=web_port, tuning=tuning)
+    wid = worker_id or default_worker_id()
+    core = faults.core_from_env(settings, signer, wid, os.environ)  # tests only; None unless asked
+    app = create_app(settings, signer, worker_id=wid, web_port=web_port, tuning=tuning, core=core)
     state: PipelineState = app.pipeline  # type: ignore[attr-defined]
     quiet_client_logs(app, state, tuning or Tuning())
     if stats_interval_s > 0:
@@ -120,11 +133,14 @@ def run_worker(
         if exc.code not in (0, None):
             raise
     finally:
+        state.fatal.cancel()
         if state.executor is not None:
             state.executor.shutdown(wait=True, cancel_futures=True)
         asyncio.set_event_loop(None)
     if stats_interval_s > 0:
         print(json.dumps({"stats": state.stats(), "final": True}), file=sys.stderr, flush=True)
+    if state.fatal.failed is not None:
+        raise SystemExit(state.fatal.exit_code)
 
 
 def quiet_client_logs(app: faust.App, state: PipelineState, tuning: Tuning) -> None:

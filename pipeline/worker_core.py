@@ -22,7 +22,7 @@ import numpy as np
 from connectors.contributions import ContributionGate, ContributionRefused, DeviceKeys
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
-from connectors.wire import DeadLetter, Reading, decode_readings, encode_event
+from connectors.wire import DeadLetter, Reading, Rejected, decode_readings, device_named_in, encode_event
 from learners.base import reading_errors
 from learners.checkpoint import Checkpoint, CheckpointError, decode_checkpoint, encode_checkpoint
 from learners.codec import (
@@ -39,6 +39,7 @@ from learners.guard import GuardCheck
 from learners.meta import MetaLearner
 from learners.nets import FunctionalNet, Params, init_params
 from learners.theta_check import ThetaCheck, check_theta, sample_held_back
+from pipeline.suspects import SuspectLedger
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class WorkerCore:
         self.owned: set[int] | None = None
         """Partitions this core may process; ``None``: all (no checkpointing, e.g. benchmarks)."""
         self._dirty: set[int] = set()
+        self.suspects = SuspectLedger()
+        """Messages the learner failed on (see :mod:`pipeline.suspects`); refused ones are dead letters."""
 
     def stats(self) -> dict[str, int]:
         """Counters of what this worker did, and the θ version it is on.
@@ -175,10 +178,19 @@ class WorkerCore:
         in the model: it is skipped.  So is a message of a partition this core
         does not own.  Without :meth:`restore` (benchmarks, tools) every
         message is learned.
+
+        Bad input never raises here: every refused record becomes a dead
+        letter (keyed by the device it names, if any).  A message the learner
+        failed on too often (:attr:`suspects`) becomes a ``learner_failed``
+        dead letter.  If the learner raises, the exception propagates and
+        nothing of the micro-batch is registered for checkpoints: offsets,
+        devices and reading counts move only with readings actually learned.
         """
         s = self.settings
         out: list[Outgoing] = []
-        good: list[Reading] = []
+        good: list[tuple[Reading, int]] = []
+        seen: dict[int, int] = {}
+        letters = 0
         for value, partition, offset in messages:
             if self.owned is not None:  # partitions restored from checkpoints (the Faust app)
                 if partition not in self.owned:
@@ -187,21 +199,33 @@ class WorkerCore:
                 if offset <= self.offsets.get(partition, -1):
                     self._counts["duplicates_skipped"] += 1
                     continue
-            self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
-            self._dirty.add(partition)
-            ok, bad = decode_readings(value, self.cfg.n_features, s.max_abs_value)
-            good.extend(ok)
-            for reading in ok:
-                self.partition_of[reading.device_id] = partition
-                self.device_readings[reading.device_id] += 1
+            seen[partition] = max(offset, seen.get(partition, -1))
+            if self.suspects.refused(partition, offset):
+                raw = value or b""
+                failures = self.suspects.attempts(partition, offset)
+                detail = f"the learner failed on it {failures} times"
+                bad = [Rejected("learner_failed", detail, raw, device_named_in(raw))]
+            else:
+                ok, bad = decode_readings(value, self.cfg.n_features, s.max_abs_value)
+                good.extend((reading, partition) for reading in ok)
             for r in bad:
                 letter = DeadLetter.of(r, s.topic_readings, partition, offset)
+                key = r.device_id.encode() if r.device_id is not None else None
                 out.append(
-                    Outgoing(s.topic_deadletter, None, letter.encode(), [("reason", r.reason.encode())])
+                    Outgoing(s.topic_deadletter, key, letter.encode(), [("reason", r.reason.encode())])
                 )
-        self._counts["dead_letters"] += len(out)
+                letters += 1
         for start in range(0, len(good), s.micro_batch):
-            out += self._learn(good[start : start + s.micro_batch])
+            part = good[start : start + s.micro_batch]
+            out += self._learn([r for r, _ in part])
+            # Registered only once learned: a checkpoint must never name a device the fleet lacks.
+            for reading, partition in part:
+                self.partition_of[reading.device_id] = partition
+                self.device_readings[reading.device_id] += 1
+        for partition, offset in seen.items():
+            self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
+            self._dirty.add(partition)
+        self._counts["dead_letters"] += letters
         return out
 
     def _learn(self, readings: list[Reading]) -> list[Outgoing]:

@@ -152,3 +152,25 @@ def test_the_worker_detects_exactly_the_drifts_of_an_offline_fleet_fed_the_same_
     # Assert: the same drifts, in the same order; a drift the worker misses, so does the replay
     assert worker_drifts == fleet_drifts
     assert len(set(worker_drifts)) >= 30
+
+
+def test_dead_letters_are_keyed_by_the_device_they_name() -> None:
+    # Prepare
+    core = WorkerCore(SETTINGS, Signer.generate())
+    huge = "9" * 5000
+    bad = [
+        ('{"v":1,"device_id":"dev-big","x":[' + huge + ',1,1,1,1,1,1,1],"y":1}').encode(),
+        b'{"v":1,"device_id":"dev-cut","x":[1,2',
+        b"\xff\xfe",
+    ]
+    good = encode_readings([Reading("dev-ok", (1.0,) * 8, 1.0)])
+    # Execute
+    out = core.on_readings([(b, 0, i) for i, b in enumerate([bad[0], good, *bad[1:]])])
+    # Assert: the 5000-digit integer is one dead letter, the good reading is learned
+    letters = [(o.key, DeadLetter.decode(o.value)) for o in out if o.topic == SETTINGS.topic_deadletter]
+    assert [(k, d.reason, d.device_id) for k, d in letters] == [
+        (b"dev-big", "number_too_large", "dev-big"),
+        (b"dev-cut", "malformed_json", "dev-cut"),
+        (None, "malformed_json", None),
+    ]
+    assert core.stats()["readings"] == 1 and dict(core.device_readings) == {"dev-ok": 1}
