@@ -35,16 +35,17 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
-
-import faust
+from typing import TYPE_CHECKING, Any, cast
 
 from connectors.admin import ensure_topics
 from connectors.settings import Settings
 from connectors.signing import Signer
-from pipeline import faults
-from pipeline.app import PipelineState, Tuning, create_app, default_worker_id
 from pipeline.broker_log import DropMessages, OutageLog, install
+
+if TYPE_CHECKING:  # imported where used: `metastream worker --help` must not wait for Faust and torch
+    import faust
+
+    from pipeline.app import PipelineState, Tuning
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ def run_worker(
     stats_interval_s
         When > 0, print a JSON line of counters to stderr this often.
     """
+    import faust
+
+    from pipeline import faults
+    from pipeline.app import Tuning, create_app, default_worker_id
+
     signer = signer or load_signer(settings)
     # Before Faust subscribes: a subscription to a missing topic may let the broker
     # auto-create it with the wrong partition count and without compaction.
@@ -224,10 +230,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-id", help="name in meta contributions (default host-pid)")
     p.add_argument("--stats-interval", type=float, default=0.0, metavar="S", help="print counters every S s")
     t = p.add_argument_group("throughput tuning (defaults measured on 2 cores)")
-    d = Tuning()
-    t.add_argument("--max-poll-records", type=int, default=d.max_poll_records)
-    t.add_argument("--stream-buffer", type=int, default=d.stream_buffer_maxsize)
-    t.add_argument("--linger-ms", type=float, default=d.producer_linger_s * 1000)
+    # Defaults (None here) come from pipeline.app.Tuning in cmd_worker.
+    t.add_argument("--max-poll-records", type=int, help="default: Tuning.max_poll_records")
+    t.add_argument("--stream-buffer", type=int, help="default: Tuning.stream_buffer_maxsize")
+    t.add_argument("--linger-ms", type=float, help="default: Tuning.producer_linger_s in ms")
     t.add_argument(
         "--no-offload", action="store_true", help="run the learner on the event loop instead of a thread"
     )
@@ -235,13 +241,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Entry point of the ``worker`` sub-command."""
+    from pipeline.app import Tuning
+
     settings = settings_from_args(args)
     d = Tuning()
     tuning = Tuning(
-        max_poll_records=args.max_poll_records,
-        stream_buffer_maxsize=args.stream_buffer,
+        max_poll_records=d.max_poll_records if args.max_poll_records is None else args.max_poll_records,
+        stream_buffer_maxsize=d.stream_buffer_maxsize if args.stream_buffer is None else args.stream_buffer,
         max_fetch_bytes=d.max_fetch_bytes,
-        producer_linger_s=args.linger_ms / 1000,
+        producer_linger_s=d.producer_linger_s if args.linger_ms is None else args.linger_ms / 1000,
         commit_interval_s=d.commit_interval_s,
         offload=not args.no_offload,
     )

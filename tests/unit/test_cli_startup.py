@@ -38,7 +38,9 @@ def test_help_exits_before_torch_is_imported() -> None:
     code = (
         "from pipeline.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "try:\n    main(['replay', '--no-such-flag'])\nexcept SystemExit:\n    pass"
+        "try:\n    main(['replay', '--no-such-flag'])\nexcept SystemExit:\n    pass\n"
+        "for command in ('worker', 'produce', 'tail', 'keys', 'broker'):\n"
+        "    try:\n        main([command, '--help'])\n    except SystemExit:\n        pass"
     )
 
     # Execute
