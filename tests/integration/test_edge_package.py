@@ -42,7 +42,15 @@ def test_the_edge_wheel_installs_without_torch(edge_python: Path) -> None:
     )
     # Assert
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert {"metastream-edge", "numpy", "kafka-python", "crc32c", "safetensors", "cryptography"} <= names
+    assert {
+        "metastream-edge",
+        "numpy",
+        "kafka-python",
+        "crc32c",
+        "safetensors",
+        "cryptography",
+        "pycryptodome",
+    } <= names
     assert not names & {"torch", "faust-streaming", "river", "metastream"}
 
 

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "edge" / "metastream_edge"
-ALLOWED = {"numpy", "kafka", "safetensors", "cryptography", "metastream_edge"}
+ALLOWED = {
+    "numpy",
+    "kafka",
+    "safetensors",
+    "cryptography",
+    "Crypto",
+    "metastream_edge",
+}  # Crypto: pycryptodome
 
 
 def imported_roots(path: Path) -> set[str]:
