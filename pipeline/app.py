@@ -53,9 +53,10 @@ from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import MAX_DEAD_LETTER_BYTES
 from learners.codec import CodecError, decode_model
 from pipeline import dashboard, metrics
-from pipeline.checkpoints import HeldMessages, newest_checkpoint, published_versions
+from pipeline.checkpoints import HeldMessages, KafkaPartition, newest_checkpoint, published_versions
+from pipeline.chunk_layout import manifest_key
 from pipeline.fleet_view import FleetView
-from pipeline.worker_core import META_KEY, MetaAggregator, Outgoing, WorkerCore
+from pipeline.worker_core import META_KEY, MetaAggregator, Outgoing, PartitionCheckpoint, WorkerCore
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +308,8 @@ def create_app(
         broker_session_timeout=settings.session_timeout_s,
         # Heartbeats well inside the session, or a short session times out a live worker.
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
-        # The largest messages: a checkpoint holds a whole partition's devices; a dead
-        # letter carries a refused record whole (the topics' limits allow both).
+        # The largest messages: a checkpoint chunk or manifest, and a dead letter that
+        # carries a refused record whole (the topics' limits allow both).
         producer_max_request_size=max(CHECKPOINT_MAX_BYTES, MAX_DEAD_LETTER_BYTES + 64 * 1024),
         # Rebalances must not wait forever for an agent that is in the middle of a big batch.
         stream_wait_empty=False,
@@ -418,15 +419,26 @@ def create_app(
 
     checkpoints = out_topics[settings.checkpoints_topic]
 
-    async def write_checkpoints(taken: Sequence[tuple[int, int, bytes]]) -> None:
-        """Produce checkpoints, wait for the broker's acks, then let Faust commit what they cover."""
-        pending = [
-            await checkpoints.send(key=str(p).encode(), value=payload, partition=p, force=True)
-            for p, _, payload in taken
+    async def write_checkpoints(taken: Sequence[PartitionCheckpoint]) -> None:
+        """Chunks, then (once acked) each partition's manifest; then let Faust commit what they cover."""
+        chunk_acks = [
+            [
+                await checkpoints.send(key=key.encode(), value=payload, partition=ck.partition, force=True)
+                for _, key, payload, _ in ck.chunks
+            ]
+            for ck in taken
         ]
-        await asyncio.gather(*pending)
-        for p, offset, _ in taken:
-            state.checkpointed[p] = offset
+        written = [await asyncio.gather(*acks) for acks in chunk_acks]
+        manifest_acks = []
+        for ck, metas in zip(taken, written, strict=True):
+            manifest = await state.run(state.core.seal_manifest, ck, [m.offset for m in metas])
+            key = manifest_key(ck.partition).encode()
+            manifest_acks.append(
+                await checkpoints.send(key=key, value=manifest, partition=ck.partition, force=True)
+            )
+        await asyncio.gather(*manifest_acks)
+        for ck in taken:
+            state.checkpointed[ck.partition] = ck.offset
         release_covered()
 
     def release_covered() -> None:
@@ -518,8 +530,11 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
         consumer.assign(every)
         begins = await consumer.beginning_offsets(every)
         ends = await consumer.end_offsets(every)
+        core = state.core
         cks = {
-            p: await newest_checkpoint(consumer, tp, state.core.open_checkpoint, begins[tp], ends[tp])
+            p: await newest_checkpoint(
+                KafkaPartition(consumer, tp), p, core.open_manifest, core.open_chunk, begins[tp], ends[tp]
+            )
             for p, tp in ck_tps.items()
         }
         # Devices' models are keyed by device id: usually the same partition number, but not
