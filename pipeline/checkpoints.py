@@ -130,6 +130,27 @@ class KafkaPartition:
         return await read_range(self.consumer, self.tp, start, end)
 
 
+class RecordList:
+    """A :class:`PartitionLog` over records already read (tests, tools); offsets as they are.
+
+    Examples
+    --------
+    >>> import asyncio
+    >>> from types import SimpleNamespace as R
+    >>> log = RecordList([R(offset=o, key=None, value=b"v") for o in (3, 5, 9)])
+    >>> [r.offset for r in asyncio.run(log.read(4, 10))], log.end
+    ([5, 9], 10)
+    """
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self.records = sorted(records, key=lambda r: r.offset)
+        self.end = self.records[-1].offset + 1 if self.records else 0
+
+    async def read(self, start: int, end: int) -> list[Any]:
+        """The records with ``start`` ≤ offset < ``end``."""
+        return [r for r in self.records if start <= r.offset < end]
+
+
 async def newest_checkpoint(
     source: PartitionLog,
     partition: int,

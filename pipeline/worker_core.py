@@ -174,6 +174,7 @@ class WorkerCore:
             **{n: self._counts[n] for n in names},
             "devices": len(self.fleet.devices),
             "devices_stored": len(self.store),
+            "max_devices": self.lru.max_devices,
             "meta_version": self.fleet.meta_version,
         }
 
