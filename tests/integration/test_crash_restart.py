@@ -25,7 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from connectors.admin import ensure_topics, partition_for
 from connectors.settings import Settings
-from connectors.signing import Signer, Verifier
+from connectors.signing import Signer
 from connectors.wire import Reading, encode_readings
 from learners.checkpoint import Checkpoint
 from learners.synthetic import FleetStream, make_fleet_stream
@@ -299,8 +299,7 @@ def test_a_clean_stop_writes_a_final_checkpoint(
     stream = make_fleet_stream(n_devices=8, n_readings=3000, n_features=4, late_joiners=0.0, seed=2)
     produced = produce(s, as_readings(stream))
     wait_until(lambda: last_stats(tmp_path, 0).get("readings") == 3000, 60, log)
-    verifier = Verifier([signer.public_key])
-    before = newest_checkpoints(s, verifier)
+    before = newest_checkpoints(s, signer)
 
     # Execute
     proc.send_signal(signal.SIGTERM)
@@ -308,7 +307,7 @@ def test_a_clean_stop_writes_a_final_checkpoint(
     # Assert: it exits cleanly, and its last state is on the checkpoint topic.
     assert proc.wait(30) == 0, worker_log(tmp_path)
     learned: Counter[str] = Counter()
-    for ck in newest_checkpoints(s, verifier).values():
+    for ck in newest_checkpoints(s, signer).values():
         learned.update(ck.readings)
     learned_before: Counter[str] = Counter()
     for ck in before.values():
