@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+STATS_DEVICES_MAX = 1000
+"""``stats()["device_readings"]`` lists devices only up to this many (else it is empty)."""
+
 
 @dataclass(frozen=True)
 class Tuning:
@@ -140,6 +143,7 @@ class PipelineState:
     def stats(self) -> dict[str, Any]:
         """Core counters plus what went through the agents."""
         elapsed = time.monotonic() - self.started_at
+        readings = self.core.device_readings.copy()  # the learner thread may add devices meanwhile
         return {
             **self.core.stats(),
             "messages": self.messages,
@@ -149,7 +153,9 @@ class PipelineState:
             "aggregator_version": self.aggregator.version,
             "assigned": self.assigned,
             "checkpointed": {str(p): o for p, o in sorted(self.checkpointed.items())},
-            "device_readings": dict(sorted(self.core.device_readings.items())),
+            # Per device only for small fleets: after a flood it would be megabytes per line.
+            "device_readings": dict(sorted(readings.items())) if len(readings) <= STATS_DEVICES_MAX else {},
+            "devices_known": len(readings),
             "uptime_s": round(elapsed, 1),
         }
 

@@ -7,7 +7,6 @@ an empty store and restores from those.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import tempfile
@@ -15,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 
 class DeviceStore:
-    """Device id → device record bytes, in a private SQLite file deleted on :meth:`close`.
+    """Device id → device record bytes, in a private SQLite file (unlinked at once, so never left behind).
 
     Parameters
     ----------
@@ -46,6 +45,9 @@ class DeviceStore:
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE IF NOT EXISTS device (id TEXT PRIMARY KEY, record BLOB NOT NULL)")
+        if self.path != ":memory:":
+            # Unlinked while open: the space is freed when the process ends, even by SIGKILL.
+            os.unlink(self.path)
         self._n = 0
 
     def __len__(self) -> int:
@@ -90,8 +92,5 @@ class DeviceStore:
             self._n = self._db.execute("SELECT COUNT(*) FROM device").fetchone()[0]
 
     def close(self) -> None:
-        """Close and delete the file."""
+        """Close the store (its file's space is freed)."""
         self._db.close()
-        if self.path != ":memory:":
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
