@@ -121,8 +121,7 @@ def split_export(
     )
     # Every device's tensor rows side by side, as bytes: one row of this matrix per device.
     rows = np.concatenate(
-        [_rows(tensors[k], n) for k in names]
-        or [np.zeros((n, 0), np.uint8)],
+        [_rows(tensors[k], n) for k in names] or [np.zeros((n, 0), np.uint8)],
         axis=1,
     )
     sizes = [int(s) for s in info.get("blob_sizes", [0] * n)]
