@@ -36,6 +36,7 @@ publishes the next one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -183,7 +184,8 @@ async def newest_checkpoint(
                     )
                 offsets = [c.offset for c in manifest.chunks if begin <= c.offset < record.offset]
                 found = await read_at(source, offsets)
-                return assemble(manifest, found, open_chunk)
+                # Verifying megabytes of chunks is CPU work: off the event loop (heartbeats go on).
+                return await asyncio.to_thread(assemble, manifest, found, open_chunk)
             except CheckpointError as exc:
                 log.warning(
                     "skipping checkpoint of partition %d at offset %d: %s", partition, record.offset, exc
