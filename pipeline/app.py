@@ -125,6 +125,9 @@ class PipelineState:
     checkpoint_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     checkpointed: dict[int, int] = field(default_factory=dict)
     """Per owned readings partition, the offset of its newest checkpoint on the topic."""
+    rebalances: int = 0
+    """Assignments so far; a restore only completes the assignment it was started for."""
+    restoring: asyncio.Future[None] | None = None
     started_at: float = field(default_factory=time.monotonic)
     processed: dict[int, int] = field(default_factory=dict)
     """Next readings offset to process, per owned partition (for consumer lag)."""
@@ -480,11 +483,25 @@ def create_app(
         for partition in set(state.processed) - owned:
             del state.processed[partition]  # another worker moves it on from here
         state.restored.clear()
-        async with state.checkpoint_lock:
-            new = sorted(owned - set(state.checkpointed))
-            if new:
-                await _restore_partitions(settings, state, new)
-        state.restored.set()
+        state.rebalances += 1
+        # Restoring a big partition takes longer than a session timeout may allow inside the
+        # rebalance callback: it runs as its own task while the consumer goes on heartbeating;
+        # the readings agent waits for `restored` before it learns anything.
+        state.restoring = asyncio.ensure_future(restore(owned, state.rebalances))
+
+    async def restore(owned: set[int], generation: int) -> None:
+        """Restore the owned partitions not restored yet; then let the agent learn (if still current)."""
+        try:
+            async with state.checkpoint_lock:
+                new = sorted(owned - set(state.checkpointed))
+                if new and generation == state.rebalances:
+                    await _restore_partitions(settings, state, new)
+        except Exception as exc:  # learning a partition without its state would restart its devices
+            log.exception("restoring partitions %s failed", sorted(owned))
+            await app.crash(exc)
+            return
+        if generation == state.rebalances:  # a newer assignment restores (and sets it) itself
+            state.restored.set()
 
     async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         """A last checkpoint on a clean stop, so the next owner need not learn anything again."""
@@ -546,10 +563,8 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
         # Devices' models are keyed by device id: usually the same partition number, but not
         # if a producer put a device on another readings partition than its key's.
         devices = [d for ck in cks.values() if ck is not None for d in ck.device_ids]
-        wanted = [
-            model_tps[m]
-            for m in sorted(set(partitions) | {partition_for(d, len(model_tps)) for d in devices})
-        ]
+        homes = await asyncio.to_thread(lambda: {partition_for(d, len(model_tps)) for d in devices})
+        wanted = [model_tps[m] for m in sorted(set(partitions) | homes)]
         starts = {tp: begins[tp] for tp in wanted}
         if all(ck is not None for ck in cks.values()):
             # Models published before a checkpoint are in its versions; a minute of slack for clocks.
