@@ -62,9 +62,10 @@ class Settings:
     """Most devices a worker keeps in memory; beyond, the least recently seen idle ones are evicted.
 
     An evicted device's state is saved (local store, and in the checkpoints)
-    and restored exactly on its next reading.  Resident devices cost about
-    16 KB each with the default learner, so the default bounds the learner
-    state near 0.8 GB.
+    and restored exactly on its next reading.  A resident device costs about
+    11-17 KB of memory with the default learner (more as its detector window
+    grows), so the default bounds the learner state near 0.5-0.8 GB; a device
+    that is only known (evicted) costs under 1 KB.
     """
     session_timeout_s: float = 60.0
     """Consumer-group session timeout: how long a crashed worker's partitions wait for a new owner."""
