@@ -45,6 +45,9 @@ from learners.codec import _header_digest, _metadata, tensor_digest
 
 CHUNK_SCHEMA = "metastream.checkpoint-chunk/1"
 MANIFEST_SCHEMA = "metastream.checkpoint-manifest/1"
+LEGACY_SCHEMA = "metastream.checkpoint/1"
+"""Earlier versions wrote a whole partition as one message of this schema (read on upgrade)."""
+LEGACY_DEVICES_PER_CHUNK = 128
 
 WORKER_TENSOR_PREFIXES = ("theta.", "scaler.")
 """Tensors of :meth:`~learners.fleet.FleetLearner.export_devices` that are worker-wide."""
@@ -446,4 +449,39 @@ def assemble(
         if len(chunk.records) != ref.devices:
             raise CheckpointError(f"{where}: chunk at offset {ref.offset} holds other devices")
         chunks.append(chunk)
+    return Checkpoint(manifest, chunks)
+
+
+def decode_legacy(payload: bytes) -> Checkpoint:
+    """A one-message checkpoint of an earlier version, as a checkpoint whose chunks are not on the topic yet.
+
+    Its manifest names no chunk: the worker that restores it writes every
+    group again at its next checkpoint (:meth:`pipeline.chunk_layout.ChunkLayout.adopt`).
+    :class:`CheckpointError` on any problem.
+    """
+    tensors, h = _decode(LEGACY_SCHEMA, payload)
+    try:
+        partition, offset = int(h["partition"]), int(h["offset"])
+        worker, records = split_export(tensors, dict(h["info"]))
+        versions = {str(k): int(v) for k, v in h["versions"].items()}
+        readings = {str(k): int(v) for k, v in h["readings"].items()}
+        drift_at = {str(k): float(v) for k, v in h["drift_at"].items()}
+        manifest = Manifest(partition, offset, 0, worker, [], str(h["writer"]), float(h["created_at"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"bad checkpoint header: {exc}") from exc
+    ids = list(records)
+    chunks = []
+    for g, start in enumerate(range(0, len(ids), LEGACY_DEVICES_PER_CHUNK)):
+        own = ids[start : start + LEGACY_DEVICES_PER_CHUNK]
+        chunks.append(
+            Chunk(
+                partition,
+                g,
+                0,
+                {d: records[d] for d in own},
+                versions={d: versions[d] for d in own if d in versions},
+                readings={d: readings[d] for d in own if d in readings},
+                drift_at={d: drift_at[d] for d in own if d in drift_at},
+            )
+        )
     return Checkpoint(manifest, chunks)

@@ -556,7 +556,13 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
         core = state.core
         cks = {
             p: await newest_checkpoint(
-                KafkaPartition(consumer, tp), p, core.open_manifest, core.open_chunk, begins[tp], ends[tp]
+                KafkaPartition(consumer, tp),
+                p,
+                core.open_manifest,
+                core.open_chunk,
+                begins[tp],
+                ends[tp],
+                open_legacy=core.open_legacy,
             )
             for p, tp in ck_tps.items()
         }

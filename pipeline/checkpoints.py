@@ -160,6 +160,7 @@ async def newest_checkpoint(
     begin: int,
     end: int,
     window: int = 8,
+    open_legacy: Callable[[bytes], Checkpoint] | None = None,
 ) -> Checkpoint | None:
     """The newest complete checkpoint of ``partition`` in ``source`` (offsets ``begin`` … ``end`` - 1).
 
@@ -168,15 +169,27 @@ async def newest_checkpoint(
     each manifest, reads the chunks it names (at their offsets).  A manifest
     that is refused (forged, altered, malformed, foreign) or whose chunk set
     is incomplete or altered is logged and skipped: an older one is tried.
-    ``None`` when there is no complete one.
+    ``None`` when there is no complete one.  With ``open_legacy``, a
+    one-message checkpoint of an earlier version (keyed by the partition
+    number) counts too, so an upgraded worker takes over its state.
     """
     key = manifest_key(partition).encode()
+    legacy = str(partition).encode()
     while end > begin:
         start = max(begin, end - window)
         for record in reversed(await source.read(start, end)):
-            if record.value is None or record.key != key:
+            if record.value is None or record.key not in (key, legacy):
                 continue
             try:
+                if record.key == legacy:
+                    if open_legacy is None:
+                        raise CheckpointError("a checkpoint of an earlier format, and no reader for it")
+                    ck = await asyncio.to_thread(open_legacy, record.value)
+                    if ck.partition != partition:
+                        raise CheckpointError(
+                            f"checkpoint of partition {ck.partition} in partition {partition}"
+                        )
+                    return ck
                 manifest = open_manifest(record.value)
                 if manifest.partition != partition:
                     raise CheckpointError(

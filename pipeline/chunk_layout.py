@@ -115,12 +115,13 @@ class ChunkLayout:
         return [refs[g] for g in sorted(refs) if self.groups.get(g)]
 
     def adopt(self, refs: Iterable[ChunkRef], members: dict[int, list[str]], seq: int) -> None:
-        """Continue from a restored manifest: its groups, their members and chunks."""
+        """Continue from a restored manifest: its groups, their members and chunks (``refs``)."""
         self.groups = {g: list(m) for g, m in members.items()}
         self.group_of = {d: g for g, m in self.groups.items() for d in m}
         self.refs = {r.group: r for r in refs}
         self.seq = seq
-        self._dirty.clear()
+        # Groups with no chunk on the topic (a checkpoint of an earlier format) are written at once.
+        self._dirty = {g for g in self.groups if g not in self.refs}
         self._open = None
 
     def _new_group(self) -> int:

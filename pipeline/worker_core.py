@@ -32,6 +32,7 @@ from learners.checkpoint import (
     Manifest,
     WorkerState,
     decode_chunk,
+    decode_legacy,
     decode_manifest,
     encode_chunk,
     encode_manifest,
@@ -442,6 +443,13 @@ class WorkerCore:
         except SignatureError as exc:
             raise CheckpointError(f"checkpoint refused: {exc}") from exc
 
+    def open_legacy(self, payload: bytes) -> Checkpoint:
+        """Verify and decode a one-message checkpoint of an earlier version (see :func:`decode_legacy`)."""
+        try:
+            return decode_legacy(self.verifier.open(payload))
+        except SignatureError as exc:
+            raise CheckpointError(f"checkpoint refused: {exc}") from exc
+
     def release(self, partitions: Sequence[int]) -> list[PartitionCheckpoint]:
         """Checkpoints of the changed ones of ``partitions``, then stop processing them (revoked).
 
@@ -506,6 +514,8 @@ class WorkerCore:
             self._counts["checkpoints_restored"] += 1
         self.owned = (self.owned or set()) | {partition}
         self._dirty.discard(partition)
+        if layout.is_dirty():  # restored from an earlier format: its chunks are still to be written
+            self._dirty.add(partition)
         for d, v in (published or {}).items():
             self.versions[d] = max(self.versions.get(d, 0), v)
 

@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save
 
 from connectors.admin import partition_for
 from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading, encode_readings
-from learners.checkpoint import Checkpoint, CheckpointError, Chunk, decode_chunk, encode_chunk
-from learners.codec import decode_deltas, decode_model
+from learners.checkpoint import LEGACY_SCHEMA, Checkpoint, CheckpointError, Chunk, decode_chunk, encode_chunk
+from learners.codec import _header_digest, decode_deltas, decode_model, tensor_digest
 from learners.config import LearnerConfig
 from learners.fleet import FleetLearner
 from learners.synthetic import FleetStream, make_fleet_stream
@@ -395,3 +396,54 @@ def test_wrong_schema_is_refused() -> None:
     payload = encode_chunk(Chunk(0, 0, 1, {"a": b"x"}))
     with pytest.raises(CheckpointError, match="unknown checkpoint schema"):
         decode_chunk(payload.replace(b"metastream.checkpoint-chunk/1", b"metastream.checkpoint-chunk/9"))
+
+
+def legacy_payload(core: WorkerCore, partition: int) -> bytes:
+    """One partition as earlier versions wrote it: one signed message (their ``encode_checkpoint``)."""
+    ids = [d for d, p in core.partition_of.items() if p == partition]
+    tensors, info = core.fleet.export_devices(ids)
+    header = {
+        "partition": partition,
+        "offset": core.offsets[partition],
+        "info": info,
+        "versions": {d: core.versions[d] for d in ids if d in core.versions},
+        "readings": {d: core.device_readings[d] for d in ids},
+        "drift_at": {},
+        "writer": "old",
+        "created_at": 1.0,
+    }
+    meta = {"schema": LEGACY_SCHEMA, "header": json.dumps(header)}
+    meta["sha256"] = tensor_digest(tensors) + ":" + _header_digest(meta)
+    return core.signer.seal(save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+
+
+def test_a_checkpoint_of_the_earlier_one_message_format_is_taken_over_and_rewritten_as_chunks() -> None:
+    # Prepare: partition 0 checkpointed by an earlier version (one message keyed "0").
+    signer = Signer.generate()
+    messages = [m for m in gateway_messages(fleet_stream()) if m[1] == 0]
+    original = WorkerCore(SETTINGS, signer, clock=lambda: 7.0, worker_id="w")
+    original.on_readings(messages[:60])
+    old = MemoryTopic()
+    old.append(0, b"0", legacy_payload(original, 0))
+    readings, versions = dict(original.device_readings), dict(original.versions)
+    upgraded = WorkerCore(SETTINGS, signer, clock=lambda: 7.0, worker_id="w")
+
+    # Execute: restore it, write a checkpoint right away, and restore that in a third core.
+    source = old.log(0)
+    ck = asyncio.run(
+        newest_checkpoint(
+            source, 0, upgraded.open_manifest, upgraded.open_chunk, 0, 1, open_legacy=upgraded.open_legacy
+        )
+    )
+    assert ck is not None
+    upgraded.restore(0, ck)
+    [rewritten] = write(upgraded, old)
+    third = WorkerCore(SETTINGS, signer, clock=lambda: 7.0, worker_id="w")
+    third.restore(0, newest(third, old, 0))
+    out_original = original.on_readings(messages[60:])
+
+    # Assert: every device, its counters and its learning carry over; all its chunks were written.
+    assert upgraded.device_readings == readings and upgraded.versions == versions
+    assert sum(n for _, _, _, n in rewritten.chunks) == len(ck.device_ids) > 0
+    assert comparable(third.on_readings(messages[60:])) == comparable(out_original)
+    assert newest(upgraded, old, 0) is not None and old.end(0) == 1 + len(rewritten.chunks) + 1
