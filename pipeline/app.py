@@ -531,9 +531,10 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
     """Each partition's newest valid checkpoint and published model versions → the core.
 
     Everything is assigned and its offsets are listed at once: each
-    ``assign`` of an aiokafka consumer costs a metadata round of ~0.5 s, and
-    this runs inside the rebalance (within the session timeout).  Failing to
-    read is fatal (the worker crashes and its partitions move on): learning
+    ``assign`` of an aiokafka consumer costs a metadata round of ~0.5 s.  It
+    runs as a task of its own after the rebalance callback (a partition of
+    many devices takes longer than a session timeout), before the readings
+    agent learns anything of the new assignment.  Failing to read is fatal (the worker crashes and its partitions move on): learning
     a partition without its state would restart its devices' model versions.
     """
     consumer = AIOKafkaConsumer(
