@@ -534,8 +534,9 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
     ``assign`` of an aiokafka consumer costs a metadata round of ~0.5 s.  It
     runs as a task of its own after the rebalance callback (a partition of
     many devices takes longer than a session timeout), before the readings
-    agent learns anything of the new assignment.  Failing to read is fatal (the worker crashes and its partitions move on): learning
-    a partition without its state would restart its devices' model versions.
+    agent learns anything of the new assignment.  Failing to read is fatal
+    (the worker crashes and its partitions move on): learning a partition
+    without its state would restart its devices' model versions.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap,
