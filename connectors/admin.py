@@ -23,10 +23,11 @@ from connectors.wire import MAX_DEAD_LETTER_BYTES
 log = logging.getLogger(__name__)
 
 COMPACT = {"cleanup.policy": "compact"}
-CHECKPOINT_MAX_BYTES = 32 * 1024 * 1024
+CHECKPOINT_MAX_BYTES = 8 * 1024 * 1024
 CHECKPOINT_CONFIGS = {
     **COMPACT,
-    # One message holds every device of a partition (~5 KB each with the default learner).
+    # A checkpoint is chunks of about 1 MB plus a manifest that names them (about 100 bytes
+    # per chunk, so a manifest this size still covers tens of millions of devices).
     "max.message.bytes": str(CHECKPOINT_MAX_BYTES),
     # Roll segments hourly so old checkpoints become compactable (the active one never is).
     "segment.ms": str(3_600_000),

@@ -58,6 +58,15 @@ class Settings:
     Offsets are committed only up to the newest checkpoint, so after a crash
     at most this much of the stream is read (and its outputs sent) again.
     """
+    max_devices: int = 50_000
+    """Most devices a worker keeps in memory; beyond, the least recently seen idle ones are evicted.
+
+    An evicted device's state is saved (local store, and in the checkpoints)
+    and restored exactly on its next reading.  A resident device costs about
+    11-17 KB of memory with the default learner (more as its detector window
+    grows), so the default bounds the learner state near 0.5-0.8 GB; a device
+    that is only known (evicted) costs under 1 KB.
+    """
     session_timeout_s: float = 60.0
     """Consumer-group session timeout: how long a crashed worker's partitions wait for a new owner."""
     n_features: int = 8
@@ -136,6 +145,8 @@ class Settings:
             # Credentials that would silently not be sent are a misconfiguration, not a default.
             raise ValueError(f"SASL credentials are set but security_protocol is {protocol}; use SASL_SSL")
         object.__setattr__(self, "sasl_mechanism", mechanism)
+        if self.max_devices < 1:
+            raise ValueError(f"max_devices must be >= 1, got {self.max_devices}")
 
     @property
     def uses_tls(self) -> bool:

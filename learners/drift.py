@@ -345,6 +345,23 @@ class DriftMonitor:
             if state["fresh"] is not None:
                 self.fresh[slot] = int(state["fresh"])
 
+    def retain(self, keep: np.ndarray) -> None:
+        """Keep only the detectors of slots ``keep`` (ascending), renumbered 0, 1, … in that order.
+
+        A kept device's detector object moves with it, so it behaves exactly
+        as before (dropped devices were saved with :meth:`export_slots`).
+        """
+        kept = [int(s) for s in keep if s < len(self._detectors)]  # ascending: the ones with a detector
+        new_of = {old: new for new, old in enumerate(int(s) for s in keep)}
+        self._detectors = [self._detectors[s] for s in kept]
+        self._windows = [self._windows[s] for s in kept]
+        self._slow = [self._slow[s] for s in kept]
+        self._quiet_until = [self._quiet_until[s] for s in kept]
+        idx = np.array(kept, dtype=np.int64)
+        self._seen, self._cut_n, self._cut_sum = self._seen[idx], self._cut_n[idx], self._cut_sum[idx]
+        self._scale, self._scaled_n = self._scale[idx], self._scaled_n[idx]
+        self.fresh = {new_of[s]: f for s, f in self.fresh.items() if s in new_of}
+
 
 def _running_sum(start: float, values: np.ndarray) -> float:
     """``start + values[0] + values[1] + …`` added left to right, as a running total is."""

@@ -179,6 +179,13 @@ class AdaptationTracker:
         """Remember the device's current error as its before-adaptation level."""
         self._open.append((slot, tag, float(self._ema[slot]), int(self._seen[slot])))
 
+    def retain(self, keep: np.ndarray) -> None:
+        """Keep only slots ``keep`` (ascending), renumbered 0, 1, …; adaptations of the others are dropped."""
+        kept = np.asarray([s for s in keep if s < len(self._ema)], dtype=np.int64)
+        new_of = {int(old): new for new, old in enumerate(keep)}
+        self._ema, self._seen = self._ema[kept], self._seen[kept]
+        self._open = [(new_of[s], t, b, a) for s, t, b, a in self._open if s in new_of]
+
     def finished(self) -> list[tuple[str, float, float]]:
         """``(tag, before, after)`` of adaptations that have ``after`` readings since."""
         done, still_open = [], []

@@ -395,6 +395,32 @@ class FleetLearner:
         }
         return tensors, info
 
+    def drop_devices(self, device_ids: Sequence[str]) -> np.ndarray:
+        """Forget ``device_ids`` (save them first with :meth:`export_devices`); returns the kept old slots.
+
+        The remaining devices move down to fill the gaps, in their order, so
+        slots stay dense: new slot ``i`` is old slot ``keep[i]`` (state kept
+        per slot elsewhere must be renumbered the same way).  Capacity is
+        kept for the devices that come next.
+        """
+        n = len(self.devices)
+        gone = np.zeros(n, dtype=bool)
+        gone[[self.devices.slot(d) for d in device_ids]] = True
+        keep = np.flatnonzero(~gone)
+        k, idx = len(keep), torch.from_numpy(keep)
+        for p in (self.params, self.published):
+            for v in p.values():
+                v[:k] = v[idx]  # index_select copies before the write
+                v[k:n] = 0
+        b = self.buffers
+        per_slot = (self._pending, self._has_model, self._retries, self._since_meta)
+        for a in (*per_slot, b.x, b.y, b.count, b._next):
+            a[:k] = a[keep]
+            a[k:n] = 0
+        self.monitor.retain(keep)
+        self.devices.retain(keep)
+        return keep
+
     def import_devices(
         self, tensors: dict[str, torch.Tensor], info: dict[str, Any], worker_wide: bool = False
     ) -> list[str]:

@@ -57,3 +57,8 @@ class DeviceIndex:
                 new.append(s)
             out[i] = s
         return out, new
+
+    def retain(self, keep: np.ndarray) -> None:
+        """Keep only the devices of slots ``keep`` (ascending); they get slots 0, 1, … in that order."""
+        self.ids = [self.ids[int(s)] for s in keep]
+        self._slot = {d: i for i, d in enumerate(self.ids)}

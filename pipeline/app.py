@@ -55,11 +55,25 @@ from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import MAX_DEAD_LETTER_BYTES
 from learners.codec import CodecError, decode_model
 from pipeline import dashboard, metrics, web_auth
-from pipeline.checkpoints import HeldMessages, newest_checkpoint, published_versions, read_range
+from pipeline.checkpoints import (
+    HeldMessages,
+    KafkaPartition,
+    newest_checkpoint,
+    published_versions,
+    read_range,
+)
+from pipeline.chunk_layout import manifest_key
 from pipeline.fatal import FatalStop
 from pipeline.fleet_view import FleetView
 from pipeline.suspects import SuspectError, decode_suspects, encode_suspects
-from pipeline.worker_core import AGGREGATOR_COUNTS, META_KEY, MetaAggregator, Outgoing, WorkerCore
+from pipeline.worker_core import (
+    AGGREGATOR_COUNTS,
+    META_KEY,
+    MetaAggregator,
+    Outgoing,
+    PartitionCheckpoint,
+    WorkerCore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +139,9 @@ class PipelineState:
     checkpoint_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     checkpointed: dict[int, int] = field(default_factory=dict)
     """Per owned readings partition, the offset of its newest checkpoint on the topic."""
+    rebalances: int = 0
+    """Assignments so far; a restore only completes the assignment it was started for."""
+    restoring: asyncio.Future[None] | None = None
     started_at: float = field(default_factory=time.monotonic)
     processed: dict[int, int] = field(default_factory=dict)
     """Next readings offset to process, per owned partition (for consumer lag)."""
@@ -160,6 +177,7 @@ class PipelineState:
             **{k: self.aggregator.counts[k] for k in AGGREGATOR_COUNTS},
             "assigned": self.assigned,
             "checkpointed": {str(p): o for p, o in sorted(self.checkpointed.items())},
+            "devices_known": len(self.core.device_readings),  # resident and evicted
             "uptime_s": round(elapsed, 1),
         }
 
@@ -328,8 +346,8 @@ def create_app(
         broker_session_timeout=settings.session_timeout_s,
         # Heartbeats well inside the session, or a short session times out a live worker.
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
-        # The largest messages: a checkpoint holds a whole partition's devices; a dead
-        # letter carries a refused record whole (the topics' limits allow both).
+        # The largest messages: a checkpoint chunk or manifest, and a dead letter that
+        # carries a refused record whole (the topics' limits allow both).
         producer_max_request_size=max(CHECKPOINT_MAX_BYTES, MAX_DEAD_LETTER_BYTES + 64 * 1024),
         # Rebalances must not wait forever for an agent that is in the middle of a big batch.
         stream_wait_empty=False,
@@ -474,15 +492,26 @@ def create_app(
 
     checkpoints = out_topics[settings.checkpoints_topic]
 
-    async def write_checkpoints(taken: Sequence[tuple[int, int, bytes]]) -> None:
-        """Produce checkpoints, wait for the broker's acks, then let Faust commit what they cover."""
-        pending = [
-            await checkpoints.send(key=str(p).encode(), value=payload, partition=p, force=True)
-            for p, _, payload in taken
+    async def write_checkpoints(taken: Sequence[PartitionCheckpoint]) -> None:
+        """Chunks, then (once acked) each partition's manifest; then let Faust commit what they cover."""
+        chunk_acks = [
+            [
+                await checkpoints.send(key=key.encode(), value=payload, partition=ck.partition, force=True)
+                for _, key, payload, _ in ck.chunks
+            ]
+            for ck in taken
         ]
-        await asyncio.gather(*pending)
-        for p, offset, _ in taken:
-            state.checkpointed[p] = offset
+        written = [await asyncio.gather(*acks) for acks in chunk_acks]
+        manifest_acks = []
+        for ck, metas in zip(taken, written, strict=True):
+            manifest = await state.run(state.core.seal_manifest, ck, [m.offset for m in metas])
+            key = manifest_key(ck.partition).encode()
+            manifest_acks.append(
+                await checkpoints.send(key=key, value=manifest, partition=ck.partition, force=True)
+            )
+        await asyncio.gather(*manifest_acks)
+        for ck in taken:
+            state.checkpointed[ck.partition] = ck.offset
         release_covered()
 
     def release_covered() -> None:
@@ -525,16 +554,25 @@ def create_app(
         for partition in set(state.processed) - owned:
             del state.processed[partition]  # another worker moves it on from here
         state.restored.clear()
-        async with state.checkpoint_lock:
-            new = sorted(owned - set(state.checkpointed))
-            if new:
-                try:
+        state.rebalances += 1
+        # Restoring a big partition takes longer than a session timeout may allow inside the
+        # rebalance callback: it runs as its own task while the consumer goes on heartbeating;
+        # the readings agent waits for `restored` before it learns anything.
+        state.restoring = asyncio.ensure_future(restore(owned, state.rebalances))
+
+    async def restore(owned: set[int], generation: int) -> None:
+        """Restore the owned partitions not restored yet; then let the agent learn (if still current)."""
+        try:
+            async with state.checkpoint_lock:
+                new = sorted(owned - set(state.checkpointed))
+                if new and generation == state.rebalances:
                     await _restore_partitions(settings, state, new)
                     await _restore_suspects(settings, state, new)
-                except Exception as exc:  # unrestored partitions would never be learned: a zombie
-                    state.fatal.fail("partition restore", exc)
-                    raise
-        state.restored.set()
+        except Exception as exc:  # unrestored partitions would never be learned: a zombie
+            state.fatal.fail("partition restore", exc)
+            return
+        if generation == state.rebalances:  # a newer assignment restores (and sets it) itself
+            state.restored.set()
 
     async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         """A last checkpoint on a clean stop, so the next owner need not learn anything again."""
@@ -567,10 +605,12 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
     """Each partition's newest valid checkpoint and published model versions → the core.
 
     Everything is assigned and its offsets are listed at once: each
-    ``assign`` of an aiokafka consumer costs a metadata round of ~0.5 s, and
-    this runs inside the rebalance (within the session timeout).  Failing to
-    read is fatal (the worker crashes and its partitions move on): learning
-    a partition without its state would restart its devices' model versions.
+    ``assign`` of an aiokafka consumer costs a metadata round of ~0.5 s.  It
+    runs as a task of its own after the rebalance callback (a partition of
+    many devices takes longer than a session timeout), before the readings
+    agent learns anything of the new assignment.  Failing to read is fatal
+    (the worker crashes and its partitions move on): learning a partition
+    without its state would restart its devices' model versions.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap,
@@ -589,17 +629,24 @@ async def _restore_partitions(settings: Settings, state: PipelineState, partitio
         consumer.assign(every)
         begins = await consumer.beginning_offsets(every)
         ends = await consumer.end_offsets(every)
+        core = state.core
         cks = {
-            p: await newest_checkpoint(consumer, tp, state.core.open_checkpoint, begins[tp], ends[tp])
+            p: await newest_checkpoint(
+                KafkaPartition(consumer, tp),
+                p,
+                core.open_manifest,
+                core.open_chunk,
+                begins[tp],
+                ends[tp],
+                open_legacy=core.open_legacy,
+            )
             for p, tp in ck_tps.items()
         }
         # Devices' models are keyed by device id: usually the same partition number, but not
         # if a producer put a device on another readings partition than its key's.
         devices = [d for ck in cks.values() if ck is not None for d in ck.device_ids]
-        wanted = [
-            model_tps[m]
-            for m in sorted(set(partitions) | {partition_for(d, len(model_tps)) for d in devices})
-        ]
+        homes = await asyncio.to_thread(lambda: {partition_for(d, len(model_tps)) for d in devices})
+        wanted = [model_tps[m] for m in sorted(set(partitions) | homes)]
         starts = {tp: begins[tp] for tp in wanted}
         if all(ck is not None for ck in cks.values()):
             # Models published before a checkpoint are in its versions; a minute of slack for clocks.

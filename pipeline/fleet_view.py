@@ -180,7 +180,10 @@ class FleetView:
     def _event(self, value: bytes, now: float) -> None:
         try:
             event = json.loads(value)
-            kind, device = event["type"], str(event["device_id"])
+            kind = event["type"]
+            if kind == "evicted":  # worker-wide, no device: /metrics counts evictions
+                return
+            device = str(event["device_id"])
         except (ValueError, KeyError, TypeError):
             self.malformed_events += 1  # not ours to refuse; the dashboard just skips it
             return

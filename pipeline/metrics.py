@@ -108,11 +108,19 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "metastream_duplicates_skipped",
         "Reading messages skipped as already covered by a restored checkpoint.",
     ),
+    "evicted": ("metastream_devices_evicted", "Idle devices moved out of memory (beyond max_devices)."),
+    "devices_restored": (
+        "metastream_devices_restored",
+        "Evicted devices brought back on their next reading.",
+    ),
 }
 GAUGES: dict[str, tuple[str, str]] = {
     "meta_version": ("metastream_meta_version", "θ version this worker's learners start from."),
     "aggregator_version": ("metastream_aggregator_version", "θ version of this worker's meta aggregator."),
     "uptime_s": ("metastream_uptime_seconds", "Seconds since the worker started."),
+    "devices": ("metastream_devices_resident", "Devices in this worker's memory."),
+    "devices_stored": ("metastream_devices_stored", "Evicted devices in the worker's local store."),
+    "max_devices": ("metastream_devices_max", "Bound on devices in memory (setting max_devices)."),
 }
 
 

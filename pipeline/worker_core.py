@@ -24,7 +24,23 @@ from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import DeadLetter, Reading, Rejected, decode_readings, device_named_in, encode_event
 from learners.base import reading_errors
-from learners.checkpoint import Checkpoint, CheckpointError, decode_checkpoint, encode_checkpoint
+from learners.checkpoint import (
+    CHUNK_BYTES,
+    Checkpoint,
+    CheckpointError,
+    Chunk,
+    ChunkRef,
+    Manifest,
+    WorkerState,
+    decode_chunk,
+    decode_legacy,
+    decode_manifest,
+    encode_chunk,
+    encode_manifest,
+    merge_records,
+    payload_digest,
+    split_export,
+)
 from learners.codec import (
     CodecError,
     DeltaHeader,
@@ -39,6 +55,9 @@ from learners.guard import GuardCheck
 from learners.meta import MetaLearner
 from learners.nets import FunctionalNet, Params, init_params
 from learners.theta_check import ThetaCheck, check_theta, sample_held_back
+from pipeline.chunk_layout import ChunkLayout
+from pipeline.device_store import DeviceStore
+from pipeline.eviction import LruEviction
 from pipeline.suspects import SuspectLedger
 
 log = logging.getLogger(__name__)
@@ -101,6 +120,7 @@ class WorkerCore:
         clock: Callable[[], float] = time.time,
         worker_id: str = "worker",
         trusted: Verifier | None = None,
+        store: DeviceStore | None = None,
     ) -> None:
         self.settings = settings
         self.cfg = settings.learner_config()
@@ -125,14 +145,21 @@ class WorkerCore:
         self._dirty: set[int] = set()
         self.suspects = SuspectLedger()
         """Messages the learner failed on (see :mod:`pipeline.suspects`); refused ones are dead letters."""
+        self._layouts: dict[int, ChunkLayout] = {}
+        self.lru = LruEviction(settings.max_devices)
+        """Resident devices, least recently seen first, and the bound on them."""
+        self.store = store if store is not None else DeviceStore()
+        """Records of the devices evicted from memory."""
 
     def stats(self) -> dict[str, int]:
         """Counters of what this worker did, and the θ version it is on.
 
         readings, dead_letters, drifts, adaptations, rejected, published,
         meta_refused, the checkpoint counters (duplicates_skipped,
-        not_owned_skipped, checkpoints_written, checkpoints_restored), devices
-        (known to this worker), meta_version.  ``rejected`` counts adaptations
+        not_owned_skipped, checkpoints_written, checkpoints_restored),
+        evicted (devices moved out of memory) and devices_restored (brought
+        back), devices (resident in memory), devices_stored (evicted, in the
+        store), meta_version.  ``rejected`` counts adaptations
         the regression guard refused (the device kept its current model;
         nothing was published).
         """
@@ -148,10 +175,14 @@ class WorkerCore:
             "not_owned_skipped",
             "checkpoints_written",
             "checkpoints_restored",
+            "evicted",
+            "devices_restored",
         )
         return {
             **{n: self._counts[n] for n in names},
             "devices": len(self.fleet.devices),
+            "devices_stored": len(self.store),
+            "max_devices": self.lru.max_devices,
             "meta_version": self.fleet.meta_version,
         }
 
@@ -233,6 +264,7 @@ class WorkerCore:
         ids = [r.device_id for r in readings]
         x = np.array([r.x for r in readings], dtype=np.float64)
         y = np.array([r.y for r in readings], dtype=np.float64)
+        self._bring_back(ids)
         result = self.fleet.learn_predict(ids, x, y)
         now = self.clock()
         self._counts["readings"] += len(readings)
@@ -264,7 +296,7 @@ class WorkerCore:
             # Signed like models: the meta agent applies only contributions it can attribute.
             payload = self.signer.seal(encode_deltas(deltas, weights, header))
             out.append(Outgoing(s.topic_deltas, self.worker_id.encode(), payload, []))
-        return out
+        return out + self._evict(ids, now)
 
     def _publish(self, device_id: str, now: float) -> list[Outgoing]:
         """A new signed model version for ``device_id``, plus its ``adapted`` event."""
@@ -328,43 +360,99 @@ class WorkerCore:
             return False
         return self.fleet.adopt_theta(tensors, header.model_version)
 
-    # -- checkpoints -------------------------------------------------------------------
+    # -- checkpoints and residency ---------------------------------------------------------
 
     def dirty_partitions(self) -> set[int]:
         """Partitions whose state changed since their last checkpoint."""
         return set(self._dirty)
 
-    def checkpoint(self, partitions: Sequence[int] | None = None) -> list[tuple[int, int, bytes]]:
-        """Signed checkpoints ``(partition, offset, payload)`` of the changed ``partitions`` (default all).
+    def checkpoint(self, partitions: Sequence[int] | None = None) -> list[PartitionCheckpoint]:
+        """Signed chunks of what changed in ``partitions`` (default: all changed), manifests to come.
 
-        A partition is clean again afterwards; write the payloads before
-        letting the consumer commit past ``offset`` (see :mod:`pipeline.app`).
+        For every changed partition: the chunks of the groups whose devices
+        changed (sealed, with their keys), and a draft of the manifest that
+        :meth:`seal_manifest` completes once the chunks' offsets are known.
+        A partition is clean again afterwards; write the chunks, then the
+        manifest, before letting the consumer commit past ``offset`` (see
+        :mod:`pipeline.app`).
         """
         wanted = self._dirty if partitions is None else self._dirty & set(partitions)
-        out = [(p, self.offsets.get(p, -1), self.signer.seal(self.snapshot(p))) for p in sorted(wanted)]
+        out = [self._checkpoint_partition(p) for p in sorted(wanted)]
         self._dirty -= wanted
         self._counts["checkpoints_written"] += len(out)
         return out
 
-    def snapshot(self, partition: int) -> bytes:
-        """The unsigned checkpoint payload of one partition (see :mod:`learners.checkpoint`)."""
-        ids = [d for d, p in self.partition_of.items() if p == partition]
-        tensors, info = self.fleet.export_devices(ids)
-        ck = Checkpoint(
+    def _checkpoint_partition(self, partition: int) -> PartitionCheckpoint:
+        layout = self._layout(partition)
+        seq = layout.seq + 1
+        dirty = layout.take_dirty()
+        chunks: list[tuple[int, str, bytes, int]] = []
+        groups = sorted(dirty)
+        while groups:
+            g = groups.pop(0)
+            members = layout.groups.get(g, [])
+            if not members:
+                continue
+            records = self._records(members)
+            size = sum(len(r) for r in records.values())
+            if size > CHUNK_BYTES and len(members) > 1:
+                # Too big for one message: keep what fits, the rest becomes a new group.
+                fit = max(1, int(len(members) * CHUNK_BYTES / size))
+                groups.append(layout.split(g, fit))
+                records = {d: records[d] for d in members[:fit]}
+            chunk = Chunk(
+                partition=partition,
+                group=g,
+                seq=seq,
+                records=records,
+                versions={d: self.versions[d] for d in records if d in self.versions},
+                readings={d: self.device_readings[d] for d in records},
+                drift_at={d: self._drift_at[d] for d in records if d in self._drift_at},
+            )
+            chunks.append((g, layout.key_for(g), self.signer.seal(encode_chunk(chunk)), len(records)))
+        worker, _ = split_export(*self.fleet.export_devices([]))
+        return PartitionCheckpoint(
             partition=partition,
             offset=self.offsets.get(partition, -1),
-            tensors=tensors,
-            info=info,
-            versions={d: self.versions[d] for d in ids if d in self.versions},
-            readings={d: self.device_readings[d] for d in ids},
-            drift_at={d: self._drift_at[d] for d in ids if d in self._drift_at},
-            writer=self.worker_id,
+            seq=seq,
+            chunks=chunks,
+            worker=worker,
             created_at=self.clock(),
         )
-        return encode_checkpoint(ck)
 
-    def open_checkpoint(self, payload: bytes) -> Checkpoint:
-        """Verify (signature, then sha256 and schema) and decode a checkpoint.
+    def _records(self, device_ids: Sequence[str]) -> dict[str, bytes]:
+        """Current records of ``device_ids``: resident ones exported now, evicted ones from the store."""
+        resident = [d for d in device_ids if d in self.fleet.devices]
+        records = split_export(*self.fleet.export_devices(resident))[1] if resident else {}
+        away = [d for d in device_ids if d not in records]
+        if away:
+            records |= self.store.get(away)
+        missing = [d for d in device_ids if d not in records]
+        if missing:
+            raise CheckpointError(f"no state for {len(missing)} devices, e.g. {missing[:5]}")
+        return {d: records[d] for d in device_ids}
+
+    def seal_manifest(self, taken: PartitionCheckpoint, offsets: Sequence[int]) -> bytes:
+        """The signed manifest of ``taken`` once its chunks are on the topic at ``offsets``."""
+        refs = [
+            ChunkRef(g, key, offset, payload_digest(payload), n)
+            for (g, key, payload, n), offset in zip(taken.chunks, offsets, strict=True)
+        ]
+        layout = self._layout(taken.partition)
+        manifest = Manifest(
+            partition=taken.partition,
+            offset=taken.offset,
+            seq=taken.seq,
+            worker=taken.worker,
+            chunks=layout.manifest_refs(refs),
+            writer=self.worker_id,
+            created_at=taken.created_at,
+        )
+        layout.written(refs, taken.seq)
+        return self.signer.seal(encode_manifest(manifest))
+
+    def open_manifest(self, payload: bytes) -> Manifest:
+        """Verify (signature, then sha256 and schema) and decode a manifest.
 
         Raises
         ------
@@ -372,50 +460,152 @@ class WorkerCore:
             If it is unsigned, signed by an untrusted key, altered or malformed.
         """
         try:
-            return decode_checkpoint(self.verifier.open(payload))
+            return decode_manifest(self.verifier.open(payload))
         except SignatureError as exc:
             raise CheckpointError(f"checkpoint refused: {exc}") from exc
 
-    def release(self, partitions: Sequence[int]) -> list[tuple[int, int, bytes]]:
-        """Checkpoints of the changed ones of ``partitions``, then stop processing them (revoked)."""
+    def open_chunk(self, payload: bytes) -> Chunk:
+        """Verify (signature, then sha256 and schema) and decode a chunk; :class:`CheckpointError` if bad."""
+        try:
+            return decode_chunk(self.verifier.open(payload))
+        except SignatureError as exc:
+            raise CheckpointError(f"checkpoint refused: {exc}") from exc
+
+    def open_legacy(self, payload: bytes) -> Checkpoint:
+        """Verify and decode a one-message checkpoint of an earlier version (see :func:`decode_legacy`)."""
+        try:
+            return decode_legacy(self.verifier.open(payload))
+        except SignatureError as exc:
+            raise CheckpointError(f"checkpoint refused: {exc}") from exc
+
+    def release(self, partitions: Sequence[int]) -> list[PartitionCheckpoint]:
+        """Checkpoints of the changed ones of ``partitions``, then stop processing them (revoked).
+
+        Their devices leave this worker's memory and store (the chunks taken
+        here hold their state); the manifests are sealed as usual.
+        """
         out = self.checkpoint(partitions)
-        self.owned = (self.owned or set()) - set(partitions)
+        gone = set(partitions)
+        self.owned = (self.owned or set()) - gone
+        leaving = [d for d, p in self.partition_of.items() if p in gone]
+        self._forget(leaving)
         return out
 
-    def restore(self, partition: int, ck: Checkpoint | None, published: dict[str, int] | None = None) -> None:
-        """Take over ``partition`` from its newest checkpoint (``None``: it has none yet).
+    def _forget(self, device_ids: Sequence[str]) -> None:
+        """Drop devices from memory and store without saving them (another owner has them)."""
+        resident = [d for d in device_ids if d in self.fleet.devices]
+        if resident:
+            self.tracker.retain(self.fleet.drop_devices(resident))
+        self.lru.forget(resident)
+        self.store.delete(device_ids)
 
-        ``published`` maps devices to the newest model version already on the
-        models topic: a version published after the checkpoint was written is
-        never reused, so edges never see a number twice or going down.  The
-        worker-wide state in the checkpoint is adopted only by a core that has
-        not learned anything yet.
+    def restore(self, partition: int, ck: Checkpoint | None, published: dict[str, int] | None = None) -> None:
+        """Take over ``partition`` from its newest complete checkpoint (``None``: it has none yet).
+
+        Devices are loaded into memory while there is room under
+        ``max_devices``; the others go to the store and come back on their
+        next reading.  ``published`` maps devices to the newest model
+        version already on the models topic: a version published after the
+        checkpoint was written is never reused, so edges never see a number
+        twice or going down.  The worker-wide state in the checkpoint is
+        adopted only by a core that has not learned anything yet.
         """
         if ck is not None and ck.partition != partition:
             raise CheckpointError(f"checkpoint of partition {ck.partition} offered for partition {partition}")
-        self.owned = (self.owned or set()) | {partition}
-        self._dirty.discard(partition)
+        layout = self._layouts[partition] = ChunkLayout(partition)
         if ck is None:
             self.offsets.pop(partition, None)
         else:
             fresh = self.fleet.scaler.x.count == 0
+            records = {d: r for c in ck.chunks for d, r in c.records.items()}
+            room = max(0, self.lru.max_devices - len(self.lru))
+            ids = list(records)
             try:
-                ids = self.fleet.import_devices(ck.tensors, ck.info, worker_wide=fresh)
+                tensors, info = merge_records(ck.manifest.worker, [records[d] for d in ids[:room]])
+                loaded = self.fleet.import_devices(tensors, info, worker_wide=fresh)
             except CheckpointError:
                 raise
             except (KeyError, TypeError, ValueError) as exc:
                 raise CheckpointError(f"checkpoint of partition {partition} does not fit: {exc}") from exc
+            self.lru.touch(loaded)
+            self.store.put({d: records[d] for d in ids[room:]})
+            drift_at, versions, readings = ck.drift_at, ck.versions, ck.readings
             for d in ids:
                 self.partition_of[d] = partition
-                self.device_readings[d] = ck.readings.get(d, 0)
-                self.versions[d] = ck.versions.get(d, 0)
+                self.device_readings[d] = readings.get(d, 0)
+                self.versions[d] = versions.get(d, 0)
                 self._drift_at.pop(d, None)
-                if d in ck.drift_at:
-                    self._drift_at[d] = ck.drift_at[d]
+                if d in drift_at:
+                    self._drift_at[d] = drift_at[d]
+            layout.adopt(ck.manifest.chunks, {c.group: list(c.records) for c in ck.chunks}, ck.manifest.seq)
             self.offsets[partition] = ck.offset
             self._counts["checkpoints_restored"] += 1
+        self.owned = (self.owned or set()) | {partition}
+        self._dirty.discard(partition)
+        if layout.is_dirty():  # restored from an earlier format: its chunks are still to be written
+            self._dirty.add(partition)
         for d, v in (published or {}).items():
             self.versions[d] = max(self.versions.get(d, 0), v)
+
+    def _layout(self, partition: int) -> ChunkLayout:
+        layout = self._layouts.get(partition)
+        if layout is None:
+            layout = self._layouts[partition] = ChunkLayout(partition)
+        return layout
+
+    def _bring_back(self, device_ids: Sequence[str]) -> None:
+        """Before learning: evicted devices of the batch back into memory; the batch's devices are changed."""
+        uniq = list(dict.fromkeys(device_ids))
+        away = [d for d in uniq if d not in self.fleet.devices]
+        if away and len(self.store):
+            records = self.store.pop(away)
+            if records:
+                worker, _ = split_export(*self.fleet.export_devices([]))
+                tensors, info = merge_records(worker, list(records.values()))
+                self.fleet.import_devices(tensors, info)
+                self._counts["devices_restored"] += len(records)
+        by_partition: dict[int, list[str]] = {}
+        for d in uniq:
+            by_partition.setdefault(self.partition_of.get(d, -1), []).append(d)
+        for p, ids in by_partition.items():
+            if p >= 0:
+                for other, layout in self._layouts.items():
+                    if other != p:
+                        layout.remove([d for d in ids if d in layout.group_of])
+                self._layout(p).changed(ids)
+        self.lru.touch(uniq)
+
+    def _evict(self, busy: Sequence[str], now: float) -> list[Outgoing]:
+        """After learning: idle devices beyond ``max_devices`` to the store, least recently seen first."""
+        victims = self.lru.victims(set(busy))
+        if not victims:
+            return []
+        self.store.put(split_export(*self.fleet.export_devices(victims))[1])
+        self.tracker.retain(self.fleet.drop_devices(victims))
+        self._counts["evicted"] += len(victims)
+        event = encode_event(
+            "evicted",
+            devices=len(victims),
+            resident=len(self.fleet.devices),
+            stored=len(self.store),
+            max_devices=self.lru.max_devices,
+            ts=now,
+        )
+        return [Outgoing(self.settings.topic_events, None, event, [])]
+
+
+@dataclass
+class PartitionCheckpoint:
+    """What :meth:`WorkerCore.checkpoint` took of one partition, until its manifest is sealed."""
+
+    partition: int
+    offset: int
+    """Offset of the last readings message of ``partition`` in the state."""
+    seq: int
+    chunks: list[tuple[int, str, bytes, int]]
+    """``(group, key, sealed payload, devices)`` of each chunk to write, in order."""
+    worker: WorkerState
+    created_at: float
 
 
 def _json_number(value: float) -> float | None:

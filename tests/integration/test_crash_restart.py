@@ -25,11 +25,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from connectors.admin import ensure_topics, partition_for
 from connectors.settings import Settings
-from connectors.signing import Signer, Verifier
+from connectors.signing import Signer
 from connectors.wire import Reading, encode_readings
-from learners.checkpoint import Checkpoint, CheckpointError, decode_checkpoint
+from learners.checkpoint import Checkpoint
 from learners.synthetic import FleetStream, make_fleet_stream
-from pipeline.checkpoints import newest_checkpoint, published_versions
+from pipeline.checkpoints import KafkaPartition, RecordList, newest_checkpoint, published_versions
+from pipeline.chunk_layout import manifest_key
 from pipeline.worker_core import WorkerCore
 from tests.integration.test_worker import (  # noqa: F401  (fixtures: settings, signer, start_worker)
     Launch,
@@ -104,14 +105,18 @@ def read_all(cfg: Settings, topic: str, **consumer_options: Any) -> list[Any]:
     return out
 
 
-def newest_checkpoints(cfg: Settings, verifier: Verifier) -> dict[int, Checkpoint]:
-    """The newest verifiable checkpoint of each partition."""
-    newest: dict[int, Checkpoint] = {}
+def newest_checkpoints(cfg: Settings, key: Signer) -> dict[int, Checkpoint]:
+    """The newest complete checkpoint of each partition that ``key``'s public half verifies."""
+    core = WorkerCore(cfg, key)
+    by_partition: dict[int, list[Any]] = defaultdict(list)
     for r in read_all(cfg, cfg.checkpoints_topic, fetch_max_bytes=64 * 1024 * 1024):
-        try:
-            newest[r.partition] = decode_checkpoint(verifier.open(r.value))
-        except (CheckpointError, ValueError):
-            continue
+        by_partition[r.partition].append(r)
+    newest: dict[int, Checkpoint] = {}
+    for p, records in by_partition.items():
+        source = RecordList(records)
+        ck = asyncio.run(newest_checkpoint(source, p, core.open_manifest, core.open_chunk, 0, source.end))
+        if ck is not None:
+            newest[p] = ck
     return newest
 
 
@@ -183,17 +188,15 @@ def test_sigkill_one_of_three_workers_then_count(
     procs.append(start_worker(s))
     wait_until(lambda: settled([1, 2, 3]), 60, logs)
 
-    verifier = Verifier([signer.public_key])
-
     def all_learned() -> bool:
-        cks = newest_checkpoints(s, verifier)
+        cks = newest_checkpoints(s, signer)
         learned: Counter[str] = Counter()
         for ck in cks.values():
             learned.update(ck.readings)
         return learned == produced
 
-    wait_until(all_learned, 120, lambda: f"{newest_checkpoints(s, verifier)}\n{logs()}")
-    checkpoints = newest_checkpoints(s, verifier)
+    wait_until(all_learned, 120, lambda: f"{newest_checkpoints(s, signer)}\n{logs()}")
+    checkpoints = newest_checkpoints(s, signer)
     versions = model_versions(s)
     survivors = [last_stats(tmp_path, n) for n in (1, 2, 3)]
 
@@ -234,11 +237,16 @@ def test_restore_reads_the_newest_genuine_checkpoint_and_published_versions(
     message = encode_readings([Reading(device, (1.0, 2.0, 3.0, 4.0), 1.0)])
     core.on_readings([(message, 1, 29)])
     stranger.on_readings([(message, 1, 99)])
-    [(_, _, genuine)] = core.checkpoint()
-    [(_, _, forged)] = stranger.checkpoint()
     producer = KafkaProducer(bootstrap_servers=s.bootstrap, max_request_size=8 * 1024 * 1024)
-    for value in (genuine, forged, b"junk"):
-        producer.send(s.checkpoints_topic, key=b"1", value=value, partition=1)
+    for writer in (core, stranger):  # chunks, then the manifest naming their offsets
+        [taken] = writer.checkpoint()
+        sent = [
+            producer.send(s.checkpoints_topic, key=k.encode(), value=v, partition=1)
+            for _, k, v, _ in taken.chunks
+        ]
+        manifest = writer.seal_manifest(taken, [f.get(timeout=30).offset for f in sent])
+        producer.send(s.checkpoints_topic, key=manifest_key(1).encode(), value=manifest, partition=1)
+    producer.send(s.checkpoints_topic, key=manifest_key(1).encode(), value=b"junk", partition=1)
     for v in (1, 2):
         headers = [("model_version", str(v).encode())]
         producer.send(s.topic_models, key=device.encode(), value=b"m", headers=headers, partition=1)
@@ -253,7 +261,14 @@ def test_restore_reads_the_newest_genuine_checkpoint_and_published_versions(
             consumer.assign(tps)
             begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
             ck, none = [
-                await newest_checkpoint(consumer, tp, core.open_checkpoint, begin[tp], end[tp])
+                await newest_checkpoint(
+                    KafkaPartition(consumer, tp),
+                    tp.partition,
+                    core.open_manifest,
+                    core.open_chunk,
+                    begin[tp],
+                    end[tp],
+                )
                 for tp in tps[:2]
             ]
             return ck, none, await published_versions(consumer, tps[2], begin[tps[2]], end[tps[2]])
@@ -284,8 +299,7 @@ def test_a_clean_stop_writes_a_final_checkpoint(
     stream = make_fleet_stream(n_devices=8, n_readings=3000, n_features=4, late_joiners=0.0, seed=2)
     produced = produce(s, as_readings(stream))
     wait_until(lambda: last_stats(tmp_path, 0).get("readings") == 3000, 60, log)
-    verifier = Verifier([signer.public_key])
-    before = newest_checkpoints(s, verifier)
+    before = newest_checkpoints(s, signer)
 
     # Execute
     proc.send_signal(signal.SIGTERM)
@@ -293,7 +307,7 @@ def test_a_clean_stop_writes_a_final_checkpoint(
     # Assert: it exits cleanly, and its last state is on the checkpoint topic.
     assert proc.wait(30) == 0, worker_log(tmp_path)
     learned: Counter[str] = Counter()
-    for ck in newest_checkpoints(s, verifier).values():
+    for ck in newest_checkpoints(s, signer).values():
         learned.update(ck.readings)
     learned_before: Counter[str] = Counter()
     for ck in before.values():

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save
 
 from connectors.admin import partition_for
 from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading, encode_readings
-from learners.checkpoint import Checkpoint, CheckpointError, decode_checkpoint, encode_checkpoint
-from learners.codec import decode_deltas, decode_model
+from learners.checkpoint import LEGACY_SCHEMA, Checkpoint, CheckpointError, Chunk, decode_chunk, encode_chunk
+from learners.codec import _header_digest, decode_deltas, decode_model, tensor_digest
 from learners.config import LearnerConfig
 from learners.fleet import FleetLearner
 from learners.synthetic import FleetStream, make_fleet_stream
-from pipeline.worker_core import Outgoing, WorkerCore
+from pipeline.checkpoints import newest_checkpoint
+from pipeline.chunk_layout import manifest_key
+from pipeline.worker_core import Outgoing, PartitionCheckpoint, WorkerCore
 
 N_FEATURES = 3
 PARTITIONS = 2
@@ -32,6 +39,56 @@ SETTINGS = Settings(
 def fleet_stream(detector: str = "adwin") -> FleetStream:
     return make_fleet_stream(
         n_devices=8, n_readings=6000, n_features=N_FEATURES, gradual_share=0.0, late_joiners=0.3, seed=5
+    )
+
+
+@dataclass
+class Record:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class MemoryTopic:
+    """The checkpoint topic as lists of records per partition (offsets count from 0)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, list[Record]] = defaultdict(list)
+
+    def append(self, partition: int, key: bytes | None, value: bytes | None) -> int:
+        records = self.parts[partition]
+        records.append(Record(len(records), key, value))
+        return len(records) - 1
+
+    def end(self, partition: int) -> int:
+        return len(self.parts[partition])
+
+    def log(self, partition: int) -> Any:
+        records = self.parts[partition]
+
+        class Log:
+            async def read(self, start: int, end: int) -> list[Record]:
+                return [r for r in records if start <= r.offset < end]
+
+        return Log()
+
+
+def write(
+    core: WorkerCore, topic: MemoryTopic, partitions: list[int] | None = None
+) -> list[PartitionCheckpoint]:
+    """What :mod:`pipeline.app` does: every chunk, then the manifest with the chunks' offsets."""
+    taken = core.checkpoint(partitions)
+    for ck in taken:
+        offsets = [topic.append(ck.partition, key.encode(), payload) for _, key, payload, _ in ck.chunks]
+        topic.append(ck.partition, manifest_key(ck.partition).encode(), core.seal_manifest(ck, offsets))
+    return taken
+
+
+def newest(core: WorkerCore, topic: MemoryTopic, partition: int) -> Checkpoint | None:
+    """The newest complete checkpoint of ``partition`` that ``core`` trusts."""
+    source = topic.log(partition)
+    return asyncio.run(
+        newest_checkpoint(source, partition, core.open_manifest, core.open_chunk, 0, topic.end(partition))
     )
 
 
@@ -112,11 +169,12 @@ def test_worker_core_continues_from_checkpoints_exactly() -> None:
     half = len(messages) // 2
     original = WorkerCore(SETTINGS, signer, clock=lambda: 7.0, worker_id="w")
     original.on_readings(messages[:half])
-    taken = original.checkpoint()
+    topic = MemoryTopic()
+    taken = write(original, topic)
     restored = WorkerCore(SETTINGS, signer, clock=lambda: 7.0, worker_id="w")
-    for p, _, payload in taken:
-        ck = restored.open_checkpoint(payload)
-        assert (ck.partition, ck.offset) == (p, original.offsets[p])
+    for p in (0, 1):
+        ck = newest(restored, topic, p)
+        assert ck is not None and (ck.partition, ck.offset) == (p, original.offsets[p])
         restored.restore(p, ck)
 
     # Execute
@@ -124,7 +182,7 @@ def test_worker_core_continues_from_checkpoints_exactly() -> None:
     out_restored = restored.on_readings(messages[half:])
 
     # Assert: the same models, versions, drift events and θ contributions.
-    assert [p for p, _, _ in taken] == [0, 1]
+    assert [ck.partition for ck in taken] == [0, 1]
     assert sum(o.topic == SETTINGS.topic_models for o in out_original) > 0
     assert comparable(out_restored) == comparable(out_original)
     assert restored.versions == original.versions
@@ -139,9 +197,11 @@ def test_readings_at_or_below_the_checkpoint_offset_are_skipped() -> None:
     messages = [m for m in gateway_messages(fleet_stream()) if m[1] == 0][:40]
     writer = WorkerCore(SETTINGS, signer)
     writer.on_readings(messages[:30])
-    [(partition, offset, payload)] = writer.checkpoint()
+    topic = MemoryTopic()
+    [taken] = write(writer, topic)
+    partition, offset = taken.partition, taken.offset
     core = WorkerCore(SETTINGS, signer)
-    core.restore(partition, core.open_checkpoint(payload))
+    core.restore(partition, newest(core, topic, partition))
     before = dict(core.device_readings)
 
     # Execute: a redelivery from the committed offset (10) onwards, as after a crash.
@@ -177,12 +237,13 @@ def test_model_versions_continue_after_the_newest_published_one() -> None:
     messages = gateway_messages(fleet_stream())
     writer = WorkerCore(SETTINGS, signer)
     writer.on_readings(messages[:100])
-    taken = {p: payload for p, _, payload in writer.checkpoint()}
+    topic = MemoryTopic()
+    write(writer, topic)
     device = next(d for d, v in writer.versions.items() if writer.partition_of[d] == 0 and v >= 1)
     core = WorkerCore(SETTINGS, signer)
 
     # Execute
-    core.restore(0, core.open_checkpoint(taken[0]), published={device: writer.versions[device] + 2})
+    core.restore(0, newest(core, topic, 0), published={device: writer.versions[device] + 2})
     core.on_readings([(encode_readings([Reading(device, (0.1, 0.2, 0.3), 1.0)]), 0, 10_000)])
     out = core._publish(device, 1.0)  # as after the device's next adaptation
 
@@ -192,30 +253,126 @@ def test_model_versions_continue_after_the_newest_published_one() -> None:
     assert others == {d: v for d, v in writer.versions.items() if d != device and writer.partition_of[d] == 0}
 
 
-def test_forged_and_corrupt_checkpoints_are_refused() -> None:
-    # Prepare
+def many_devices(n: int, readings_each: int = 2, offset0: int = 0) -> list[tuple[bytes, int, int]]:
+    """``n`` devices of partition 0, ``readings_each`` readings each, 50 readings per message."""
+    rng = np.random.default_rng(11)
+    ids = [d for d in (f"flood-{i}" for i in range(4 * n)) if partition_for(d, PARTITIONS) == 0][:n]
+    readings = [
+        Reading(d, tuple(rng.normal(size=N_FEATURES).tolist()), float(rng.normal()))
+        for _ in range(readings_each)
+        for d in ids
+    ]
+    return [
+        (encode_readings(readings[i : i + 50]), 0, offset0 + i // 50) for i in range(0, len(readings), 50)
+    ]
+
+
+def test_a_big_partition_is_chunked_and_only_changed_chunks_are_written_again() -> None:
+    # Prepare: 600 devices on partition 0 (128 per chunk: 5 chunks), checkpointed once.
     signer = Signer.generate()
     writer = WorkerCore(SETTINGS, signer)
-    writer.on_readings(gateway_messages(fleet_stream())[:10])
-    [(_, _, payload), *_] = writer.checkpoint()
+    writer.on_readings(many_devices(600))
+    topic = MemoryTopic()
+    [first] = write(writer, topic)
+
+    # Execute: one more reading of one device, a second checkpoint; a fresh core restores.
+    device = "flood-0" if partition_for("flood-0", PARTITIONS) == 0 else next(iter(writer.partition_of))
+    writer.on_readings([(encode_readings([Reading(device, (0.5, 0.5, 0.5), 2.0)]), 0, 1000)])
+    [second] = write(writer, topic)
     core = WorkerCore(SETTINGS, signer)
-    forger = WorkerCore(SETTINGS, Signer.generate())
-    forger.on_readings(gateway_messages(fleet_stream())[:10])
-    [(_, _, forged), *_] = forger.checkpoint()
-    flipped = bytearray(payload)
+    ck = newest(core, topic, 0)
+    assert ck is not None
+    core.restore(0, ck)
+
+    # Assert: 5 chunks, then only the changed device's chunk; the restored state is the newest.
+    assert [n for _, _, _, n in first.chunks] == [128, 128, 128, 128, 88]
+    assert all(len(payload) < 1024 * 1024 for _, _, payload, _ in first.chunks)
+    assert [n for _, _, _, n in second.chunks] == [128] and second.chunks[0][1] == "0/c/0/1"
+    assert (ck.offset, ck.manifest.seq, len(ck.chunks), len(ck.device_ids)) == (1000, 2, 5, 600)
+    assert core.device_readings == writer.device_readings and core.device_readings[device] == 3
+    for d in (device, "flood-1" if "flood-1" in writer.partition_of else ck.device_ids[-1]):
+        for k, v in writer.fleet.device_params(d).items():
+            assert torch.equal(core.fleet.device_params(d)[k], v)
+
+
+def test_the_newest_complete_checkpoint_wins() -> None:
+    # Prepare: two complete checkpoints of partition 0, then a third whose writer died
+    # after its chunks (no manifest), then a fourth whose manifest names a chunk that is gone.
+    signer = Signer.generate()
+    writer = WorkerCore(SETTINGS, signer)
+    messages = many_devices(300)
+    writer.on_readings(messages[:6])
+    topic = MemoryTopic()
+    write(writer, topic)
+    writer.on_readings(messages[6:])
+    [complete] = write(writer, topic)
+    writer.on_readings([(encode_readings([Reading("flood-x", (1.0, 1.0, 1.0), 1.0)]), 0, 500)])
+    for _, key, payload, _ in writer.checkpoint()[0].chunks:  # died before the manifest
+        topic.append(0, key.encode(), payload)
+    writer.on_readings([(encode_readings([Reading("flood-y", (1.0, 1.0, 1.0), 1.0)]), 0, 501)])
+    [last] = writer.checkpoint()
+    offsets = [topic.append(0, key.encode(), payload) for _, key, payload, _ in last.chunks]
+    topic.append(0, manifest_key(0).encode(), writer.seal_manifest(last, offsets))
+    topic.parts[0][offsets[0]].value = None  # compacted away, or never acked
+
+    # Execute
+    core = WorkerCore(SETTINGS, signer)
+    ck = newest(core, topic, 0)
+
+    # Assert: the second checkpoint (the newest complete one), with every device it had.
+    assert ck is not None and ck.offset == complete.offset == messages[-1][2]
+    assert ck.manifest.seq == 2 and len(ck.device_ids) == 300 and "flood-x" not in ck.device_ids
+
+
+def test_forged_altered_and_foreign_chunks_and_manifests_are_refused() -> None:
+    # Prepare: a genuine checkpoint of partition 0; copies of the topic with one part replaced.
+    signer = Signer.generate()
+    writer = WorkerCore(SETTINGS, signer)
+    writer.on_readings(many_devices(200))
+    genuine = MemoryTopic()
+    write(writer, genuine)
+    stranger = WorkerCore(SETTINGS, Signer.generate())
+    stranger.on_readings(many_devices(200))
+    forged = MemoryTopic()
+    write(stranger, forged)
+    core = WorkerCore(SETTINGS, signer)
+
+    def replaced(offset: int, value: bytes) -> MemoryTopic:
+        topic = MemoryTopic()
+        for r in genuine.parts[0]:
+            topic.append(0, r.key, value if r.offset == offset else r.value)
+        return topic
+
+    chunk = genuine.parts[0][0].value
+    assert chunk is not None
+    flipped = bytearray(chunk)
     flipped[len(flipped) // 2] ^= 0xFF
-    unsigned = payload[4 + 8 + 64 :]
+    # A chunk signed by the genuine key but with other content: refused by the manifest's sha256.
+    resealed = signer.seal(encode_chunk(Chunk(0, 0, 1, {"flood-0": b"x"})))
+    manifest_at = genuine.end(0) - 1
 
     # Execute / Assert
+    assert newest(core, genuine, 0) is not None
+    for bad in (forged.parts[0][0].value, bytes(flipped), resealed, b"junk"):
+        assert bad is not None
+        assert newest(core, replaced(0, bad), 0) is None
+    assert newest(core, replaced(manifest_at, forged.parts[0][-1].value or b""), 0) is None
     with pytest.raises(CheckpointError, match="unknown key"):
-        core.open_checkpoint(forged)
+        core.open_manifest(forged.parts[0][-1].value or b"")
+    with pytest.raises(CheckpointError, match="unknown key"):
+        core.open_chunk(forged.parts[0][0].value or b"")
     with pytest.raises(CheckpointError, match="altered"):
-        core.open_checkpoint(bytes(flipped))
+        core.open_chunk(bytes(flipped))
     with pytest.raises(CheckpointError, match="unsigned"):
-        core.open_checkpoint(unsigned)
+        core.open_chunk(chunk[4 + 8 + 64 :])
     with pytest.raises(CheckpointError, match="not a checkpoint payload"):
-        decode_checkpoint(b"junk")
-    assert core.open_checkpoint(payload).partition in (0, 1)  # the genuine one opens
+        decode_chunk(b"junk")
+    with pytest.raises(CheckpointError, match="offered for partition 1"):
+        core.restore(1, newest(core, genuine, 0))
+    foreign = MemoryTopic()  # partition 0's checkpoint copied into partition 1, under 1's keys
+    for r in genuine.parts[0]:
+        foreign.append(1, (r.key or b"").replace(b"0/", b"1/", 1), r.value)
+    assert newest(core, foreign, 1) is None
 
 
 def test_a_checkpoint_of_another_architecture_is_refused_before_anything_changes() -> None:
@@ -223,18 +380,70 @@ def test_a_checkpoint_of_another_architecture_is_refused_before_anything_changes
     signer = Signer.generate()
     writer = WorkerCore(SETTINGS, signer)
     writer.on_readings([m for m in gateway_messages(fleet_stream()) if m[1] == 0][:10])
-    [(_, _, payload)] = writer.checkpoint()
+    topic = MemoryTopic()
+    write(writer, topic)
     other = Settings(**{**SETTINGS.__dict__, "learner": {**SETTINGS.learner, "hidden": [16]}})
     core = WorkerCore(other, signer)
+    ck = newest(core, topic, 0)
 
     # Execute / Assert
     with pytest.raises(CheckpointError, match=r"does not fit.*param\.0\.weight"):
-        core.restore(0, core.open_checkpoint(payload))
+        core.restore(0, ck)
     assert len(core.fleet.devices) == 0 and core.offsets == {}
 
 
 def test_wrong_schema_is_refused() -> None:
-    ck = Checkpoint(partition=0, offset=1, tensors={"w": torch.ones(1)}, info={})
-    payload = encode_checkpoint(ck).replace(b"metastream.checkpoint/1", b"metastream.checkpoint/9")
+    payload = encode_chunk(Chunk(0, 0, 1, {"a": b"x"}))
     with pytest.raises(CheckpointError, match="unknown checkpoint schema"):
-        decode_checkpoint(payload)
+        decode_chunk(payload.replace(b"metastream.checkpoint-chunk/1", b"metastream.checkpoint-chunk/9"))
+
+
+def legacy_payload(core: WorkerCore, partition: int) -> bytes:
+    """One partition as earlier versions wrote it: one signed message (their ``encode_checkpoint``)."""
+    ids = [d for d, p in core.partition_of.items() if p == partition]
+    tensors, info = core.fleet.export_devices(ids)
+    header = {
+        "partition": partition,
+        "offset": core.offsets[partition],
+        "info": info,
+        "versions": {d: core.versions[d] for d in ids if d in core.versions},
+        "readings": {d: core.device_readings[d] for d in ids},
+        "drift_at": {},
+        "writer": "old",
+        "created_at": 1.0,
+    }
+    meta = {"schema": LEGACY_SCHEMA, "header": json.dumps(header)}
+    meta["sha256"] = tensor_digest(tensors) + ":" + _header_digest(meta)
+    return core.signer.seal(save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+
+
+def test_a_checkpoint_of_the_earlier_one_message_format_is_taken_over_and_rewritten_as_chunks() -> None:
+    # Prepare: partition 0 checkpointed by an earlier version (one message keyed "0").
+    signer = Signer.generate()
+    messages = [m for m in gateway_messages(fleet_stream()) if m[1] == 0]
+    original = WorkerCore(SETTINGS, signer, clock=lambda: 7.0, worker_id="w")
+    original.on_readings(messages[:60])
+    old = MemoryTopic()
+    old.append(0, b"0", legacy_payload(original, 0))
+    readings, versions = dict(original.device_readings), dict(original.versions)
+    upgraded = WorkerCore(SETTINGS, signer, clock=lambda: 7.0, worker_id="w")
+
+    # Execute: restore it, write a checkpoint right away, and restore that in a third core.
+    source = old.log(0)
+    ck = asyncio.run(
+        newest_checkpoint(
+            source, 0, upgraded.open_manifest, upgraded.open_chunk, 0, 1, open_legacy=upgraded.open_legacy
+        )
+    )
+    assert ck is not None
+    upgraded.restore(0, ck)
+    [rewritten] = write(upgraded, old)
+    third = WorkerCore(SETTINGS, signer, clock=lambda: 7.0, worker_id="w")
+    third.restore(0, newest(third, old, 0))
+    out_original = original.on_readings(messages[60:])
+
+    # Assert: every device, its counters and its learning carry over; all its chunks were written.
+    assert upgraded.device_readings == readings and upgraded.versions == versions
+    assert sum(n for _, _, _, n in rewritten.chunks) == len(ck.device_ids) > 0
+    assert comparable(third.on_readings(messages[60:])) == comparable(out_original)
+    assert newest(upgraded, old, 0) is not None and old.end(0) == 1 + len(rewritten.chunks) + 1
