@@ -51,7 +51,7 @@ LEGACY_DEVICES_PER_CHUNK = 128
 
 WORKER_TENSOR_PREFIXES = ("theta.", "scaler.")
 """Tensors of :meth:`~learners.fleet.FleetLearner.export_devices` that are worker-wide."""
-WORKER_INFO_KEYS = ("scaler_counts", "error_scale", "processed", "meta_version", "rng")
+WORKER_INFO_KEYS = ("scaler_counts", "error_scale", "processed", "meta_version", "rng", "meta_bounds")
 """Entries of its ``info`` that are worker-wide; every other entry is a list with one item per device."""
 CHUNK_BYTES = 1024 * 1024
 """A chunk holds devices up to about this many bytes (one device's record is a few KB)."""
@@ -96,7 +96,7 @@ def split_export(
     >>> _ = fleet.learn_predict(["a", "b"], np.ones((2, 2)), np.array([1.0, 2.0]))
     >>> worker, records = split_export(*fleet.export_devices(["a", "b"]))
     >>> sorted(records), record_device(records["b"]), sorted(worker.info)[:2]
-    (['a', 'b'], 'b', ['error_scale', 'meta_version'])
+    (['a', 'b'], 'b', ['error_scale', 'meta_bounds'])
     >>> tensors, info = merge_records(worker, [records["b"]])
     >>> info["device_ids"], tuple(tensors["buffer.x"].shape)
     (['b'], (1, 4, 2))

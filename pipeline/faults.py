@@ -50,13 +50,14 @@ class FaultyCore(WorkerCore):
         self.fault_at = at_reading
         self._learned = 0
 
-    def _learn(self, readings: list[Reading]) -> list[Outgoing]:
+    def _learn(self, part: list[tuple[Reading, int]]) -> list[Outgoing]:
+        readings = [r for r, _ in part]
         if self.fault_device is not None and any(r.device_id == self.fault_device for r in readings):
             raise InjectedFault(f"injected: a reading of device {self.fault_device!r}")
         if self.fault_at is not None and self._learned < self.fault_at <= self._learned + len(readings):
             self._learned = self.fault_at  # once: the readings after it learn normally
             raise InjectedFault(f"injected: at reading {self.fault_at}")
-        out = super()._learn(readings)
+        out = super()._learn(part)
         self._learned += len(readings)
         return out
 

@@ -247,25 +247,27 @@ class WorkerCore:
                 )
                 letters += 1
         for start in range(0, len(good), s.micro_batch):
-            part = good[start : start + s.micro_batch]
-            out += self._learn([r for r, _ in part])
-            # Registered only once learned: a checkpoint must never name a device the fleet lacks.
-            for reading, partition in part:
-                self.partition_of[reading.device_id] = partition
-                self.device_readings[reading.device_id] += 1
+            out += self._learn(good[start : start + s.micro_batch])
         for partition, offset in seen.items():
             self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
             self._dirty.add(partition)
         self._counts["dead_letters"] += letters
         return out
 
-    def _learn(self, readings: list[Reading]) -> list[Outgoing]:
+    def _learn(self, part: list[tuple[Reading, int]]) -> list[Outgoing]:
+        """Learn readings ``(reading, partition)``; the devices are registered once they are learned."""
         s = self.settings
+        readings = [r for r, _ in part]
         ids = [r.device_id for r in readings]
         x = np.array([r.x for r in readings], dtype=np.float64)
         y = np.array([r.y for r in readings], dtype=np.float64)
         self._bring_back(ids)
         result = self.fleet.learn_predict(ids, x, y)
+        # Registered only once learned: a checkpoint must never name a device the fleet lacks.
+        for reading, partition in part:
+            self.partition_of[reading.device_id] = partition
+            self.device_readings[reading.device_id] += 1
+        self._changed(ids)
         now = self.clock()
         self._counts["readings"] += len(readings)
         assert result.slots is not None  # a FleetLearner always reports them
@@ -554,7 +556,7 @@ class WorkerCore:
         return layout
 
     def _bring_back(self, device_ids: Sequence[str]) -> None:
-        """Before learning: evicted devices of the batch back into memory; the batch's devices are changed."""
+        """Before learning: evicted devices of the batch back into memory."""
         uniq = list(dict.fromkeys(device_ids))
         away = [d for d in uniq if d not in self.fleet.devices]
         if away and len(self.store):
@@ -564,6 +566,10 @@ class WorkerCore:
                 tensors, info = merge_records(worker, list(records.values()))
                 self.fleet.import_devices(tensors, info)
                 self._counts["devices_restored"] += len(records)
+
+    def _changed(self, device_ids: Sequence[str]) -> None:
+        """After learning: the devices' chunks must be written again, and they were seen now."""
+        uniq = list(dict.fromkeys(device_ids))
         by_partition: dict[int, list[str]] = {}
         for d in uniq:
             by_partition.setdefault(self.partition_of.get(d, -1), []).append(d)

@@ -20,10 +20,10 @@ def message(device: str, offset: int, partition: int = 0) -> tuple[bytes, int, i
 class PoisonedCore(WorkerCore):
     """A learner that raises whenever a reading of device ``poison`` is in its micro-batch."""
 
-    def _learn(self, readings: list[Reading]) -> list:  # type: ignore[type-arg]
-        if any(r.device_id == "poison" for r in readings):
+    def _learn(self, part: list[tuple[Reading, int]]) -> list:  # type: ignore[type-arg]
+        if any(r.device_id == "poison" for r, _ in part):
             raise RuntimeError("the learner cannot take this reading")
-        return super()._learn(readings)
+        return super()._learn(part)
 
 
 def run_with_restarts(
@@ -85,7 +85,9 @@ def test_nothing_is_registered_for_a_checkpoint_when_the_learner_raises() -> Non
     # Assert: b is not registered, the offset did not move, and a checkpoint still works
     assert dict(core.device_readings) == {"a": 1} and core.partition_of == {"a": 0}
     assert core.offsets == {0: 0} and core.dirty_partitions() == set()
-    assert core.snapshot(0)
+    core.on_readings([message("a", 4)])
+    [taken] = core.checkpoint()
+    assert (taken.partition, taken.offset, [n for _, _, _, n in taken.chunks]) == (0, 4, [1])  # a alone
 
 
 def test_ledger_cuts_isolates_and_forgets() -> None:
