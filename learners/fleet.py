@@ -141,7 +141,9 @@ class FleetLearner:
             raise ValueError(f"strategy {self.init!r} has no meta-learned θ to adopt")
         at = self.processed if at is None else int(at)
         if at < self.processed:
-            raise ValueError(f"θ version {version} cannot take effect at reading {at}: the stream is at {self.processed}")
+            raise ValueError(
+                f"θ version {version} cannot take effect at reading {at}: the stream is at {self.processed}"
+            )
         if at == self.processed:
             return self._adopt_now(theta, version)
         self._theta_queue.append((at, version, {k: v.detach().clone() for k, v in theta.items()}))
@@ -253,7 +255,9 @@ class FleetLearner:
         standardised inputs and targets, and each reading's prediction made
         before its step (standardised units).
         """
-        xs, ys, _, _ = self.scaler.fit_transform(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        xs, ys, _, _ = self.scaler.fit_transform(
+            np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        )
         slots, pred, _, _ = self._learn_segment(device_ids, xs, ys, full=False)
         return slots, DeviceGroups.of(slots), xs, ys, pred
 
