@@ -228,10 +228,7 @@ class FleetLearner:
             start = stop
         drift_at.sort()
         adapted_at.sort()
-        if self.cfg.task == "regression":
-            y_pred = pred * y_std + y_mean
-        else:
-            y_pred = pred
+        y_pred = pred * y_std + y_mean if self.cfg.task == "regression" else pred
         ids = self.devices.ids
         return StepResult(
             y_pred,
