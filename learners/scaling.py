@@ -162,11 +162,13 @@ def _moments(
 class PrequentialScaler:
     """Standardisation that depends only on the stream, never on how it is cut into batches.
 
-    Each reading's features are standardised with the moments of every
-    reading up to and including it (its features are known when it is
-    predicted); its target (regression) with the moments of the readings
-    *before* it, so a prediction never uses the reading's own target.  The
-    first target of a stream is taken as it is (mean 0, std 1).
+    Each reading's features and target are standardised with the moments of
+    every reading up to and including it: that is what the device learns
+    from and what its buffer keeps (a reading standardised only with the
+    readings before it would be wild at the start of a stream: the first
+    target taken as it is, the second with a spread of 1).  A prediction is
+    turned back into the target's units with the moments of the readings
+    *before* it, so it never uses the reading's own target.
 
     Attributes ``x`` and ``y`` (:class:`CumulativeMoments`) and
     :meth:`inverse_y` have the meaning they have on :class:`TaskScaler`:
@@ -177,8 +179,10 @@ class PrequentialScaler:
     >>> ps = PrequentialScaler("regression", n_features=1)
     >>> x, y = np.array([[0.0], [2.0], [4.0]]), np.array([10.0, 30.0, 50.0])
     >>> xs, ys, y_mean, y_std = ps.fit_transform(x, y)
-    >>> xs.ravel().tolist(), ys.tolist(), y_mean.tolist()
-    ([0.0, 1.0, 1.2247449159622192], [10.0, 20.0, 3.0], [0.0, 10.0, 20.0])
+    >>> xs.ravel().tolist(), ys.astype(float).round(4).tolist()
+    ([0.0, 1.0, 1.2247449159622192], [0.0, 1.0, 1.2247])
+    >>> y_mean.tolist(), y_std.tolist()   # the moments before each reading
+    ([0.0, 10.0, 20.0], [1.0, 1.0, 10.0])
     >>> ps.y.mean.tolist(), ps.y.count   # what inverse_y uses afterwards
     ([30.0], 3)
     """
@@ -191,9 +195,9 @@ class PrequentialScaler:
     def fit_transform(
         self, x: np.ndarray, y: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Standardised ``x`` and ``y`` (float32), and each reading's target mean and std (float64).
+        """Standardised ``x`` and ``y`` (float32), and the target mean and std before each reading (float64).
 
-        The mean and std turn a standardised prediction of the reading back
+        That mean and std turn a standardised prediction of the reading back
         into the target's units (mean 0 and std 1 for classes).
         """
         x_mean, x_std = self.x.advance(np.asarray(x, dtype=np.float64))
@@ -202,9 +206,9 @@ class PrequentialScaler:
             ones = np.ones(len(y))
             return xs, y.astype(np.float32), np.zeros(len(y)), ones
         before = (self.y.count, self.y.s1.copy(), self.y.s2.copy())
-        self.y.advance(np.asarray(y, dtype=np.float64)[:, None])
+        incl_mean, incl_std = self.y.advance(np.asarray(y, dtype=np.float64)[:, None])
         y_mean, y_std = self._before_each(y, *before)
-        return xs, ((y - y_mean) / y_std).astype(np.float32), y_mean, y_std
+        return xs, ((y - incl_mean[:, 0]) / incl_std[:, 0]).astype(np.float32), y_mean, y_std
 
     def _before_each(
         self, y: np.ndarray, count: int, s1: np.ndarray, s2: np.ndarray
