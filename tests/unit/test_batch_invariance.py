@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from learners import LearnerConfig
 from learners.fleet import FleetLearner, InitName
+from learners.meta import MetaLearner
 from learners.synthetic import FleetStream, make_fleet_stream
 
 N = 1800
@@ -120,3 +121,40 @@ def test_backlog_cuts_and_live_cuts_agree() -> None:
     backlog = run("reptile", [600, 1000, 100], checkpoint_after=0)
     live = run("reptile", [20] * (N // 20))
     assert_same(backlog, live)
+
+
+def test_a_replay_given_the_theta_log_reproduces_a_worker_run() -> None:
+    # Prepare: a "worker" (θ from a meta agent, adopted between its batches) and the agent itself
+    s = stream()
+    worker = FleetLearner(CFG, init="reptile", local_meta=False)
+    agent = MetaLearner(worker.theta, CFG.meta_lr)
+    versions: dict[int, dict[str, torch.Tensor]] = {}
+    worker_pred: list[np.ndarray] = []
+    for a in range(0, N, 250):
+        worker_pred.append(
+            worker.learn_predict(s.device_ids[a : a + 250], s.x[a : a + 250], s.y[a : a + 250]).y_pred
+        )
+        for deltas, weights in worker.take_contributions():
+            agent.step(deltas, weights)
+        versions[agent.version] = agent.theta
+        worker.adopt_theta(agent.theta, agent.version)
+    # Execute: a replay in other batches, told where each θ version took effect
+    replay = FleetLearner(CFG, init="reptile", local_meta=False)
+    for position, version in worker.theta_log:
+        replay.adopt_theta(versions[version], version, at=position)
+    replay_pred = [
+        replay.learn_predict(s.device_ids[a : a + 97], s.x[a : a + 97], s.y[a : a + 97]).y_pred
+        for a in range(0, N, 97)
+    ]
+    # Assert
+    assert len(worker.theta_log) >= 5 and replay.theta_log == worker.theta_log
+    assert np.array_equal(np.concatenate(replay_pred), np.concatenate(worker_pred))
+    assert all(torch.equal(replay.params[k], worker.params[k]) for k in worker.params)
+
+
+def test_theta_cannot_take_effect_in_the_past() -> None:
+    fleet = FleetLearner(CFG)
+    s = stream()
+    fleet.learn_predict(s.device_ids[:10], s.x[:10], s.y[:10])
+    with pytest.raises(ValueError, match="cannot take effect at reading 5: the stream is at 10"):
+        fleet.adopt_theta(fleet.theta, 3, at=5)
