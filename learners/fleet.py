@@ -306,21 +306,22 @@ class FleetLearner:
         dev_slots, counts = groups.slots[order], groups.counts[order]
         row_of = np.empty_like(order)
         row_of[order] = np.arange(len(order))
-        table = np.empty((len(order), int(counts[0])), dtype=np.int64)  # [row, j] → reading index
+        table = np.zeros((len(order), int(counts[0])), dtype=np.int64)  # [row, j] → reading index
         table[row_of[groups.group], groups.rank] = np.arange(n)
         # Devices with a j-th reading: counts is descending, so they are rows 0 … active[j]-1.
         active = np.searchsorted(-counts, -np.arange(int(counts[0])), side="left")
         uniq = torch.from_numpy(dev_slots)
         sub = {k: v.index_select(0, uniq) for k, v in self.params.items()}
-        xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
+        # Readings laid out [position j, row, …] once, so step j takes a contiguous slice.
+        xp, yp = xs[table.T], ys[table.T]
+        xt, yt = torch.from_numpy(xp), torch.from_numpy(yp)
         lr = self.cfg.online_lr
         drift_at: list[np.ndarray] = []
         adapted_at: list[np.ndarray] = []
         for j, u in enumerate(active.tolist()):
             idx = table[:u, j]
-            it = torch.from_numpy(idx)
             w = {k: v[:u] for k, v in sub.items()}
-            step, out = self.net.reading_step(w, xt[it], yt[it])
+            step, out = self.net.reading_step(w, xt[j, :u], yt[j, :u])
             for k, v in w.items():
                 v -= lr * step[k]
             p = self.net.predict(out).numpy().astype(np.float64)
@@ -328,8 +329,9 @@ class FleetLearner:
             if not full:
                 continue
             s_j = dev_slots[:u]
-            self.buffers.push_each(s_j, xs[idx], ys[idx])
-            hits = self.monitor.update_each(s_j, reading_errors(self.cfg.task, ys[idx].astype(np.float64), p))
+            self.buffers.push_each(s_j, xp[j, :u], yp[j, :u])
+            errors = reading_errors(self.cfg.task, yp[j, :u].astype(np.float64), p)
+            hits = self.monitor.update_each(s_j, errors)
             if hits:
                 drifted = s_j[hits]
                 fresh = np.array([self.monitor.fresh.get(int(d), 0) for d in drifted])

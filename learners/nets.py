@@ -320,5 +320,9 @@ class FunctionalNet:
         """
         with self._no_autograd():
             xb, yb = x.unsqueeze(1), y.unsqueeze(1)
-            step, out = self._gradient_of(xb, yb, torch.ones_like(yb))(sub)
+            if self.cfg.task == "regression":
+                # One reading per device: each reading's loss weight (mask / readings) is exactly 1.
+                step, out = self._regression_grad(sub, xb, yb, torch.ones_like(yb))
+            else:
+                step, out = self._gradient_of(xb, yb, torch.ones_like(yb))(sub)
             return clip_grad(step, MAX_GRAD_NORM, stacked=True), out.squeeze(1)
