@@ -35,6 +35,12 @@ class StepResult:
     slots
         Each reading's device slot, for strategies that keep per-device
         state in slots (``None`` otherwise).
+    drift_at
+        Index in the batch of each reading at which a drift was accepted,
+        ascending (for strategies that place events at readings).
+    adapted_at
+        Index in the batch of each reading after which a device got a new
+        model, ascending (a device may adapt more than once in a batch).
     """
 
     y_pred: np.ndarray
@@ -43,6 +49,8 @@ class StepResult:
     meta_version: int = 0
     checks: list[GuardCheck] = field(default_factory=list)
     slots: np.ndarray | None = None
+    drift_at: list[int] = field(default_factory=list)
+    adapted_at: list[int] = field(default_factory=list)
 
     @property
     def rejected(self) -> list[GuardCheck]:

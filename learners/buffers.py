@@ -62,6 +62,23 @@ class DeviceBuffers:
         self._next[g.slots] = (self._next[g.slots] + g.counts) % self.size
         self.count[g.slots] = np.minimum(self.count[g.slots] + g.counts, self.size)
 
+    def push_each(self, slots: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Append one reading to each of ``slots`` (distinct, all known): ``x[i], y[i]`` to ``slots[i]``.
+
+        Examples
+        --------
+        >>> buf = DeviceBuffers(n_features=1, size=2)
+        >>> for v in (1.0, 2.0, 3.0):
+        ...     buf.push_each(np.array([0]), np.array([[v]]), np.array([v]))
+        >>> buf.recent(np.array([0]), 2)[1].tolist(), buf.count[0]
+        ([[3.0, 2.0]], np.int64(2))
+        """
+        pos = self._next[slots]
+        self.x[slots, pos] = x
+        self.y[slots, pos] = y
+        self._next[slots] = (pos + 1) % self.size
+        self.count[slots] = np.minimum(self.count[slots] + 1, self.size)
+
     def keep_newest(self, slots: np.ndarray, keep: np.ndarray | int) -> None:
         """Forget all but the ``keep`` newest readings of each of ``slots``."""
         self.count[slots] = np.minimum(self.count[slots], keep)

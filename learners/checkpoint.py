@@ -49,7 +49,7 @@ LEGACY_SCHEMA = "metastream.checkpoint/1"
 """Earlier versions wrote a whole partition as one message of this schema (read on upgrade)."""
 LEGACY_DEVICES_PER_CHUNK = 128
 
-WORKER_TENSOR_PREFIXES = ("theta.", "scaler.")
+WORKER_TENSOR_PREFIXES = ("theta.", "scaler.", "pooled.")
 """Tensors of :meth:`~learners.fleet.FleetLearner.export_devices` that are worker-wide."""
 WORKER_INFO_KEYS = ("scaler_counts", "error_scale", "processed", "meta_version", "rng", "meta_bounds")
 """Entries of its ``info`` that are worker-wide; every other entry is a list with one item per device."""

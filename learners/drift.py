@@ -201,6 +201,51 @@ class DriftMonitor:
             accepted = self._update_detectors(slot_arr.tolist(), scaled.tolist(), n)
         return accepted if at is None else at[accepted].tolist()
 
+    def update_each(self, slots: np.ndarray, errors: np.ndarray) -> list[int]:
+        """Feed one error to each of ``slots`` (distinct devices); return the positions of accepted drifts.
+
+        The per-reading form of :meth:`update` that a prequential learner
+        calls once per reading position: a device's error scale, detector and
+        cooldown advance by exactly this reading, so what a device sees
+        depends only on its own error stream, never on how the stream was cut
+        into batches or on other devices.  Its error scale is updated with
+        the reading before dividing by it, so it is zero only while all its
+        errors since its last adaptation are zero, and then the scaled error
+        is zero with any divisor: the fleet's scale is neither used nor
+        updated here.
+        """
+        if len(slots) == 0:
+            return []
+        slot_arr = np.asarray(slots, dtype=np.int64)
+        if int(slot_arr.max()) >= len(self._detectors):
+            self._grow(int(slot_arr.max()))
+        errs = np.asarray(errors, dtype=np.float64)
+        finite = np.isfinite(errs)  # a broken reading must never poison a detector
+        at = None if finite.all() else np.flatnonzero(finite)
+        if at is not None:
+            slot_arr, errs = slot_arr[at], errs[at]
+            if len(errs) == 0:
+                return []
+        n = self._scaled_n[slot_arr] = self._scaled_n[slot_arr] + 1
+        # As in _update_scale for one reading: the plain mean, then a moving average.
+        w = np.where(n <= SCALE_WARMUP, 1.0 / n, 1.0 - 0.999)
+        scale = self._scale[slot_arr] = self._scale[slot_arr] + w * (errs - self._scale[slot_arr])
+        scaled = np.divide(errs, scale, out=errs.copy(), where=scale > 0)
+        seen = self._seen[slot_arr] = self._seen[slot_arr] + 1
+        if self.detector == "adwin":
+            self._cut_n[slot_arr] += 1
+            self._cut_sum[slot_arr] += scaled
+            accepted = []
+            windows = self._windows
+            for i, (slot, err, count) in enumerate(
+                zip(slot_arr.tolist(), scaled.tolist(), seen.tolist(), strict=True)
+            ):
+                if windows[slot].update(err) and self._on_alarm(slot, count):
+                    accepted.append(i)
+        else:
+            accepted = self._update_detectors(slot_arr.tolist(), scaled.tolist(), seen.tolist())
+        return accepted if at is None else at[accepted].tolist()
+
     def _update_adwin(
         self, slots: list[int], scaled: np.ndarray, n: list[int], groups: DeviceGroups
     ) -> list[int]:

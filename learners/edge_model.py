@@ -14,7 +14,11 @@ Examples
 >>> model = EdgeModel.from_payload(fleet.export("d1", model_version=1))
 >>> model.header.device_id, model.header.model_version
 ('d1', 1)
->>> bool(np.allclose(model.predict(x), fleet.learn_predict(["d1"] * 2, x, y).y_pred, atol=1e-5))
+>>> import torch
+>>> xs = torch.tensor(fleet.scaler.x.transform(x), dtype=torch.float32)
+>>> out = fleet.net.forward(fleet.device_params("d1"), xs)  # the worker's model, same moments
+>>> expected = fleet.scaler.inverse_y(fleet.net.predict(out).numpy())
+>>> bool(np.allclose(model.predict(x), expected, atol=1e-5))
 True
 """
 

@@ -24,7 +24,7 @@ from learners.guard import GuardCheck, accept, split_holdout
 from learners.meta import MetaLearner, MetaRule, rule_by_name
 from learners.nets import FunctionalNet, Params, init_params, stack
 from learners.registry import DeviceIndex
-from learners.scaling import TaskScaler
+from learners.scaling import PrequentialScaler
 from learners.shared_model import GlobalModel
 
 GUARD_RETRIES = 3
@@ -82,18 +82,24 @@ class FleetLearner:
             self._meta = MetaLearner.from_config(theta, cfg)
         elif init == "finetune":
             self._pooled = GlobalModel(cfg)
+            self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}
+        # The pooled model's readings that do not fill a chunk yet (finetune).
+        self._pooled_x = np.zeros((0, cfg.n_features), dtype=np.float32)
+        self._pooled_y = np.zeros(0, dtype=np.float32)
+        self._theta_queue: list[tuple[int, int, Params]] = []
+        self.theta_log: list[tuple[int, int]] = []
+        """``(position, version)`` of every θ adopted from the meta agent: the reading it took effect at."""
         self.devices = DeviceIndex()
         self.params: Params = stack(theta, 64)
         self.published: Params = stack(theta, 64)
         """Each device's weights as last adapted, i.e. the model its edge runs."""
         self.buffers = DeviceBuffers(cfg.n_features, cfg.buffer_size)
-        self.scaler = TaskScaler(cfg.task, cfg.n_features)
+        self.scaler = PrequentialScaler(cfg.task, cfg.n_features)
         self.monitor = DriftMonitor(cfg.detector, cfg.cooldown, cfg.seed)
         self._pending = np.zeros(64, dtype=bool)
         self._has_model = np.zeros(64, dtype=bool)
         self._retries = np.zeros(64, dtype=np.int64)
         self._since_meta = np.zeros(64, dtype=np.int64)
-        self._rng = np.random.default_rng(cfg.seed)
         self.processed = 0
         self.n_drifts = 0
         self.n_adaptations = 0
@@ -108,7 +114,7 @@ class FleetLearner:
         if self._meta is not None:
             return self._meta.theta
         if self._pooled is not None:
-            return self._pooled.theta
+            return self._pooled_theta
         return self._frozen
 
     @property
@@ -116,11 +122,40 @@ class FleetLearner:
         """Number of meta-updates θ has had (0 when θ is not meta-learned)."""
         return self._meta.version if self._meta is not None else 0
 
-    def adopt_theta(self, theta: Params, version: int) -> bool:
-        """Use θ from the meta agent if it is newer than the current one."""
+    def adopt_theta(self, theta: Params, version: int, at: int | None = None) -> bool:
+        """Use θ from the meta agent from stream position ``at`` on, if it is newer than the current one.
+
+        ``at`` is a reading count of this learner's stream (:attr:`processed`),
+        by default the current one: readings from ``at`` on start from the
+        new θ.  A later ``at`` is queued, and :meth:`learn_predict` cuts its
+        batch there, so a replay given a worker's :attr:`theta_log` (and the
+        θ versions) reproduces the worker's run.  Returns whether θ was
+        adopted now (or, for a later ``at``, is newer than the current one).
+
+        Raises
+        ------
+        ValueError
+            For a strategy without meta-learned θ, or an ``at`` in the past.
+        """
         if self._meta is None:
             raise ValueError(f"strategy {self.init!r} has no meta-learned θ to adopt")
-        return self._meta.adopt(theta, version)
+        at = self.processed if at is None else int(at)
+        if at < self.processed:
+            raise ValueError(
+                f"θ version {version} cannot take effect at reading {at}: the stream is at {self.processed}"
+            )
+        if at == self.processed:
+            return self._adopt_now(theta, version)
+        self._theta_queue.append((at, version, {k: v.detach().clone() for k, v in theta.items()}))
+        self._theta_queue.sort(key=lambda e: e[:2])
+        return version > self.meta_version
+
+    def _adopt_now(self, theta: Params, version: int) -> bool:
+        assert self._meta is not None
+        if not self._meta.adopt(theta, version):
+            return False
+        self.theta_log.append((self.processed, version))
+        return True
 
     def take_contributions(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Queued ``(deltas [n, P], weights [n])`` for the meta agent, oldest first."""
@@ -152,69 +187,193 @@ class FleetLearner:
     # -- the micro-batch loop -------------------------------------------------------
 
     def learn_predict(self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray) -> StepResult:
-        """Predict every reading with its device's current model, then learn.
+        """Predict every reading with its device's current model, then learn from it alone.
 
-        Each device takes one SGD step on the mean loss of its readings in the
-        batch (:meth:`learn_online`); then the drift monitor sees the errors,
-        drifted and new devices adapt from θ, and θ gets its meta-updates.
+        Prequential and batch-invariant: reading ``i`` of device ``d`` is
+        predicted with the weights ``d`` had after its previous reading and
+        then learned in its own SGD step; its error goes to ``d``'s drift
+        detector, and an accepted drift or a new device that has enough
+        readings adapts from θ right at that reading, so ``d``'s next
+        readings are learned from the adapted weights.  Devices step
+        together: step ``j`` of a batch updates every device that has a
+        ``j``-th reading in it (:meth:`_learn_segment`).  Worker-wide state
+        changes only at fixed positions of the stream, never at a batch's
+        end: θ's meta-update every ``meta_every`` readings (the devices drawn
+        with a generator seeded by the position; for ``finetune``, θ is the
+        pooled model as of that position), and θ from the meta agent at the
+        position given to :meth:`adopt_theta`.  A batch is cut at those
+        positions.  The same stream therefore gives the same predictions,
+        drifts, adaptations and weights however it is cut into batches, and
+        after a checkpoint (:meth:`export_devices`) is restored.
         """
-        slots, groups, xs, ys, pred = self.learn_online(device_ids, x, y)
-        self.buffers.push(slots, xs, ys, groups)
-        drift_at = self.monitor.update(slots, reading_errors(self.cfg.task, ys, pred), groups)
-        self.n_drifts += len(drift_at)
-        drifted = list(dict.fromkeys(device_ids[i] for i in drift_at))
-        if drifted:
-            # Adapt only on readings after the change point: ADWIN estimates
-            # where it was; with other detectors, wait for fresh readings.
-            drift_slots = np.array([self.devices.slot(d) for d in drifted], dtype=np.int64)
-            fresh = np.array([self.monitor.fresh.get(int(s), 0) for s in drift_slots])
-            self.buffers.keep_newest(drift_slots, fresh)
-            self._pending[drift_slots] = True
-        n = len(self.devices)
-        ready = np.flatnonzero(self._pending[:n] & (self.buffers.count[:n] >= self.cfg.adapt_after))
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        xs, ys, y_mean, y_std = self.scaler.fit_transform(x, y)
+        n = len(device_ids)
+        slots = np.empty(n, dtype=np.int64)
+        pred = np.empty(n)
+        drift_at: list[int] = []
+        adapted_at: list[int] = []
         self._checks = []
-        adapted = self._adapt(ready)
-
-        self._since_meta[groups.slots] += groups.counts
-        before = self.processed // self.cfg.meta_every
-        self.processed += len(slots)
-        if self._meta is not None and self.processed // self.cfg.meta_every > before:
-            self._meta_step()
+        start = 0
+        for stop in self._segment_ends(n):
+            seg_slots, seg_pred, seg_drift, seg_adapted = self._learn_segment(
+                device_ids[start:stop], xs[start:stop], ys[start:stop], full=True
+            )
+            slots[start:stop], pred[start:stop] = seg_slots, seg_pred
+            drift_at += (seg_drift + start).tolist()
+            adapted_at += (seg_adapted + start).tolist()
+            self.processed += stop - start
+            self._at_position()
+            start = stop
+        drift_at.sort()
+        adapted_at.sort()
+        y_pred = pred * y_std + y_mean if self.cfg.task == "regression" else pred
+        ids = self.devices.ids
         return StepResult(
-            self.scaler.inverse_y(pred),
-            drifted=drifted,
-            adapted=[self.devices.ids[s] for s in adapted],
+            y_pred,
+            drifted=list(dict.fromkeys(ids[slots[i]] for i in drift_at)),
+            adapted=list(dict.fromkeys(ids[slots[i]] for i in adapted_at)),
             meta_version=self.meta_version,
             checks=self._checks,
             slots=slots,
+            drift_at=drift_at,
+            adapted_at=adapted_at,
         )
 
     def learn_online(
         self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray
     ) -> tuple[np.ndarray, DeviceGroups, np.ndarray, np.ndarray, np.ndarray]:
-        """Predict-then-learn only: one SGD step per device, no drift detection or adaptation.
+        """Predict-then-learn only: one SGD step per reading, no drift detection or adaptation.
 
-        All devices of the batch step together: their weights are gathered,
-        their readings padded per device, and one ``torch.func.grad`` call
-        gives every device its own gradient.  Returns each reading's slot,
-        the batch's device grouping, the standardised inputs and targets, and
-        the predictions made before the step (standardised units).
+        The stepping of :meth:`learn_predict` without its buffers, detectors,
+        adaptations or meta-updates (the stream position does not move).
+        Returns each reading's slot, the batch's device grouping, the
+        standardised inputs and targets, and each reading's prediction made
+        before its step (standardised units).
+        """
+        xs, ys, _, _ = self.scaler.fit_transform(
+            np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        )
+        slots, pred, _, _ = self._learn_segment(device_ids, xs, ys, full=False)
+        return slots, DeviceGroups.of(slots), xs, ys, pred
+
+    def _segment_ends(self, n: int) -> list[int]:
+        """Where the next ``n`` readings are cut: at the positions where worker-wide state changes."""
+        start, stop = self.processed, self.processed + n
+        ends = {n}
+        if self._meta is not None or self._pooled is not None:
+            every = self.cfg.meta_every
+            ends |= {p - start for p in range((start // every + 1) * every, stop, every)}
+        ends |= {at - start for at, _, _ in self._theta_queue if start < at < stop}
+        return sorted(ends) if n else []
+
+    def _at_position(self) -> None:
+        """What happens once the stream reaches ``processed``: meta-update, pooled θ, queued θ."""
+        at = self.processed
+        if at % self.cfg.meta_every == 0:
+            if self._meta is not None:
+                self._meta_step(at)
+            elif self._pooled is not None:
+                self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}
+        while self._theta_queue and self._theta_queue[0][0] <= at:
+            _, version, theta = self._theta_queue.pop(0)
+            self._adopt_now(theta, version)
+
+    def _learn_segment(
+        self, device_ids: Sequence[str], xs: np.ndarray, ys: np.ndarray, full: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Prequential steps over readings during which θ does not change.
+
+        Devices are ordered by their number of readings here, most first, so
+        the devices with a ``j``-th reading are the first rows of the
+        gathered weights: step ``j`` works on a prefix (views, no gather).
+        With ``full`` every step also buffers the readings, feeds the
+        detectors and adapts where a drift was accepted or a device is ready.
+        Returns each reading's slot and prediction (standardised), and the
+        indices of the readings at which a drift was accepted and after
+        which a device got a new model.
         """
         slots, new = self.devices.slots_for(device_ids)
         if new:
             self._add_devices(new)
-        xs, ys = self.scaler.fit_transform(x, y)
+        n = len(slots)
+        pred = np.empty(n)
+        if n == 0:
+            return slots, pred, np.zeros(0, np.int64), np.zeros(0, np.int64)
         groups = DeviceGroups.of(slots)
-        uniq = torch.from_numpy(groups.slots)
+        order = np.argsort(-groups.counts, kind="stable")
+        dev_slots, counts = groups.slots[order], groups.counts[order]
+        row_of = np.empty_like(order)
+        row_of[order] = np.arange(len(order))
+        table = np.zeros((len(order), int(counts[0])), dtype=np.int64)  # [row, j] → reading index
+        table[row_of[groups.group], groups.rank] = np.arange(n)
+        # Devices with a j-th reading: counts is descending, so they are rows 0 … active[j]-1.
+        active = np.searchsorted(-counts, -np.arange(int(counts[0])), side="left")
+        uniq = torch.from_numpy(dev_slots)
         sub = {k: v.index_select(0, uniq) for k, v in self.params.items()}
-        xp, yp, mask = (torch.from_numpy(a) for a in (groups.pad(xs), groups.pad(ys), groups.mask()))
-        step, out = self.net.online_step(sub, xp, yp, mask)
+        # Readings laid out [position j, row, …] once, so step j takes a contiguous slice.
+        xp, yp = xs[table.T], ys[table.T]
+        xt, yt = torch.from_numpy(xp), torch.from_numpy(yp)
+        lr = self.cfg.online_lr
+        drift_at: list[np.ndarray] = []
+        adapted_at: list[np.ndarray] = []
+        for j, u in enumerate(active.tolist()):
+            idx = table[:u, j]
+            w = {k: v[:u] for k, v in sub.items()}
+            step, out = self.net.reading_step(w, xt[j, :u], yt[j, :u])
+            for k, v in w.items():
+                v -= lr * step[k]
+            p = self.net.predict(out).numpy().astype(np.float64)
+            pred[idx] = p
+            if not full:
+                continue
+            s_j = dev_slots[:u]
+            self.buffers.push_each(s_j, xp[j, :u], yp[j, :u])
+            errors = reading_errors(self.cfg.task, yp[j, :u].astype(np.float64), p)
+            hits = self.monitor.update_each(s_j, errors)
+            if hits:
+                drifted = s_j[hits]
+                fresh = np.array([self.monitor.fresh.get(int(d), 0) for d in drifted])
+                # Adapt only on readings after the change point: ADWIN estimates
+                # where it was; with other detectors, wait for fresh readings.
+                self.buffers.keep_newest(drifted, fresh)
+                self._pending[drifted] = True
+                self.n_drifts += len(hits)
+                drift_at.append(idx[hits])
+            ready = self._pending[s_j] & (self.buffers.count[s_j] >= self.cfg.adapt_after)
+            if ready.any():
+                got = self._adapt(s_j[ready])
+                if len(got):
+                    rows = np.flatnonzero(np.isin(s_j, got))
+                    r, g = torch.from_numpy(rows), torch.from_numpy(s_j[rows])
+                    for k, v in sub.items():
+                        v[r] = self.params[k][g]
+                    adapted_at.append(idx[rows])
         for k, v in self.params.items():
-            v[uniq] = sub[k] - self.cfg.online_lr * step[k]
+            v[uniq] = sub[k]
+        if full:
+            self._since_meta[groups.slots] += groups.counts
         if self._pooled is not None:
-            self._pooled.learn_predict(torch.from_numpy(xs), torch.from_numpy(ys))
-        pred = groups.unpad(self.net.predict(out).numpy()).astype(np.float64)
-        return slots, groups, xs, ys, pred
+            self._learn_pooled(xs, ys)
+        empty = np.zeros(0, np.int64)
+        return (
+            slots,
+            pred,
+            np.concatenate(drift_at) if drift_at else empty,
+            np.concatenate(adapted_at) if adapted_at else empty,
+        )
+
+    def _learn_pooled(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        """The pooled model (``finetune``) steps on whole chunks at fixed positions of the stream."""
+        assert self._pooled is not None
+        chunk = self._pooled.chunk
+        px = np.concatenate([self._pooled_x, xs])
+        py = np.concatenate([self._pooled_y, ys])
+        whole = len(py) - len(py) % chunk
+        if whole:
+            self._pooled.learn_predict(torch.from_numpy(px[:whole]), torch.from_numpy(py[:whole]))
+        self._pooled_x, self._pooled_y = px[whole:].copy(), py[whole:].copy()
 
     # -- internals ------------------------------------------------------------------
 
@@ -334,14 +493,17 @@ class FleetLearner:
         given_up = slots[~again]
         return given_up[~self._has_model[given_up]]
 
-    def _meta_step(self) -> None:
+    def _meta_step(self, position: int) -> None:
+        """Meta-update (or contributions) from the devices active since the last one, at ``position``."""
         assert self._meta is not None and self._rule is not None
         n = len(self.devices)
         active = np.flatnonzero((self._since_meta[:n] > 0) & (self.buffers.count[:n] >= self.cfg.adapt_after))
         if len(active) == 0:
             return
         if len(active) > self.cfg.meta_batch:
-            active = np.sort(self._rng.choice(active, self.cfg.meta_batch, replace=False))
+            # Seeded by the position, so a replay or a restored worker draws the same devices.
+            rng = np.random.default_rng([self.cfg.seed, position])
+            active = np.sort(rng.choice(active, self.cfg.meta_batch, replace=False))
         # Reptile adapts on as many readings as a device will have when it adapts.
         x, y, mask = self.buffers.recent(active, self.cfg.adapt_after)
         deltas = self._rule.directions(self.net, self._meta.theta, x, y, mask)
@@ -359,8 +521,10 @@ class FleetLearner:
 
         Returns tensors (stacked weights ``param.*``, ring buffers ``buffer.*``,
         detector blobs, scaler moments, θ ``theta.*``) and JSON-able ``info``
-        (per-device counters and detector states, scaler counts, meta cadence,
-        random generator state).  :meth:`import_devices` is the inverse; see
+        (per-device counters and detector states, scaler counts, the stream
+        position, which sets the meta cadence and its random draws); with
+        ``finetune`` also the pooled model and its readings that wait for a
+        whole chunk.  :meth:`import_devices` is the inverse; see
         :mod:`learners.checkpoint` for the signed wire format.
         """
         slots = np.array([self.devices.slot(d) for d in device_ids], dtype=np.int64)
@@ -372,10 +536,14 @@ class FleetLearner:
         states, blobs = self.monitor.export_slots(slots.tolist())
         tensors["detector.blobs"] = torch.frombuffer(bytearray(b"".join(blobs) or b"\0"), dtype=torch.uint8)
         for name, sc in (("x", self.scaler.x), ("y", self.scaler.y)):
-            tensors[f"scaler.{name}.mean"] = torch.from_numpy(sc.mean.copy())
-            tensors[f"scaler.{name}.m2"] = torch.from_numpy(sc._m2.copy())
+            for part in ("shift", "s1", "s2"):
+                tensors[f"scaler.{name}.{part}"] = torch.from_numpy(getattr(sc, part).copy())
         for k, v in self.theta.items():
             tensors[f"theta.{k}"] = v.detach().clone()
+        if self._pooled is not None:
+            tensors |= {f"pooled.{k}": v.clone() for k, v in self._pooled.params.items()}
+            tensors["pooled.pending_x"] = torch.from_numpy(self._pooled_x.copy())
+            tensors["pooled.pending_y"] = torch.from_numpy(self._pooled_y.copy())
         info: dict[str, Any] = {
             "device_ids": list(device_ids),
             "buffer_count": self.buffers.count[slots].tolist(),
@@ -390,7 +558,6 @@ class FleetLearner:
             "error_scale": self.monitor.fleet_scale,
             "processed": self.processed,
             "meta_version": self.meta_version,
-            "rng": self._rng.bit_generator.state,
             "meta_bounds": self._meta.bounds.state() if self._meta is not None else None,
         }
         return tensors, info
@@ -428,7 +595,7 @@ class FleetLearner:
 
         Devices already known here are overwritten; new ones get a slot.  θ is
         adopted only if it is newer than the current one.  The scaler, the
-        fleet error scale, the meta cadence and the random generator are
+        fleet error scale, the stream position and the pooled model are
         worker-wide, not per device: they are taken over only with
         ``worker_wide=True`` (a fresh worker), never merged into a worker that
         has its own.
@@ -446,8 +613,14 @@ class FleetLearner:
         expected["buffer.x"] = (n, self.buffers.size, self.cfg.n_features)
         expected["buffer.y"] = (n, self.buffers.size)
         expected |= {f"theta.{k}": tuple(v.shape) for k, v in self.theta.items()}
-        expected |= {"scaler.x.mean": (self.cfg.n_features,), "scaler.x.m2": (self.cfg.n_features,)}
-        expected |= {"scaler.y.mean": (1,), "scaler.y.m2": (1,)}
+        for name, width in (("x", self.cfg.n_features), ("y", 1)):
+            expected |= {f"scaler.{name}.{part}": (width,) for part in ("shift", "s1", "s2")}
+        if self._pooled is not None:
+            expected |= {f"pooled.{k}": tuple(v.shape) for k, v in self._pooled.params.items()}
+            # Fewer readings than a chunk wait for the pooled model's next step.
+            pending = int(tensors["pooled.pending_y"].shape[0]) if "pooled.pending_y" in tensors else -1
+            expected["pooled.pending_y"] = (pending,)
+            expected["pooled.pending_x"] = (pending, self.cfg.n_features)
         for name, shape in expected.items():
             got = tuple(tensors[name].shape) if name in tensors else None
             if got != shape:
@@ -481,11 +654,15 @@ class FleetLearner:
         if worker_wide:
             for i, (name, sc) in enumerate((("x", self.scaler.x), ("y", self.scaler.y))):
                 sc.count = int(info["scaler_counts"][i])
-                sc.mean = tensors[f"scaler.{name}.mean"].numpy().astype(np.float64).copy()
-                sc._m2 = tensors[f"scaler.{name}.m2"].numpy().astype(np.float64).copy()
+                for part in ("shift", "s1", "s2"):
+                    setattr(sc, part, tensors[f"scaler.{name}.{part}"].numpy().astype(np.float64).copy())
             self.monitor.fleet_scale = float(info["error_scale"])
             self.processed = int(info["processed"])
-            self._rng.bit_generator.state = info["rng"]
             if self._meta is not None and info.get("meta_bounds"):  # absent in older checkpoints
                 self._meta.bounds.restore(info["meta_bounds"])
+            if self._pooled is not None:
+                self._pooled.params = {k: tensors[f"pooled.{k}"].clone() for k in self._pooled.params}
+                self._pooled_theta = {k: tensors[f"theta.{k}"].clone() for k in self.theta}
+                self._pooled_x = tensors["pooled.pending_x"].numpy().astype(np.float32).copy()
+                self._pooled_y = tensors["pooled.pending_y"].numpy().astype(np.float32).copy()
         return ids

@@ -308,3 +308,21 @@ class FunctionalNet:
         with self._no_autograd():
             step, out = self._gradient_of(x, y, mask)(sub)
             return clip_grad(step, MAX_GRAD_NORM, stacked=True), out
+
+    def reading_step(self, sub: Params, x: Tensor, y: Tensor) -> tuple[Params, Tensor]:
+        """One reading per device: the clipped gradient of its own loss, and the outputs before the step.
+
+        ``sub`` holds ``U`` stacked models, ``x`` is ``[U, F]`` and ``y``
+        ``[U]``: reading ``i`` belongs to model ``i``.  Every row is computed
+        on its own (batched matrix products), so a device's step does not
+        depend on which other devices step with it.  Returns the clipped
+        gradient with respect to ``sub`` and the raw outputs ``[U, n_outputs]``.
+        """
+        with self._no_autograd():
+            xb, yb = x.unsqueeze(1), y.unsqueeze(1)
+            if self.cfg.task == "regression":
+                # One reading per device: each reading's loss weight (mask / readings) is exactly 1.
+                step, out = self._regression_grad(sub, xb, yb, torch.ones_like(yb))
+            else:
+                step, out = self._gradient_of(xb, yb, torch.ones_like(yb))(sub)
+            return clip_grad(step, MAX_GRAD_NORM, stacked=True), out.squeeze(1)

@@ -51,13 +51,10 @@ def test_drift_leads_to_a_verified_model_at_the_edge(loop: tuple[Settings, dict[
     assert s["drifts_detected"] >= 3
     assert s["adaptations"]["drift"] >= 3 and s["adaptations"]["new_device"] == 40
     assert s["meta_versions"] >= 2
-    # every watched device runs its first (new-device) model, and drifts reach the edge as v2.
-    # Not all of them: a worker that starts behind the backlog learns it in large batches (one
-    # SGD step per device per batch), and a weak drift of a device it learned slowly can go
-    # unseen; an offline replay with the same batches misses it too (test_worker_core).
-    versions = s["edge_versions"].values()
-    assert all(v is not None and v >= 1 for v in versions), s["edge_versions"]
-    assert max(v or 0 for v in versions) >= 2, s["edge_versions"]
+    # every watched device runs its first (new-device) model and then its post-drift model (v2):
+    # learning is batch-invariant, so a worker catching up a backlog in large batches detects
+    # the same drifts as an offline replay in any batches (tests/unit/test_batch_invariance.py)
+    assert all(v is not None and v >= 2 for v in s["edge_versions"].values()), s["edge_versions"]
     assert s["edge_refused"] == 0
     assert s["drift_to_edge_latency_s"]["n"] >= 1
     assert s["drift_to_edge_latency_s"]["p99"] < 5.0

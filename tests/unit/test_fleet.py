@@ -9,6 +9,7 @@ import torch
 from learners import LearnerConfig
 from learners.fleet import FleetLearner
 from learners.nets import MAX_GRAD_NORM, FunctionalNet, clip_grad
+from learners.scaling import PrequentialScaler
 
 
 def linear_task(n: int, gain: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -30,43 +31,47 @@ def test_a_new_device_starts_from_theta() -> None:
     assert 0 < diff < 0.1
 
 
-def test_micro_batch_equals_per_device_steps() -> None:
+def test_each_reading_is_one_sgd_step_in_its_devices_order() -> None:
     # Prepare: two devices, two readings each, in one mixed micro-batch
     cfg = LearnerConfig(n_features=2, adapt_after=16)
     fleet = FleetLearner(cfg, init="scratch")
     x, y = linear_task(4, 2.0, 1)
     ids = ["a", "b", "a", "b"]
     theta = {k: v.clone() for k, v in fleet.theta.items()}
+    xs, ys, _, _ = PrequentialScaler("regression", 2).fit_transform(x, y)
     # Execute
     fleet.learn_predict(ids, x, y)
-    # Assert: each device took one SGD step on the mean loss of its own readings
+    # Assert: each device took one SGD step per reading, on that reading alone, in order
     net = FunctionalNet(cfg)
-    xs = torch.tensor(fleet.scaler.x.transform(x), dtype=torch.float32)
-    ys = torch.tensor((y - fleet.scaler.y.mean[0]) / fleet.scaler.y.std[0], dtype=torch.float32)
+    xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
     for dev, rows in (("a", [0, 2]), ("b", [1, 3])):
-        loss = lambda p, r=rows: net.sample_loss(net.forward(p, xs[r]), ys[r]).mean()  # noqa: E731
-        g = clip_grad(torch.func.grad(loss)(theta), MAX_GRAD_NORM, stacked=False)
-        expected = {k: theta[k] - cfg.online_lr * g[k] for k in theta}
+        expected = theta
+        for r in rows:
+            loss = lambda p, r=r: net.sample_loss(net.forward(p, xt[r : r + 1]), yt[r : r + 1]).mean()  # noqa: E731
+            g = clip_grad(torch.func.grad(loss)(expected), MAX_GRAD_NORM, stacked=False)
+            expected = {k: expected[k] - cfg.online_lr * g[k] for k in theta}
         got = fleet.device_params(dev)
         for k in theta:
             assert torch.allclose(got[k], expected[k], atol=1e-6), (dev, k)
 
 
-def test_predictions_are_made_before_learning() -> None:
-    # Prepare
-    fleet = FleetLearner(LearnerConfig(n_features=2), init="scratch")
+def test_each_reading_is_predicted_before_it_is_learned() -> None:
+    # Prepare: the same two readings of one device, in one batch and in two
+    cfg = LearnerConfig(n_features=2)
+    together, apart = FleetLearner(cfg, init="scratch"), FleetLearner(cfg, init="scratch")
     x, y = linear_task(2, 1.0, 2)
+    x = np.repeat(x[:1], 2, axis=0)
     # Execute
-    first = fleet.learn_predict(["a", "a"], x, y).y_pred
-    # Assert: both readings were predicted by the same (initial) model, which
-    # maps equal inputs to equal outputs
-    same = fleet.learn_predict(["z", "z"], np.repeat(x[:1], 2, axis=0), y[:2]).y_pred
-    assert first.shape == (2,) and same[0] == same[1]
+    both = together.learn_predict(["z", "z"], x, y).y_pred
+    first = apart.learn_predict(["z"], x[:1], y[:1]).y_pred
+    second = apart.learn_predict(["z"], x[1:], y[1:]).y_pred
+    # Assert: the second reading (same input) was predicted after learning the first
+    assert both.tolist() == [first[0], second[0]] and both[0] != both[1]
 
 
 def test_new_device_adapts_once_it_has_enough_readings() -> None:
-    # Prepare
-    fleet = FleetLearner(LearnerConfig(n_features=2, adapt_after=8, buffer_size=16))
+    # Prepare: no regression guard (its judgement on 8 readings has its own tests)
+    fleet = FleetLearner(LearnerConfig(n_features=2, adapt_after=8, buffer_size=16, guard_holdout=0.0))
     x, y = linear_task(20, 1.0, 3)
     # Execute
     adapted = [fleet.learn_predict(["a"], x[i : i + 1], y[i : i + 1]).adapted for i in range(20)]
@@ -134,6 +139,7 @@ def test_learn_online_is_the_predict_then_learn_part_of_learn_predict() -> None:
     result = full.learn_predict(ids, x, y)
     slots, _, _, _, pred = online.learn_online(ids, x, y)
     # Assert: the same predictions and the same learned weights
+    _, _, y_mean, y_std = PrequentialScaler("regression", 3).fit_transform(x, y)
     assert result.adapted == [] and np.array_equal(result.slots, slots)
-    assert np.array_equal(result.y_pred, online.scaler.inverse_y(pred))
+    assert np.array_equal(result.y_pred, pred * y_std + y_mean)
     assert all(torch.equal(full.params[k], online.params[k]) for k in full.params)
