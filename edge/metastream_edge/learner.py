@@ -201,15 +201,23 @@ class OnDeviceLearner:
         return xs, ys
 
     def online(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Predict-then-learn only: one SGD step on the batch's mean loss, as the worker takes it.
+        """Predict-then-learn only: one SGD step per reading, in order, as the worker takes them.
 
-        Returns the standardised inputs and targets and the predictions made
-        before the step (standardised units).
+        Each reading is predicted with the weights after the one before it, so
+        how readings are grouped into calls changes nothing.  Returns the
+        standardised inputs and targets and the predictions made before each
+        step (standardised units).
         """
         weights = self._weights()  # before observing: no weights, nothing changes
         xs, ys = self.observe(x, y)
-        self.params, out = online_step(self.cfg.task, weights, xs, ys, self.cfg.online_lr)
-        return xs, ys, point_predictions(self.cfg.task, out).astype(np.float64)
+        outs = []
+        for i in range(len(ys)):
+            one = slice(i, i + 1)
+            weights, out = online_step(self.cfg.task, weights, xs[one], ys[one], self.cfg.online_lr)
+            outs.append(out)
+        self.params = weights
+        raw = np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+        return xs, ys, point_predictions(self.cfg.task, raw).astype(np.float64)
 
     def learn(self, x: np.ndarray, y: np.ndarray) -> LearnStep:
         """Predict-then-learn on a batch, watch the errors for drift, adapt from θ after one."""

@@ -70,24 +70,26 @@ def test_exported_model_predicts_like_the_torch_forward_pass(task: str) -> None:
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
-def test_online_steps_match_the_fleets_predict_then_learn(task: str) -> None:
-    # Prepare: the same θ and the same seeded batches for one device on both sides
+def test_online_steps_match_the_cores_per_reading_steps(task: str) -> None:
+    # Prepare: the same θ and the same standardised readings for one device on both sides
     cfg = LearnerConfig(n_features=4, task=task, n_classes=3, online_lr=0.1)  # type: ignore[arg-type]
-    fleet = FleetLearner(cfg, init="scratch")
-    device = OnDeviceLearner(edge_config(cfg), numpy_params(init_params(cfg)))
+    net = FunctionalNet(cfg)
     x, y = seeded_task(task, 240, 4, seed=3)
-    # Execute
+    xs = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    ys = (((y - y.mean()) / y.std()) if task == "regression" else y).astype(np.float32)
+    torch_params = {k: v.unsqueeze(0) for k, v in init_params(cfg).items()}
+    numpy_weights = numpy_params(init_params(cfg))
+    # Execute: the core's step (one device, one reading per step, as FleetLearner takes them)
     worst_pred = 0.0
-    for i in range(0, 240, 8):
-        *_, torch_pred = fleet.learn_online(["d"] * 8, x[i : i + 8], y[i : i + 8])
-        _, _, numpy_pred = device.online(x[i : i + 8], y[i : i + 8])
-        if task == "classification":
-            assert numpy_pred.tolist() == torch_pred.tolist()
-        worst_pred = max(worst_pred, float(np.abs(numpy_pred - torch_pred).max()))
-    # Assert: 30 steps later the weights still agree
-    expected = numpy_params(fleet.device_params("d"))
-    assert device.params is not None
-    assert max(float(np.abs(device.params[k] - expected[k]).max()) for k in expected) < TOL
+    for i in range(240):
+        xi, yi = torch.from_numpy(xs[i : i + 1][None]), torch.from_numpy(ys[i : i + 1][None])
+        step, out = net.online_step(torch_params, xi, yi, torch.ones(1, 1))
+        torch_params = {k: v - cfg.online_lr * step[k] for k, v in torch_params.items()}
+        numpy_weights, numpy_out = mlp.online_step(task, numpy_weights, xs[i : i + 1], ys[i : i + 1], 0.1)
+        worst_pred = max(worst_pred, float(np.abs(numpy_out - out[0].numpy()).max()))
+    # Assert: 240 steps later the weights still agree, and so did every output before its step
+    expected = {k: v[0].numpy() for k, v in torch_params.items()}
+    assert max(float(np.abs(numpy_weights[k] - expected[k]).max()) for k in expected) < TOL
     assert worst_pred < TOL
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from connectors.edge import META_KEY, EdgeState
 from connectors.signing import Signer, Verifier
@@ -55,7 +56,10 @@ def test_predicts_like_the_fleet(signer: Signer, state: EdgeState) -> None:
     # Execute
     pred = state.predict("dev-1", X)
     # Assert
-    expected = learner.learn_predict(["dev-1"] * 2, X, np.array([1.0, 3.0])).y_pred
+    # The worker's own model under the moments it exported (learn_predict uses each reading's own).
+    xs = torch.tensor(learner.scaler.x.transform(X), dtype=torch.float32)
+    out = learner.net.forward(learner.device_params("dev-1"), xs)
+    expected = learner.scaler.inverse_y(learner.net.predict(out).numpy())
     np.testing.assert_allclose(pred, expected, atol=1e-5)
 
 
