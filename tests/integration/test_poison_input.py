@@ -29,7 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from connectors.admin import ensure_topics
 from connectors.settings import Settings
-from connectors.signing import Signer, Verifier
+from connectors.signing import Signer
 from connectors.wire import DeadLetter, Reading, encode_readings
 from pipeline.fatal import EXIT_FATAL
 from pipeline.faults import ENV
@@ -176,9 +176,9 @@ def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once
         letters.close()
 
 
-def checkpointed_readings(cfg: Settings, verifier: Verifier) -> Counter[str]:
+def checkpointed_readings(cfg: Settings, key: Signer) -> Counter[str]:
     learned: Counter[str] = Counter()
-    for ck in cr.newest_checkpoints(cfg, verifier).values():
+    for ck in cr.newest_checkpoints(cfg, key).values():
         learned.update(ck.readings)
     return learned
 
@@ -208,11 +208,10 @@ def test_a_learner_failure_stops_the_worker_and_a_restart_goes_on_from_the_check
         pytest.fail("the worker did not exit:\n" + tw.worker_log(tmp_path))
     exited_after = time.monotonic() - started
     restarted = start_worker(cfg)
-    verifier = Verifier([signer.public_key])
     wait_until(
-        lambda: checkpointed_readings(cfg, verifier) == produced,
+        lambda: checkpointed_readings(cfg, signer) == produced,
         120,
-        lambda: f"{checkpointed_readings(cfg, verifier)}\n{tw.worker_log(tmp_path, 1)}",
+        lambda: f"{checkpointed_readings(cfg, signer)}\n{tw.worker_log(tmp_path, 1)}",
     )
 
     # Assert: exit status 70 with one fatal line; every acked reading learned exactly once
@@ -260,12 +259,11 @@ def test_a_message_the_learner_always_fails_on_is_dead_lettered_after_two_failur
         if proc.poll() is None:
             break  # it got past the poison
         codes.append(proc.returncode)
-    verifier = Verifier([signer.public_key])
     last = len(codes)
     wait_until(
-        lambda: checkpointed_readings(cfg, verifier) == produced,
+        lambda: checkpointed_readings(cfg, signer) == produced,
         120,
-        lambda: f"{codes}\n{checkpointed_readings(cfg, verifier)}\n{tw.worker_log(tmp_path, last)}",
+        lambda: f"{codes}\n{checkpointed_readings(cfg, signer)}\n{tw.worker_log(tmp_path, last)}",
     )
     letters = DeadLetters(cfg)
     try:
