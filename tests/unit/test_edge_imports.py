@@ -13,9 +13,10 @@ ALLOWED = {
     "kafka",
     "safetensors",
     "cryptography",
-    "Crypto",
+    "Crypto",  # pycryptodome (secure aggregation)
+    "paho",  # paho-mqtt, the `mqtt` extra
     "metastream_edge",
-}  # Crypto: pycryptodome
+}
 
 
 def imported_roots(path: Path) -> set[str]:
