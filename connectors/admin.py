@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-from kafka.partitioner.default import murmur2
 
 from connectors.connection_check import check_connection
 from connectors.settings import Settings
 from connectors.wire import MAX_DEAD_LETTER_BYTES
+from metastream_edge.subscriber import partition_for as partition_for  # one partitioner, workers and devices
 
 log = logging.getLogger(__name__)
 
@@ -167,19 +167,3 @@ def _check_existing(admin: KafkaAdminClient, specs: list[TopicSpec], settings: S
         if "compact" not in policy:
             # Not fatal (the pipeline still works), but old versions then pile up until retention.
             log.warning("topic %r has cleanup.policy=%r, expected compact", name, policy)
-
-
-def partition_for(device_id: str, n_partitions: int) -> int:
-    """The partition kafka-python's default partitioner picks for key ``device_id``.
-
-    Same murmur2 hash as the Java client, so it also matches Java and
-    librdkafka's ``murmur2_random`` producers.
-
-    Examples
-    --------
-    >>> partition_for("dev-0001", 4), partition_for("sensor-42", 4)
-    (0, 1)
-    """
-    if n_partitions < 1:
-        raise ValueError(f"n_partitions must be >= 1, got {n_partitions}")
-    return (murmur2(device_id.encode()) & 0x7FFFFFFF) % n_partitions
