@@ -178,17 +178,10 @@ class DriftMonitor:
         """
         if len(slots) == 0:
             return []
-        slot_arr = np.asarray(slots, dtype=np.int64)
-        if int(slot_arr.max()) >= len(self._detectors):
-            self._grow(int(slot_arr.max()))
-        errs = np.asarray(errors, dtype=np.float64)
-        finite = np.isfinite(errs)  # a broken reading must never poison a detector
-        at = None if finite.all() else np.flatnonzero(finite)
-        if at is not None:
-            slot_arr, errs, groups = slot_arr[at], errs[at], None
+        slot_arr, errs, at = self._finite(slots, errors)
         if len(errs) == 0:
             return []
-        groups = groups or DeviceGroups.of(slot_arr)
+        groups = (groups if at is None else None) or DeviceGroups.of(slot_arr)
         self._update_scale(groups, errs)
         scale = self._scales(slot_arr)
         scaled = np.divide(errs, scale, out=errs.copy(), where=scale > 0)
@@ -200,6 +193,23 @@ class DriftMonitor:
         else:
             accepted = self._update_detectors(slot_arr.tolist(), scaled.tolist(), n)
         return accepted if at is None else at[accepted].tolist()
+
+    def _finite(
+        self, slots: Sequence[int] | np.ndarray, errors: Sequence[float] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Slots and errors as arrays without the non-finite errors, detectors grown to fit.
+
+        The third value holds the positions kept (``None`` when all were).
+        """
+        slot_arr = np.asarray(slots, dtype=np.int64)
+        if int(slot_arr.max()) >= len(self._detectors):
+            self._grow(int(slot_arr.max()))
+        errs = np.asarray(errors, dtype=np.float64)
+        finite = np.isfinite(errs)  # a broken reading must never poison a detector
+        at = None if finite.all() else np.flatnonzero(finite)
+        if at is not None:
+            slot_arr, errs = slot_arr[at], errs[at]
+        return slot_arr, errs, at
 
     def update_each(self, slots: np.ndarray, errors: np.ndarray) -> list[int]:
         """Feed one error to each of ``slots`` (distinct devices); return the positions of accepted drifts.
@@ -216,16 +226,9 @@ class DriftMonitor:
         """
         if len(slots) == 0:
             return []
-        slot_arr = np.asarray(slots, dtype=np.int64)
-        if int(slot_arr.max()) >= len(self._detectors):
-            self._grow(int(slot_arr.max()))
-        errs = np.asarray(errors, dtype=np.float64)
-        finite = np.isfinite(errs)  # a broken reading must never poison a detector
-        at = None if finite.all() else np.flatnonzero(finite)
-        if at is not None:
-            slot_arr, errs = slot_arr[at], errs[at]
-            if len(errs) == 0:
-                return []
+        slot_arr, errs, at = self._finite(slots, errors)
+        if len(errs) == 0:
+            return []
         n = self._scaled_n[slot_arr] = self._scaled_n[slot_arr] + 1
         # As in _update_scale for one reading: the plain mean, then a moving average.
         w = np.where(n <= SCALE_WARMUP, 1.0 / n, 1.0 - 0.999)
