@@ -28,7 +28,7 @@ class SkippedRow:
 
 @dataclass
 class ReadingsTable:
-    """Readings in time order, ready for :func:`learners.replay.replay`."""
+    """Readings in time order, ready for :func:`learners.evaluation.replay.replay`."""
 
     device_ids: list[str]
     x: np.ndarray

@@ -251,8 +251,8 @@ def load_watch(window: int = 100, step: int = 50) -> Dataset:
 
 
 def load_synthetic(seed: int = 0, n_devices: int = 100, n_readings: int = 60_000) -> Dataset:
-    """The seeded synthetic fleet of :mod:`learners.synthetic` (the demo's)."""
-    from learners.synthetic import make_fleet_stream
+    """The seeded synthetic fleet of :mod:`learners.evaluation.synthetic` (the demo's)."""
+    from learners.evaluation.synthetic import make_fleet_stream
 
     s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed)
     return Dataset(

@@ -382,7 +382,7 @@ def csv_source(
 
 
 def synthetic_source(n_devices: int, n_readings: int, seed: int = 0, **options: Any) -> Iterator[Reading]:
-    """Readings of a seeded synthetic fleet with drift (:func:`learners.synthetic.make_fleet_stream`).
+    """Readings of a seeded synthetic fleet with drift (:mod:`learners.evaluation.synthetic`).
 
     ``options`` go to ``make_fleet_stream`` (``n_features``, ``task``, …).
 
@@ -391,7 +391,7 @@ def synthetic_source(n_devices: int, n_readings: int, seed: int = 0, **options: 
     >>> next(synthetic_source(2, 10, seed=1, n_features=2)).device_id
     'dev-0000'
     """
-    from learners.synthetic import make_fleet_stream
+    from learners.evaluation.synthetic import make_fleet_stream
 
     stream = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed, **options)
     # Lazily, so a long stream never exists as millions of Reading objects at once.

@@ -2,7 +2,7 @@
 
 The public entry points are :class:`~learners.config.LearnerConfig`,
 :func:`~learners.strategies.make_strategy` and
-:class:`~learners.evaluation.PrequentialEvaluator`.
+:class:`~learners.evaluation.prequential.PrequentialEvaluator`.
 """
 
 from learners.config import LearnerConfig

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from learners.config import LearnerConfig
+from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from learners.fleet import FleetLearner
 from learners.nets import build_template
 from learners.river_fleet import RiverFleet
-from learners.synthetic import FleetStream, make_fleet_stream
 
 BATCH = 1000
 LOOP = "one-sample-at-a-time torch loop"

@@ -27,7 +27,7 @@ from connectors.edge import EdgeSubscriber
 from connectors.producer import run_producer
 from connectors.settings import Settings
 from connectors.wire import Reading
-from learners.synthetic import make_fleet_stream
+from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.demo import running_worker, say, scratch_settings
 
 

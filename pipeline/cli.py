@@ -48,7 +48,7 @@ def learner_config(args: argparse.Namespace, **fixed: Any) -> LearnerConfig:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from connectors.csv_source import load_readings_csv
-    from learners.replay import default_batch_size, replay
+    from learners.evaluation.replay import default_batch_size, replay
     from learners.strategies import make_strategy, resolve
     from pipeline.progress import Progress
 
@@ -117,7 +117,7 @@ def _fmt(v: Any) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from connectors.csv_source import write_readings_csv
-    from learners.synthetic import make_fleet_stream
+    from learners.evaluation.synthetic import make_fleet_stream
 
     s = make_fleet_stream(
         n_devices=args.devices,

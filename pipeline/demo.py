@@ -32,7 +32,7 @@ from connectors.producer import run_producer
 from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading
-from learners.synthetic import make_fleet_stream
+from learners.evaluation.synthetic import make_fleet_stream
 
 
 class EventTally(threading.Thread):

@@ -3,9 +3,9 @@
 For a data set (``air``, ``wind``, ``watch``, ``synthetic`` or a CSV) it
 holds out a seeded share of the devices, replays the others' readings
 through each strategy (prequential error, drifts, recovery), then scores
-k-shot personalisation on the held-out devices (:mod:`learners.kshot`).
+k-shot personalisation on the held-out devices (:mod:`learners.evaluation.kshot`).
 ``evaluate detectors`` scores ADWIN, PageHinkley and KSWIN on synthetic
-error streams with known drifts (:mod:`learners.detector_eval`).
+error streams with known drifts (:mod:`learners.evaluation.detector_eval`).
 
 Wire it in with ``add_cli(subparsers)``.
 """
@@ -81,7 +81,7 @@ def add_cli(subparsers: Any) -> None:
         metavar="S,S,…",
         help="run under each learner seed (same devices, data and episodes: those of --seed) and compare "
         "the --reference strategy with every other one: k-shot paired over seeds and episodes, "
-        "prequential error paired over seeds and training devices (learners.compare)",
+        "prequential error paired over seeds and training devices (learners.evaluation.compare)",
     )
     p.add_argument(
         "--reference",
@@ -124,7 +124,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if runs:
             print(format_results(results["strategies"], results["task"]))
         if "comparison" in results:
-            from learners.compare import format_comparison
+            from learners.evaluation.compare import format_comparison
 
             seeds = ",".join(str(s) for s in results["seeds"])
             ref = results["reference"]
@@ -153,7 +153,7 @@ def evaluate_seeds(
     (for the report's figures) and its results, with ``seeds``,
     ``per_seed`` (every seed's strategy rows) and ``comparison`` added.
     """
-    from learners.compare import compare
+    from learners.evaluation.compare import compare
 
     errors: dict[str, list[np.ndarray]] = {}
     preq: dict[str, list[np.ndarray]] = {}
@@ -204,8 +204,8 @@ def evaluate_dataset(
     set, the held-out devices and shuffled episodes.
     """
     from connectors.datasets import load_dataset
-    from learners.kshot import run_held_out, split_devices
-    from learners.replay import default_batch_size
+    from learners.evaluation.kshot import run_held_out, split_devices
+    from learners.evaluation.replay import default_batch_size
     from learners.strategies import make_strategy, resolve
     from pipeline.cli import learner_config
     from pipeline.progress import Progress
@@ -287,7 +287,7 @@ def add_paired_differences(
     much tighter than the curves' own standard errors.  Positive: the
     reference has the lower error.
     """
-    from learners.kshot import paired_difference
+    from learners.evaluation.kshot import paired_difference
 
     if reference not in runs:
         return
@@ -357,8 +357,8 @@ def evaluate_detectors(
     n_streams: int, seed: int, as_json: bool, modes: Sequence[str] = ("raw", "monitor")
 ) -> list[dict[str, Any]]:
     """Detector × mode × stream-kind rows on seeded synthetic error streams."""
-    from learners.detector_eval import evaluate_detectors as run
-    from learners.detector_eval import make_error_streams
+    from learners.evaluation.detector_eval import evaluate_detectors as run
+    from learners.evaluation.detector_eval import make_error_streams
 
     rows = run(make_error_streams(n_streams=n_streams, seed=seed), seed=seed, modes=modes)
     if as_json:

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from learners.config import LearnerConfig
+from learners.evaluation.synthetic import make_fleet_stream
 from learners.federated import FederatedDevice, update_all
 from learners.meta import MetaLearner
 from learners.nets import Params, init_params
-from learners.synthetic import make_fleet_stream
 
 ATTACKS: dict[str, float | None] = {"none": None, "sign_flip": -10.0, "scaled": 100.0, "forged": None}
 """Attack name → factor the attackers multiply their honest delta by (``forged``: see :data:`FORGED`)."""

@@ -39,7 +39,7 @@ def write_report(
 ) -> Path:
     """Write the figures, ``results.json`` and ``index.html`` into ``out_dir``; return the page's path.
 
-    ``runs`` maps strategy names to :class:`learners.kshot.HeldOutRun`;
+    ``runs`` maps strategy names to :class:`learners.evaluation.kshot.HeldOutRun`;
     ``data`` is the evaluated :class:`connectors.datasets.Dataset` (for its time axis).
     """
     out = Path(out_dir)
@@ -389,7 +389,7 @@ def _comparison_table(rows: Sequence[dict[str, Any]], seeds: Sequence[int], what
             f"{reference} minus the baseline's, averaged over seeds and devices; negative: "
         )
         + f"{reference} is better. 95% interval: bootstrap resampling seeds and episodes or devices "
-        "(learners.compare). "
+        "(learners.evaluation.compare). "
         "ahead / behind: the interval excludes 0; tie: it does not. Figures and the tables above: "
         f"seed {seeds[0]}.</p>"
     )

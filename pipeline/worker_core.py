@@ -23,6 +23,7 @@ from connectors.contributions import ContributionGate, ContributionRefused, Devi
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import DeadLetter, Reading, Rejected, decode_readings, device_named_in, encode_event
+from learners.adaptation import AdaptationTracker
 from learners.base import reading_errors
 from learners.checkpoint import (
     CHUNK_BYTES,
@@ -49,7 +50,6 @@ from learners.codec import (
     encode_deltas,
     encode_model,
 )
-from learners.evaluation import AdaptationTracker
 from learners.fleet import FleetLearner
 from learners.guard import GuardCheck
 from learners.meta import MetaLearner

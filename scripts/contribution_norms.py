@@ -27,9 +27,9 @@ import torch
 
 from connectors.datasets import load_dataset
 from learners.config import LearnerConfig
+from learners.evaluation.replay import default_batch_size, replay
 from learners.fleet import FleetLearner
 from learners.meta import MetaLearner, Proposal
-from learners.replay import default_batch_size, replay
 from learners.theta_check import check_theta, sample_held_back
 
 

@@ -28,7 +28,7 @@ from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading, encode_readings
 from learners.checkpoint import Checkpoint
-from learners.synthetic import FleetStream, make_fleet_stream
+from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from pipeline.checkpoints import KafkaPartition, RecordList, newest_checkpoint, published_versions
 from pipeline.chunk_layout import manifest_key
 from pipeline.worker_core import WorkerCore

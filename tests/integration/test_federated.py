@@ -27,8 +27,8 @@ from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.codec import DeltaHeader, encode_deltas
+from learners.evaluation.synthetic import make_fleet_stream
 from learners.nets import flatten, init_params
-from learners.synthetic import make_fleet_stream
 from pipeline.demo import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -28,7 +28,7 @@ from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading, encode_readings
 from learners.checkpoint import Checkpoint
-from learners.synthetic import make_fleet_stream
+from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.checkpoints import KafkaPartition, newest_checkpoint
 from pipeline.worker_core import WorkerCore
 from tests.integration.test_worker import (  # noqa: F401  (fixtures: settings, signer, start_worker)

@@ -36,8 +36,8 @@ from connectors.signing import Signer, Verifier
 from connectors.wire import DeadLetter, Reading, encode_readings
 from learners import LearnerConfig
 from learners.edge_model import EdgeModel
+from learners.evaluation.synthetic import make_fleet_stream
 from learners.fleet import FleetLearner
-from learners.synthetic import make_fleet_stream
 from pipeline.cli import main
 from tests.integration.mosquitto import MosquittoBroker
 from tests.integration.test_worker import last_stats, wait_for_topics

@@ -38,7 +38,7 @@ from connectors.producer import SensorProducer
 from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading
-from learners.synthetic import make_fleet_stream
+from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.demo import scratch_settings
 
 pytestmark = pytest.mark.integration

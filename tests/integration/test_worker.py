@@ -31,7 +31,7 @@ from connectors.signing import Signer, Verifier
 from connectors.wire import DeadLetter, Reading, encode_readings
 from learners.codec import decode_model
 from learners.edge_model import EdgeModel
-from learners.synthetic import FleetStream, make_fleet_stream
+from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from connectors.brokers import ApacheKafkaBroker
 from connectors.settings import Settings
-from learners.synthetic import FleetStream
+from learners.evaluation.synthetic import FleetStream
 from pipeline.demo import running_worker, scratch_settings
 from tests.integration.test_worker import BAD_MESSAGES, N_FEATURES, PER_MESSAGE, fleet, produce
 

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from learners import LearnerConfig
+from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from learners.fleet import FleetLearner, InitName
 from learners.meta import MetaLearner
-from learners.synthetic import FleetStream, make_fleet_stream
 
 N = 1800
 CFG = LearnerConfig(

@@ -20,8 +20,8 @@ from connectors.wire import Reading, encode_readings
 from learners.checkpoint import LEGACY_SCHEMA, Checkpoint, CheckpointError, Chunk, decode_chunk, encode_chunk
 from learners.codec import _header_digest, decode_deltas, decode_model, tensor_digest
 from learners.config import LearnerConfig
+from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from learners.fleet import FleetLearner
-from learners.synthetic import FleetStream, make_fleet_stream
 from pipeline.checkpoints import newest_checkpoint
 from pipeline.chunk_layout import manifest_key
 from pipeline.worker_core import Outgoing, PartitionCheckpoint, WorkerCore

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from learners import LearnerConfig
-from learners.replay import default_batch_size, replay
+from learners.evaluation.replay import default_batch_size, replay
+from learners.evaluation.synthetic import make_fleet_stream
 from learners.strategies import make_strategy
-from learners.synthetic import make_fleet_stream
 
 pytestmark = pytest.mark.slow
 

@@ -1,11 +1,11 @@
-"""The paired comparison's statistics (learners.compare): interval, verdict, sign and checks."""
+"""The paired comparison's statistics (learners.evaluation.compare): interval, verdict, sign and checks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from learners.compare import bootstrap_interval, compare, verdict
+from learners.evaluation.compare import bootstrap_interval, compare, verdict
 
 
 def test_interval_of_one_seed_has_the_width_of_the_mean_s_standard_error() -> None:

@@ -7,8 +7,8 @@ import pytest
 
 from learners import LearnerConfig
 from learners.base import Strategy
+from learners.evaluation.synthetic import make_fleet_stream
 from learners.strategies import STRATEGIES, make_strategy
-from learners.synthetic import make_fleet_stream
 
 
 @pytest.fixture(params=STRATEGIES)

@@ -18,10 +18,10 @@ from learners.bounds import MIN_HISTORY, ContributionBounds
 from learners.buffers import DeviceBuffers
 from learners.codec import DeltaHeader, decode_model, encode_deltas
 from learners.config import LearnerConfig
+from learners.evaluation.synthetic import make_fleet_stream
 from learners.federated import FederatedDevice
 from learners.meta import MetaLearner
 from learners.nets import FunctionalNet, flatten, init_params
-from learners.synthetic import make_fleet_stream
 from learners.theta_check import check_theta, sample_held_back
 from pipeline.worker_core import META_KEY, MetaAggregator, WorkerCore
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learners.detector_eval import (
+from learners.evaluation.detector_eval import (
     DetectionScore,
     ErrorStream,
     evaluate_detectors,

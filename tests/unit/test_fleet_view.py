@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading, encode_event, encode_readings
-from learners.synthetic import make_fleet_stream
+from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.fleet_view import FleetView, Histogram, fleet_error_summary, worst_devices
 from pipeline.metrics import MetricsReading, render
 from pipeline.worker_core import Outgoing, WorkerCore

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import learners.kshot as kshot
+import learners.evaluation.kshot as kshot
 from learners import LearnerConfig
 from learners.base import StepResult
+from learners.evaluation.kshot import make_episodes, run_held_out, split_devices
+from learners.evaluation.synthetic import make_fleet_stream
 from learners.fleet import FleetLearner
-from learners.kshot import make_episodes, run_held_out, split_devices
 from learners.strategies import make_strategy
-from learners.synthetic import make_fleet_stream
 
 CFG = LearnerConfig(n_features=3, meta_every=100, adapt_after=8, buffer_size=16)
 

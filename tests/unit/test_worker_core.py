@@ -12,8 +12,8 @@ from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import DeadLetter, Reading, encode_readings
 from learners.edge_model import EdgeModel
+from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from learners.fleet import FleetLearner
-from learners.synthetic import FleetStream, make_fleet_stream
 from pipeline.worker_core import MetaAggregator, WorkerCore
 
 SETTINGS = Settings(n_features=8, micro_batch=100, learner={"meta_every": 200})

@@ -38,9 +38,9 @@ from learners.base import StepResult, Strategy, reading_errors
 from learners.blend import ErrorWeightedBlend
 from learners.blended import BlendedStrategy
 from learners.config import Task
-from learners.evaluation import PrequentialEvaluator
+from learners.evaluation.prequential import PrequentialEvaluator
+from learners.evaluation.replay import replay
 from learners.fleet import FleetLearner
-from learners.replay import replay
 from learners.river_fleet import RiverFleet, river_model
 from learners.shared_model import GlobalLearner
 
@@ -426,7 +426,7 @@ def run_held_out(
     --------
     >>> from learners import LearnerConfig
     >>> from learners.strategies import make_strategy
-    >>> from learners.synthetic import make_fleet_stream
+    >>> from learners.evaluation.synthetic import make_fleet_stream
     >>> s = make_fleet_stream(n_devices=6, n_readings=3000, n_features=3, late_joiners=0.0)
     >>> run = run_held_out(make_strategy("reptile", LearnerConfig(n_features=3)), s.device_ids,
     ...                    s.x, s.y, "regression", held_out=["dev-0005"], batch_size=32, ks=(5, 20),

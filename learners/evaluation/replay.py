@@ -10,7 +10,7 @@ import numpy as np
 
 from learners.base import Strategy
 from learners.config import Task
-from learners.evaluation import PrequentialEvaluator
+from learners.evaluation.prequential import PrequentialEvaluator
 
 Clock = Callable[[], float]
 
@@ -42,7 +42,7 @@ def replay(
     --------
     >>> from learners import LearnerConfig
     >>> from learners.strategies import make_strategy
-    >>> from learners.synthetic import make_fleet_stream
+    >>> from learners.evaluation.synthetic import make_fleet_stream
     >>> s = make_fleet_stream(n_devices=5, n_readings=400, n_features=3)
     >>> ticks = iter(range(100))
     >>> out = replay(make_strategy("reptile", LearnerConfig(n_features=3)), s.device_ids,
