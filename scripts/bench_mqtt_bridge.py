@@ -18,11 +18,11 @@ import uuid
 
 import numpy as np
 
-from connectors.brokers import ApacheKafkaBroker
 from connectors.mqtt_edge import QOS, MqttAddress, device_topic, make_client
 from connectors.settings import Settings
 from connectors.wire import Reading, encode_readings
 from pipeline.mqtt_bridge import MqttBridge
+from pipeline.tools.brokers import ApacheKafkaBroker
 from tests.integration.mosquitto import MosquittoBroker
 
 

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from connectors.datasets import load_dataset
 from learners.config import LearnerConfig
 from learners.evaluation.replay import default_batch_size, replay
 from learners.fleet import FleetLearner
 from learners.meta import MetaLearner, Proposal
 from learners.theta_check import check_theta, sample_held_back
+from pipeline.tools.datasets import load_dataset
 
 
 def measure(name: str, seed: int, max_readings: int | None) -> dict[str, Any]:

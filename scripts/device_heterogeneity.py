@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from connectors.datasets import load_dataset
+from pipeline.tools.datasets import load_dataset
 
 RIDGE = 1.0
 TRAIN = 0.7

@@ -22,7 +22,7 @@ import dockerfile
 import jsonschema
 import yaml
 
-from pipeline.cli import build_parser
+from pipeline.tools.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -72,10 +72,10 @@ def fetch_validators() -> Path:
 def kafka_config_names() -> set[str]:
     """Every configuration name of the project's Apache Kafka broker (its own ``ConfigDef``).
 
-    Uses the broker jars :func:`connectors.brokers.ensure_jars` caches (the integration tests'
+    Uses the broker jars :func:`pipeline.tools.brokers.ensure_jars` caches (the integration tests'
     broker); raises :class:`RegistryUnreachable` if they cannot be fetched for lack of network.
     """
-    from connectors.brokers import ensure_jars
+    from pipeline.tools.brokers import ensure_jars
 
     try:
         libs = ensure_jars()

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from connectors.brokers import KAFKA_VERSION
-from connectors.producer import synthetic_source
 from connectors.settings import Settings
+from pipeline.tools.brokers import KAFKA_VERSION
+from pipeline.tools.produce import synthetic_source
 from tests.deploy.manifests import (
     DEPLOY,
     NOT_SETTINGS,

@@ -106,7 +106,7 @@ def test_entrypoint_is_the_metastream_console_script_in_exec_form() -> None:
     ]
     # Assert
     assert entrypoints == [(("metastream",), True)]
-    assert PYPROJECT["project"]["scripts"]["metastream"] == "pipeline.cli:main"
+    assert PYPROJECT["project"]["scripts"]["metastream"] == "pipeline.tools.cli:main"
 
 
 def test_python_version_satisfies_requires_python() -> None:

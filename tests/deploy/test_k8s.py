@@ -15,8 +15,8 @@ import kubernetes_validate
 import pytest
 
 from connectors.admin import topic_specs
-from connectors.brokers import KAFKA_VERSION
 from connectors.settings import Settings
+from pipeline.tools.brokers import KAFKA_VERSION
 from tests.deploy.manifests import (
     DEPLOY,
     FETCHED_VERSIONS,

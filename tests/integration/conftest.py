@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectors.brokers import ApacheKafkaBroker
+from pipeline.tools.brokers import ApacheKafkaBroker
 from tests.integration.mosquitto import MosquittoBroker
 
 

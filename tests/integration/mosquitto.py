@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from connectors.brokers.apache_kafka import free_port
+from pipeline.tools.brokers.apache_kafka import free_port
 
 
 def mosquitto_binary() -> str:

@@ -16,7 +16,11 @@ pytestmark = pytest.mark.integration
 
 def metastream(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pipeline.tools.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -24,7 +28,7 @@ def test_broker_start_status_stop(tmp_path: Path) -> None:
     # Prepare
     env = {**os.environ, "METASTREAM_CACHE": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "broker", "start", "--kind", "embedded"],
+        [sys.executable, "-m", "pipeline.tools.cli", "broker", "start", "--kind", "embedded"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

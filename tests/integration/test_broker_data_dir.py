@@ -8,8 +8,8 @@ import pytest
 from kafka.admin import NewTopic
 
 from connectors.admin import admin_client
-from connectors.brokers import ApacheKafkaBroker, start_broker
 from connectors.settings import Settings
+from pipeline.tools.brokers import ApacheKafkaBroker, start_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from connectors.brokers import ApacheKafkaBroker
 from connectors.edge import EdgeSubscriber
 from connectors.producer import SensorProducer
 from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
-from pipeline.demo import running_worker, scratch_settings
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from connectors.brokers import ApacheKafkaBroker, EmbeddedBroker
+from pipeline.tools.brokers import ApacheKafkaBroker, EmbeddedBroker
 
 pytestmark = pytest.mark.integration
 

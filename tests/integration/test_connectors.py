@@ -19,9 +19,8 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from connectors import edge, producer
 from connectors.admin import TopicMismatchError, admin_client, ensure_topics, partition_for
-from connectors.brokers import ApacheKafkaBroker
 from connectors.edge import META_KEY, EdgeSubscriber
-from connectors.producer import MemoryProducer, SensorProducer, run_producer, synthetic_source
+from connectors.producer import MemoryProducer, SensorProducer
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import Reading, decode_readings
@@ -29,6 +28,8 @@ from learners import LearnerConfig
 from learners.codec import ModelHeader, encode_model
 from learners.fleet import FleetLearner
 from learners.nets import init_params
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.produce import run_producer, synthetic_source
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from connectors.brokers import ApacheKafkaBroker
+from pipeline.tools.brokers import ApacheKafkaBroker
 from tests.integration.headless import Rendered, render
 from tests.integration.web_worker import FedWorker, fed_worker
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.brokers import ApacheKafkaBroker
 from connectors.producer import SensorProducer
 from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
-from pipeline.bench_edge import build_edge_venv
-from pipeline.demo import running_worker, scratch_settings
+from pipeline.tools.bench_edge import build_edge_venv
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,10 +13,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from connectors.admin import ensure_topics
-from connectors.brokers import ApacheKafkaBroker
 from connectors.settings import Settings
 from connectors.wire import DeadLetter
-from pipeline.demo import run_loop, scratch_settings
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import run_loop, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

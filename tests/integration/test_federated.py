@@ -20,7 +20,6 @@ import pytest
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from connectors.brokers import ApacheKafkaBroker
 from connectors.edge import EdgeSubscriber
 from connectors.federated import FederatedEdgeClient
 from connectors.settings import Settings
@@ -29,7 +28,8 @@ from connectors.wire import Reading
 from learners.codec import DeltaHeader, encode_deltas
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.nets import flatten, init_params
-from pipeline.demo import running_worker, scratch_settings
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from connectors.brokers import ApacheKafkaBroker
 from connectors.settings import Settings
+from pipeline.tools.brokers import ApacheKafkaBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-METASTREAM = [sys.executable, "-m", "pipeline.cli"]
+METASTREAM = [sys.executable, "-m", "pipeline.tools.cli"]
 
 
 def settings_file(kafka_broker: ApacheKafkaBroker, tmp_path: Path) -> Path:

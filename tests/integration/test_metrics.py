@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.brokers import ApacheKafkaBroker
+from pipeline.tools.brokers import ApacheKafkaBroker
 from tests.integration.test_worker import BAD_MESSAGES
 from tests.integration.web_worker import FedWorker, fed_worker
 

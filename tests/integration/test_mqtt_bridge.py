@@ -29,7 +29,6 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from connectors.admin import admin_client, ensure_topics
-from connectors.brokers import ApacheKafkaBroker
 from connectors.mqtt_edge import MqttEdge
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
@@ -38,7 +37,8 @@ from learners import LearnerConfig
 from learners.edge_model import EdgeModel
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.fleet import FleetLearner
-from pipeline.cli import main
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.cli import main
 from tests.integration.mosquitto import MosquittoBroker
 from tests.integration.test_worker import last_stats, wait_for_topics
 from tests.readme import blocks
@@ -159,7 +159,7 @@ def test_mqtt_devices_learn_get_retained_models_and_bad_payloads_are_dead_letter
     worker = start("worker-0", ["pipeline.worker", "--settings", str(path), "--stats-interval", "1"])
     wait_for_topics(settings)
     bridge = start(
-        "bridge", ["pipeline.cli", "mqtt-bridge", "--settings", str(path), "--stats-interval", "1"]
+        "bridge", ["pipeline.tools.cli", "mqtt-bridge", "--settings", str(path), "--stats-interval", "1"]
     )
     wait(
         lambda: "bridging" in log_of(tmp_path, "bridge"),
@@ -258,7 +258,7 @@ def test_a_reading_kafka_refused_is_not_acknowledged_and_arrives_after_a_restart
     set_max_message_bytes(settings, settings.topic_readings, 200)
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(asdict(settings)))
-    argv = ["pipeline.cli", "mqtt-bridge", "--settings", str(path)]
+    argv = ["pipeline.tools.cli", "mqtt-bridge", "--settings", str(path)]
     first = start("bridge-1", argv)
     wait(lambda: "bridging" in log_of(tmp_path, "bridge-1"), 60, lambda: log_of(tmp_path, "bridge-1"))
     readings = [Reading("dev-a", (float(i), 1.0, 2.0, 3.0), float(i)) for i in range(10)]
@@ -316,7 +316,7 @@ def test_retained_models_come_back_when_the_mqtt_broker_restarts_without_persist
         producer.close()
         path = tmp_path / "settings.json"
         path.write_text(json.dumps(asdict(settings)))
-        start("bridge", ["pipeline.cli", "mqtt-bridge", "--settings", str(path)])
+        start("bridge", ["pipeline.tools.cli", "mqtt-bridge", "--settings", str(path)])
         wait(lambda: "bridging" in log_of(tmp_path, "bridge"), 60, lambda: log_of(tmp_path, "bridge"))
         verifier = Verifier([signer.public_key])
         with MqttEdge(settings.mqtt_broker, ["dev-a"], verifier, settings.mqtt_topic_prefix) as before:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.brokers import ApacheKafkaBroker
-from pipeline.demo import running_worker, scratch_settings
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from connectors.brokers import ApacheKafkaBroker
 from connectors.edge import META_KEY, EdgeSubscriber
 from connectors.settings import Settings
 from connectors.signing import Verifier
-from pipeline.demo import running_worker
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker
 from tests.readme import ROOT, Block, blocks, commands, table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -109,7 +109,9 @@ def test_the_readme_python_examples_produce_and_receive_a_verified_model(
 ) -> None:
     # Prepare: the README's key pair, a worker signing with it, on the default topics.
     keygen = readme_command("Run the pieces yourself", "keys generate")
-    subprocess.run([sys.executable, "-m", "pipeline.cli", *shlex.split(keygen)[1:]], cwd=tmp_path, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.tools.cli", *shlex.split(keygen)[1:]], cwd=tmp_path, check=True
+    )
     broker = f"kafka://{kafka_broker.bootstrap}"
     settings = Settings(broker=broker, signing_key=str(tmp_path / "worker.key.pem"))
     # The MQTT device example needs Mosquitto and the bridge: test_mqtt_bridge.py runs it.

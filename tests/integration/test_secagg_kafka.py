@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.brokers import ApacheKafkaBroker
 from connectors.secagg_kafka import AggregatorRunner, SecAggTopics, ensure_secagg_topics, run_device
 from metastream_edge.secagg import AggregatorRound, DeviceRound, Phase, RoundConfig
-from pipeline.demo import scratch_settings
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

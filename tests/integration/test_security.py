@@ -29,8 +29,6 @@ from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError
 
 from connectors import connection_check
 from connectors.admin import ensure_topics
-from connectors.brokers import ApacheKafkaBroker
-from connectors.brokers.certificates import make_local_pki
 from connectors.connection_check import BrokerConnectionError
 from connectors.edge import META_KEY, EdgeSubscriber
 from connectors.federated import FederatedEdgeClient
@@ -39,7 +37,9 @@ from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
-from pipeline.demo import scratch_settings
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.brokers.certificates import make_local_pki
+from pipeline.tools.demo import scratch_settings
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.brokers import ApacheKafkaBroker
+from pipeline.tools.brokers import ApacheKafkaBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_short_soak_reports_memory_and_lag(kafka_broker: ApacheKafkaBroker) -> None:
     # Execute: 18 s at 2,000 readings/s (36,000 readings), a sample every 2 s, on the session broker
-    cmd = [sys.executable, "-m", "pipeline.cli", "soak", "--minutes", "0.3", "--rate", "2000"]
+    cmd = [sys.executable, "-m", "pipeline.tools.cli", "soak", "--minutes", "0.3", "--rate", "2000"]
     cmd += ["--sample", "2", "--devices", "50", "--broker", f"kafka://{kafka_broker.bootstrap}", "--json"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 

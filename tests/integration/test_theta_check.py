@@ -12,7 +12,6 @@ import pytest
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from connectors.brokers import ApacheKafkaBroker
 from connectors.edge import EdgeSubscriber
 from connectors.producer import SensorProducer
 from connectors.signing import Signer
@@ -20,7 +19,8 @@ from connectors.wire import Reading
 from learners.codec import DeltaHeader, encode_deltas
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.nets import flatten, init_params
-from pipeline.demo import running_worker, scratch_settings
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

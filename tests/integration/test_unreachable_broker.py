@@ -25,7 +25,7 @@ def closed_port() -> int:
 
 def run_metastream(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *argv],
+        [sys.executable, "-m", "pipeline.tools.cli", *argv],
         env=env,
         capture_output=True,
         text=True,

@@ -25,13 +25,13 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from connectors.admin import admin_client
-from connectors.brokers import ApacheKafkaBroker
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import DeadLetter, Reading, encode_readings
 from learners.codec import decode_model
 from learners.edge_model import EdgeModel
 from learners.evaluation.synthetic import FleetStream, make_fleet_stream
+from pipeline.tools.brokers import ApacheKafkaBroker
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """A real worker with its web server on, fed a seeded fleet with drift (for the metrics and dashboard tests).
 
 The worker is ``python -m pipeline.worker --web-port PORT`` (via
-:func:`pipeline.demo.running_worker`) on the session's Apache Kafka broker;
+:func:`pipeline.tools.demo.running_worker`) on the session's Apache Kafka broker;
 the fleet and the bad messages are those of ``test_worker.py``.
 """
 
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from connectors.brokers import ApacheKafkaBroker
 from connectors.settings import Settings
 from learners.evaluation.synthetic import FleetStream
-from pipeline.demo import running_worker, scratch_settings
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker, scratch_settings
 from tests.integration.test_worker import BAD_MESSAGES, N_FEATURES, PER_MESSAGE, fleet, produce
 
 WEB_TOKEN = "dashboard-test-token"

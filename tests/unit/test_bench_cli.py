@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.tools.cli import main
 
 
 def test_bench_reports_every_row_as_medians_of_its_rounds(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,7 @@ import argparse
 import subprocess
 import sys
 
-from pipeline.cli import _COMMANDS, build_parser
+from pipeline.tools.cli import _COMMANDS, build_parser
 
 HEAVY = ("torch", "faust", "river", "aiokafka")
 
@@ -23,20 +23,20 @@ def _modules_after(code: str) -> set[str]:
 
 def test_importing_the_cli_and_listing_commands_imports_no_heavy_module() -> None:
     # Prepare
-    code = "from pipeline.cli import build_parser\nbuild_parser(load=()).format_help()"
+    code = "from pipeline.tools.cli import build_parser\nbuild_parser(load=()).format_help()"
 
     # Execute
     loaded = _modules_after(code)
 
     # Assert
-    assert "pipeline.cli" in loaded
+    assert "pipeline.tools.cli" in loaded
     assert [m for m in HEAVY if m in loaded] == []
 
 
 def test_help_exits_before_torch_is_imported() -> None:
     # Prepare
     code = (
-        "from pipeline.cli import main\n"
+        "from pipeline.tools.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "try:\n    main(['replay', '--no-such-flag'])\nexcept SystemExit:\n    pass\n"
         "for command in ('worker', 'produce', 'tail', 'keys', 'broker'):\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.datasets import Dataset, DatasetMissing, lag_readings, load_dataset
+from pipeline.tools.datasets import Dataset, DatasetMissing, lag_readings, load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main as metastream
-from pipeline.evaluate import add_cli, main
+from pipeline.tools.cli import main as metastream
+from pipeline.tools.evaluate import add_cli, main
 
 KEYS = {
     "dataset",

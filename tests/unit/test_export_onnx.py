@@ -16,8 +16,8 @@ from learners.codec import decode_model
 from learners.config import Task
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.fleet import FleetLearner
-from pipeline.cli import main
-from pipeline.export_onnx import build_onnx
+from pipeline.tools.cli import main
+from pipeline.tools.export_onnx import build_onnx
 
 N_FEATURES = 5
 

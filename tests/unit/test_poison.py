@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.poison import PoisonSetup, run_poison
+from pipeline.tools.cli import main
+from pipeline.tools.poison import PoisonSetup, run_poison
 
 SMALL = PoisonSetup(honest=8, attackers=2, held_out=8, rounds=10, trim=0.2, seed=0)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from connectors.settings import ENV_PREFIX, Settings
-from pipeline.cli import build_parser
+from pipeline.tools.cli import build_parser
 from tests.readme import ROOT, blocks, commands, table
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.csv_source import load_readings_csv
-from pipeline.cli import main
+from pipeline.tools.cli import main
+from pipeline.tools.csv_source import load_readings_csv
 
 CSV = (
     "Timestamp,device,site,a,b,target\n"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from connectors.brokers.certificates import LocalPki, make_local_pki
 from connectors.settings import Settings
 from pipeline.app import aiokafka_security, broker_credentials
+from pipeline.tools.brokers.certificates import LocalPki, make_local_pki
 
 
 @pytest.fixture(scope="module")

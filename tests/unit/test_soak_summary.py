@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.soak import Sample, summarise
+from pipeline.tools.soak import Sample, summarise
 
 LIMITS = {"max_growth_pct": 10.0, "max_growth_mb": 64.0, "max_lag_slope": 0.02, "lag_noise_s": 3.0}
 MESSAGE_RATE = 50.0  # 5,000 readings/s in messages of 100

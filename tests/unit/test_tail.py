@@ -9,7 +9,7 @@ from connectors.wire import DeadLetter, Rejected
 from learners.codec import ModelHeader, encode_model
 from learners.config import LearnerConfig
 from learners.nets import init_params
-from pipeline.tail import describe_deadletter, describe_event, describe_model, format_line
+from pipeline.tools.tail import describe_deadletter, describe_event, describe_model, format_line
 
 
 def model_payload(device: str, version: int, parent: int) -> bytes:

@@ -12,7 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..closing import ClosesOnExit
+from connectors.closing import ClosesOnExit
+
 from .apache_kafka import free_port, stop_process, wait_for_broker
 
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from connectors.csv_source import ReadingsTable, load_readings_csv
 from learners.config import Task
+from pipeline.tools.csv_source import ReadingsTable, load_readings_csv
 
 DATASETS = ("air", "wind", "watch", "synthetic")
 FETCH_HINT = "run scripts/fetch_datasets.sh (or make datasets) first"
@@ -278,7 +278,7 @@ def load_dataset(
     """A data set by name (``air``, ``wind``, ``watch``, ``synthetic``) or a CSV path.
 
     A CSV needs ``device_col`` and ``target_col``; see
-    :func:`connectors.csv_source.load_readings_csv`.  Its time is the row's
+    :func:`pipeline.tools.csv_source.load_readings_csv`.  Its time is the row's
     rank after sorting by ``time_col``.
 
     Examples

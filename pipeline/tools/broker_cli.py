@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from connectors.brokers import start_broker
-from connectors.brokers.apache_kafka import cache_root
+from pipeline.tools.brokers import start_broker
+from pipeline.tools.brokers.apache_kafka import cache_root
 
 
 def state_file() -> Path:

@@ -73,7 +73,7 @@ def check_broker(
     try:
         require_broker(settings, timeout_s)
     except BrokerUnreachableError:
-        from pipeline.broker_cli import running_broker
+        from pipeline.tools.broker_cli import running_broker
 
         local = running_broker()
         source = broker_source(broker_flag, settings_file, os.environ if environ is None else environ)

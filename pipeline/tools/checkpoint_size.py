@@ -1,4 +1,4 @@
-"""How many bytes a device costs in a checkpoint: ``python -m pipeline.checkpoint_size``.
+"""How many bytes a device costs in a checkpoint: ``python -m pipeline.tools.checkpoint_size``.
 
 Feeds a seeded stream of ``--devices`` devices with ``--readings`` readings
 each into a :class:`~pipeline.worker_core.WorkerCore` (no broker), takes a

@@ -26,13 +26,13 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors.admin import ensure_topics
-from connectors.brokers import start_broker
 from connectors.edge import EdgeSubscriber
-from connectors.producer import run_producer
 from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
+from pipeline.tools.brokers import start_broker
+from pipeline.tools.produce import run_producer
 
 
 class EventTally(threading.Thread):

@@ -282,6 +282,6 @@ def add_cli(subparsers: Any) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m pipeline.poison")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.poison")
     add_cli(parser.add_subparsers(dest="command", required=True))
     sys.exit(cmd_poison(parser.parse_args(["poison", *sys.argv[1:]])))

@@ -22,13 +22,13 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.admin import ensure_topics
-from connectors.brokers import ApacheKafkaBroker
 from connectors.edge import EdgeSubscriber
-from connectors.producer import run_producer
 from connectors.settings import Settings
 from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
-from pipeline.demo import running_worker, say, scratch_settings
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker, say, scratch_settings
+from pipeline.tools.produce import run_producer
 
 
 def fleet_readings(n_devices: int, n_readings: int, seed: int) -> list[Reading]:

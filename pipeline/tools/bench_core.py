@@ -148,7 +148,7 @@ def run_core_bench(args: argparse.Namespace) -> int:
         for i, (name, readings, _) in enumerate(benches)
     ]
     if args.e2e:
-        from pipeline.bench_e2e import run_e2e_bench
+        from pipeline.tools.bench_e2e import run_e2e_bench
 
         e2e = run_e2e_bench()
         if args.json:

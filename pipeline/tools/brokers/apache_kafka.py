@@ -7,7 +7,7 @@ The broker itself runs as a plain ``java`` subprocess on loopback ports.
 Its client listener is PLAINTEXT by default; ``security_protocol="SSL"``
 (mutual TLS) or ``"SASL_SSL"`` (TLS + SCRAM-SHA-256/512 or PLAIN users)
 makes it the *only* client listener, with a throw-away CA generated at the
-first start (:mod:`connectors.brokers.certificates`).  The controller
+first start (:mod:`pipeline.tools.brokers.certificates`).  The controller
 listener stays PLAINTEXT on loopback; clients never use it.
 """
 
@@ -28,7 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..closing import ClosesOnExit
+from connectors.closing import ClosesOnExit
+
 from .certificates import LocalPki, make_local_pki
 
 KAFKA_VERSION = "4.1.1"

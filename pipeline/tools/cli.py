@@ -47,10 +47,10 @@ def learner_config(args: argparse.Namespace, **fixed: Any) -> LearnerConfig:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from connectors.csv_source import load_readings_csv
     from learners.evaluation.replay import default_batch_size, replay
     from learners.strategies import make_strategy, resolve
-    from pipeline.progress import Progress
+    from pipeline.tools.csv_source import load_readings_csv
+    from pipeline.tools.progress import Progress
 
     names = resolve(args.strategy or ["reptile"])
     table = load_readings_csv(
@@ -116,8 +116,8 @@ def _fmt(v: Any) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from connectors.csv_source import write_readings_csv
     from learners.evaluation.synthetic import make_fleet_stream
+    from pipeline.tools.csv_source import write_readings_csv
 
     s = make_fleet_stream(
         n_devices=args.devices,
@@ -142,7 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The end-to-end streaming demo, or (``--offline``) a replay of every strategy."""
     if not args.offline:
-        from pipeline.demo import format_summary, run_demo
+        from pipeline.tools.demo import format_summary, run_demo
 
         summary = run_demo(args.duration, args.devices, args.rate, args.edges, args.broker_kind, args.seed)
         print(json.dumps(summary) if args.json else format_summary(summary))
@@ -170,10 +170,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.edge:
-        from pipeline.bench_edge import run_edge_bench
+        from pipeline.tools.bench_edge import run_edge_bench
 
         return run_edge_bench(args)
-    from pipeline.bench_core import run_core_bench
+    from pipeline.tools.bench_core import run_core_bench
 
     return run_core_bench(args)
 
@@ -181,27 +181,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # Commands defined in their own modules: (module with ``add_cli``, help shown by ``metastream --help``).
 _COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": (
-        "pipeline.evaluate",
+        "pipeline.tools.evaluate",
         "strategies on a data set: prequential error, recovery, k-shot on held-out devices",
     ),
-    "poison": ("pipeline.poison", "poisoned federated updates vs robust aggregation (no broker)"),
-    "dp-utility": ("pipeline.dp_utility", "k-shot error under differential privacy vs none (no broker)"),
+    "poison": ("pipeline.tools.poison", "poisoned federated updates vs robust aggregation (no broker)"),
+    "dp-utility": (
+        "pipeline.tools.dp_utility",
+        "k-shot error under differential privacy vs none (no broker)",
+    ),
     "soak": (
-        "pipeline.soak",
+        "pipeline.tools.soak",
         "sustained paced load on one worker for minutes: memory (RSS) and consumer lag",
     ),
     "worker": ("pipeline.worker", "run a stream worker (Faust) until SIGTERM/SIGINT"),
-    "broker": ("pipeline.broker_cli", "start or stop a local Kafka broker (Apache Kafka or embedded)"),
-    "produce": ("connectors.producer", "send sensor readings (synthetic or CSV) to the readings topic"),
+    "broker": ("pipeline.tools.broker_cli", "start or stop a local Kafka broker (Apache Kafka or embedded)"),
+    "produce": ("pipeline.tools.produce", "send sensor readings (synthetic or CSV) to the readings topic"),
     "edge": ("connectors.edge", "follow, verify and hot-swap the models of some devices"),
-    "keys": ("pipeline.keys", "generate the workers' Ed25519 signing key pair"),
-    "tail": ("pipeline.tail", "print the events, dead letters or models of a deployment"),
+    "keys": ("pipeline.tools.keys", "generate the workers' Ed25519 signing key pair"),
+    "tail": ("pipeline.tools.tail", "print the events, dead letters or models of a deployment"),
     "mqtt-bridge": (
         "pipeline.mqtt_bridge",
         "forward MQTT readings to Kafka and models to retained MQTT messages",
     ),
     "export": (
-        "pipeline.export_onnx",
+        "pipeline.tools.export_onnx",
         "write a device's newest verified model as ONNX (or its signed envelope)",
     ),
 }
@@ -341,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_broker(args: argparse.Namespace) -> None:
     from connectors.settings import Settings
-    from pipeline.broker_check import check_broker
+    from pipeline.tools.broker_check import check_broker
 
     settings = Settings.load(args.settings, broker=args.broker)
     check_broker(settings, args.broker, args.settings)

@@ -1,4 +1,4 @@
-"""What a secure-aggregation round costs in CPU: ``python -m pipeline.secagg_bench`` (in process, no broker).
+"""CPU cost of a secure-aggregation round (in process, no broker): ``python -m pipeline.tools.secagg_bench``.
 
 Runs one round of :mod:`metastream_edge.secagg` with ``--devices`` devices,
 ``--params`` parameters each and ``--drop`` devices vanishing after sharing,
@@ -80,7 +80,7 @@ def bench(devices: int, params: int, drop: int, seed: int = 0) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.secagg_bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.secagg_bench", description=__doc__)
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--params", type=int, default=321, help="default: the 8→32→1 MLP")
     parser.add_argument("--drop", type=int, default=1, help="devices that vanish after sharing")

@@ -28,7 +28,7 @@ FLAGS_HELP = (
 
 def add_cli(subparsers: Any) -> None:
     """Register the ``evaluate`` sub-command on ``metastream``'s sub-parsers."""
-    from pipeline.cli import _learner_args
+    from pipeline.tools.cli import _learner_args
 
     p = subparsers.add_parser(
         "evaluate",
@@ -135,7 +135,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if "detectors" in results:
             print(format_detectors(results["detectors"]))
     if args.report:
-        from pipeline.report import write_report
+        from pipeline.tools.report import write_report
 
         path = write_report(args.report, results, runs, data)
         print(f"report: {path}", file=sys.stderr)
@@ -203,12 +203,12 @@ def evaluate_dataset(
     ``seed`` seeds the learners; ``split_seed`` (default ``seed``) the data
     set, the held-out devices and shuffled episodes.
     """
-    from connectors.datasets import load_dataset
     from learners.evaluation.kshot import run_held_out, split_devices
     from learners.evaluation.replay import default_batch_size
     from learners.strategies import make_strategy, resolve
-    from pipeline.cli import learner_config
-    from pipeline.progress import Progress
+    from pipeline.tools.cli import learner_config
+    from pipeline.tools.datasets import load_dataset
+    from pipeline.tools.progress import Progress
 
     names = resolve(args.strategy or ["all"])
     overrides = parse_overrides(args.override)
@@ -403,7 +403,7 @@ def format_detectors(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
-    from pipeline.cli import _fmt
+    from pipeline.tools.cli import _fmt
 
     cells = [[_fmt(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(head)]
@@ -413,7 +413,7 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipeline.evaluate DATASET …``: the same as ``metastream evaluate DATASET …``."""
+    """``python -m pipeline.tools.evaluate DATASET …``: the same as ``metastream evaluate DATASET …``."""
     parser = argparse.ArgumentParser(prog="metastream")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])

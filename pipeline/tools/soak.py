@@ -39,13 +39,13 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors.admin import admin_client
-from connectors.brokers import ApacheKafkaBroker
-from connectors.producer import run_producer
 from connectors.settings import Settings
 from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
-from pipeline.demo import running_worker
+from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker
+from pipeline.tools.produce import run_producer
 
 FLEET_READINGS = 300_000
 """Distinct readings generated; longer runs cycle through them (the devices keep learning)."""

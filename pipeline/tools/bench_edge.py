@@ -29,7 +29,7 @@ from connectors.signing import Signer
 from learners import LearnerConfig
 from learners.fleet import FleetLearner
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EDGE_SOURCE = ROOT / "edge"
 PIP_CACHE = Path.home() / ".cache" / "metastream" / "pip"
 

@@ -40,7 +40,7 @@ def write_report(
     """Write the figures, ``results.json`` and ``index.html`` into ``out_dir``; return the page's path.
 
     ``runs`` maps strategy names to :class:`learners.evaluation.kshot.HeldOutRun`;
-    ``data`` is the evaluated :class:`connectors.datasets.Dataset` (for its time axis).
+    ``data`` is the evaluated :class:`pipeline.tools.datasets.Dataset` (for its time axis).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """What differential privacy costs in k-shot error: ``metastream dp-utility`` (no broker).
 
-The offline federated experiment of :mod:`pipeline.poison` with no attackers:
+The offline federated experiment of :mod:`pipeline.tools.poison` with no attackers:
 honest devices of the synthetic fleet adapt θ on their own readings and send
 ``φ − θ`` every round; the meta agent steps θ with their mean.  With DP each
 update is clipped to L2 norm ``clip`` and carries Gaussian noise, either on
@@ -27,7 +27,7 @@ import torch
 from learners.federated import FederatedDevice, update_all
 from learners.meta import MetaLearner
 from learners.nets import Params, init_params
-from pipeline.poison import Fleet, PoisonSetup, kshot_error
+from pipeline.tools.poison import Fleet, PoisonSetup, kshot_error
 
 EPSILONS = (1.0, 4.0, 8.0)
 
@@ -176,6 +176,6 @@ def add_cli(subparsers: Any) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m pipeline.dp_utility")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.dp_utility")
     add_cli(parser.add_subparsers(dest="command", required=True))
     sys.exit(cmd_dp_utility(parser.parse_args(["dp-utility", *sys.argv[1:]])))
