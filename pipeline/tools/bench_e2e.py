@@ -27,8 +27,8 @@ from connectors.settings import Settings
 from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import running_worker, say, scratch_settings
 from pipeline.tools.produce import run_producer
+from pipeline.tools.scratch import running_worker, say, scratch_settings
 
 
 def fleet_readings(n_devices: int, n_readings: int, seed: int) -> list[Reading]:

@@ -8,31 +8,23 @@ error before and after adaptation, and drift-to-edge latency.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
-from connectors.admin import ensure_topics
 from connectors.edge import EdgeSubscriber
 from connectors.settings import Settings
-from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.brokers import start_broker
 from pipeline.tools.produce import run_producer
+from pipeline.tools.scratch import running_worker, say, scratch_settings
 
 
 class EventTally(threading.Thread):
@@ -69,25 +61,6 @@ class EventTally(threading.Thread):
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == kind]
-
-
-def scratch_settings(bootstrap: str, work: Path, prefix: str, partitions: int = 4) -> Settings:
-    """Settings for a throw-away run: a fresh signing key in ``work``, own app id and topics.
-
-    Runs sharing one broker (tests, benchmarks, demos) never see each other's messages.
-    """
-    tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    Signer.generate().save(work / "worker.key.pem", work / "worker.pub.pem")
-    topics = ("readings", "models", "meta", "deltas", "events", "deadletter")
-    return Settings.load(
-        environ={},
-        broker=f"kafka://{bootstrap}",
-        app_id=tag,
-        partitions=partitions,
-        signing_key=str(work / "worker.key.pem"),
-        trusted_keys=str(work / "worker.pub.pem"),
-        **{f"topic_{t}": f"{tag}.{t}" for t in topics},
-    )
 
 
 def run_demo(
@@ -167,31 +140,6 @@ def run_loop(
         tally.stop.set()
         for e in edges:
             e.close()
-
-
-@contextlib.contextmanager
-def running_worker(settings: Settings, work: Path, *extra_args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``python -m pipeline.worker`` subprocess for ``settings``, stopped (SIGTERM) on exit.
-
-    Creates the topics first; the worker logs to ``work/worker.log``.
-    """
-    (work / "settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
-    ensure_topics(settings)
-    say("starting a stream worker (a first group join can take ~20 s on the embedded broker)")
-    with open(work / "worker.log", "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.worker", "--settings", str(work / "settings.json"), *extra_args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield worker
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
 
 
 def summarise(
@@ -277,7 +225,3 @@ def _f(v: float | None) -> str:
 
 def _tail(path: Path, n: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
-
-
-def say(text: str) -> None:
-    print(f"[demo] {text}", file=sys.stderr, flush=True)

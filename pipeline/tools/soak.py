@@ -44,8 +44,8 @@ from connectors.signing import Signer
 from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import running_worker
 from pipeline.tools.produce import run_producer
+from pipeline.tools.scratch import running_worker
 
 FLEET_READINGS = 300_000
 """Distinct readings generated; longer runs cycle through them (the devices keep learning)."""

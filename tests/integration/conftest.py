@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
+from connectors.settings import Settings
+from connectors.signing import Signer
 from pipeline.tools.brokers import ApacheKafkaBroker
+from tests.harness import N_FEATURES, ROOT, Launch
 from tests.integration.mosquitto import MosquittoBroker
 
 
@@ -29,3 +39,64 @@ def mosquitto() -> Iterator[MosquittoBroker]:
     """One real Mosquitto MQTT broker for the whole test session, on a free loopback port."""
     with MosquittoBroker() as broker:
         yield broker
+
+
+@pytest.fixture
+def settings(kafka_broker: ApacheKafkaBroker) -> Settings:
+    """Settings with an app id and topic names no other test uses."""
+    run = uuid.uuid4().hex[:10]
+    topics = {f"topic_{t}": f"w-{run}.{t}" for t in ("readings", "models", "meta", "deltas", "events")}
+    return Settings(
+        broker=f"kafka://{kafka_broker.bootstrap}",
+        app_id=f"worker-test-{run}",
+        partitions=2,
+        n_features=N_FEATURES,
+        micro_batch=200,
+        batch_window_s=0.05,
+        topic_deadletter=f"w-{run}.deadletter",
+        **topics,
+    )
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Signer:
+    """The worker's key pair, as PEM files in ``tmp_path``."""
+    signer = Signer.generate()
+    signer.save(tmp_path / "worker.pem", tmp_path / "worker.pub.pem")
+    return signer
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, signer: Signer) -> Iterator[Launch]:
+    """Start ``python -m pipeline.worker`` subprocesses; all are stopped (SIGTERM, then kill) at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def launch(settings: Settings) -> subprocess.Popen[bytes]:
+        n = len(procs)
+        path = tmp_path / f"settings-{n}.json"
+        path.write_text(json.dumps({**asdict(settings), "signing_key": str(tmp_path / "worker.pem")}))
+        env = dict(os.environ)
+        with open(tmp_path / f"worker-{n}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.worker", "--settings", str(path), "--stats-interval", "1"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        procs.append(proc)
+        return proc
+
+    try:
+        yield launch
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

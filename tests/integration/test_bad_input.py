@@ -20,16 +20,11 @@ from kafka.errors import MessageSizeTooLargeError
 
 from connectors.settings import Settings
 from connectors.wire import MAX_MESSAGE_BYTES, DeadLetter, Reading, encode_readings
-from tests.integration import test_worker as tw
+from tests import harness
 
 pytestmark = pytest.mark.integration
 
-# The worker fixtures of the worker tests: unique topics, a signing key, subprocess workers.
-settings = tw.settings
-signer = tw.signer
-start_worker = tw.start_worker
-
-ONES = ",".join(["1"] * tw.N_FEATURES)
+ONES = ",".join(["1"] * harness.N_FEATURES)
 
 
 def oversized() -> bytes:
@@ -63,7 +58,7 @@ N_GOOD = 40
 def good_readings() -> list[bytes]:
     """One reading per message, all of device ``good``, after the bad ones."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(N_GOOD, tw.N_FEATURES))
+    x = rng.normal(size=(N_GOOD, harness.N_FEATURES))
     y = 2.0 * x[:, 0] - x[:, 1]
     return [
         encode_readings([Reading("good", tuple(r), float(t))]) for r, t in zip(x.tolist(), y, strict=True)
@@ -71,11 +66,11 @@ def good_readings() -> list[bytes]:
 
 
 def test_every_bad_record_is_dead_lettered_and_the_worker_learns_on(
-    settings: Settings, start_worker: tw.Launch, tmp_path: Path
+    settings: Settings, start_worker: harness.Launch, tmp_path: Path
 ) -> None:
     # Prepare: a running worker
     proc = start_worker(settings)
-    tw.wait_for_topics(settings)
+    harness.wait_for_topics(settings)
     # Execute: the bad records, then good readings, on one partition (one key) so order holds
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
     beyond_broker = KafkaProducer(bootstrap_servers=settings.bootstrap, max_request_size=4 * 1024 * 1024)
@@ -95,20 +90,20 @@ def test_every_bad_record_is_dead_lettered_and_the_worker_learns_on(
         producer.close()
         beyond_broker.close()
 
-    def done(got: tw.Collected) -> bool:
+    def done(got: harness.Collected) -> bool:
         return (
             len(got.of(settings.topic_deadletter)) >= len(BAD)
-            and tw.last_stats(tmp_path, 0).get("readings", 0) >= N_GOOD
+            and harness.last_stats(tmp_path, 0).get("readings", 0) >= N_GOOD
         )
 
-    got = tw.collect_until(settings, done, timeout=90, describe=lambda: tw.worker_log(tmp_path))
+    got = harness.collect_until(settings, done, timeout=90, describe=lambda: harness.worker_log(tmp_path))
     time.sleep(1.5)  # one more stats line, in case anything else were still to come
 
     # Assert: one dead letter per bad record (the letters spread over partitions: order by source offset)
     # with its reason, in the letter and its header, and the original bytes
     pairs = sorted(
         (
-            (DeadLetter.decode(r.value), tw.headers(r)["reason"].decode())
+            (DeadLetter.decode(r.value), harness.headers(r)["reason"].decode())
             for r in got.of(settings.topic_deadletter)
         ),
         key=lambda p: p[0].offset,
@@ -119,8 +114,8 @@ def test_every_bad_record_is_dead_lettered_and_the_worker_learns_on(
     assert all(d.source_topic == settings.topic_readings and not d.truncated for d in letters)
     assert len({(d.partition, d.offset) for d in letters}) == len(BAD)
     # The worker is alive, learned from exactly the good readings, and no bad record made a device
-    assert proc.poll() is None, tw.worker_log(tmp_path)
-    stats = tw.last_stats(tmp_path, 0)
+    assert proc.poll() is None, harness.worker_log(tmp_path)
+    stats = harness.last_stats(tmp_path, 0)
     assert stats["readings"] == N_GOOD and stats["dead_letters"] == len(BAD)
     assert stats["devices"] == 1
     named = {

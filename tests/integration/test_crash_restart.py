@@ -32,14 +32,7 @@ from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from pipeline.checkpoints import KafkaPartition, RecordList, newest_checkpoint, published_versions
 from pipeline.chunk_layout import manifest_key
 from pipeline.worker_core import WorkerCore
-from tests.integration.test_worker import (  # noqa: F401  (fixtures: settings, signer, start_worker)
-    Launch,
-    last_stats,
-    settings,
-    signer,
-    start_worker,
-    worker_log,
-)
+from tests.harness import Launch, last_stats, worker_log
 
 pytestmark = pytest.mark.integration
 
@@ -141,9 +134,9 @@ def wait_until(cond: Any, timeout: float, describe: Any) -> None:
 
 @pytest.mark.slow
 def test_sigkill_one_of_three_workers_then_count(
-    settings: Settings,  # noqa: F811
-    signer: Signer,  # noqa: F811
-    start_worker: Launch,  # noqa: F811
+    settings: Settings,
+    signer: Signer,
+    start_worker: Launch,
     tmp_path: Path,
 ) -> None:
     # Prepare: three workers of one group, every readings partition owned.
@@ -224,8 +217,8 @@ def test_sigkill_one_of_three_workers_then_count(
 
 
 def test_restore_reads_the_newest_genuine_checkpoint_and_published_versions(
-    settings: Settings,  # noqa: F811
-    signer: Signer,  # noqa: F811
+    settings: Settings,
+    signer: Signer,
 ) -> None:
     # Prepare: on partition 1 of the checkpoint topic a genuine checkpoint at offset 29, then a
     # newer one signed by a stranger, then garbage; two model versions of one device on the models topic.
@@ -286,9 +279,9 @@ def test_restore_reads_the_newest_genuine_checkpoint_and_published_versions(
 
 @pytest.mark.slow
 def test_a_clean_stop_writes_a_final_checkpoint(
-    settings: Settings,  # noqa: F811
-    signer: Signer,  # noqa: F811
-    start_worker: Launch,  # noqa: F811
+    settings: Settings,
+    signer: Signer,
+    start_worker: Launch,
     tmp_path: Path,
 ) -> None:
     # Prepare: one worker whose periodic checkpoint would come only after 10 minutes.

@@ -19,7 +19,7 @@ from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.bench_edge import build_edge_venv
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import running_worker, scratch_settings
+from tests.harness import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

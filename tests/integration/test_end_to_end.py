@@ -16,7 +16,8 @@ from connectors.admin import ensure_topics
 from connectors.settings import Settings
 from connectors.wire import DeadLetter
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import run_loop, scratch_settings
+from pipeline.tools.demo import run_loop
+from tests.harness import scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

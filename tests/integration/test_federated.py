@@ -29,7 +29,7 @@ from learners.codec import DeltaHeader, encode_deltas
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.nets import flatten, init_params
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import running_worker, scratch_settings
+from tests.harness import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

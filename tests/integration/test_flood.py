@@ -31,14 +31,7 @@ from learners.checkpoint import Checkpoint
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.checkpoints import KafkaPartition, newest_checkpoint
 from pipeline.worker_core import WorkerCore
-from tests.integration.test_worker import (  # noqa: F401  (fixtures: settings, signer, start_worker)
-    Launch,
-    last_stats,
-    settings,
-    signer,
-    start_worker,
-    worker_log,
-)
+from tests.harness import Launch, last_stats, worker_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -160,9 +153,9 @@ def wait_until(cond: Any, timeout: float, describe: Any) -> None:
 
 
 def test_a_flood_of_new_devices_is_survived_checkpointed_and_restored(
-    settings: Settings,  # noqa: F811
-    signer: Signer,  # noqa: F811
-    start_worker: Launch,  # noqa: F811
+    settings: Settings,
+    signer: Signer,
+    start_worker: Launch,
     tmp_path: Path,
 ) -> None:
     # Prepare: one worker owning the 4 partitions; good devices with normal streams in three parts.

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.tools.brokers import ApacheKafkaBroker
-from tests.integration.test_worker import BAD_MESSAGES
+from tests.harness import BAD_MESSAGES
 from tests.integration.web_worker import FedWorker, fed_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

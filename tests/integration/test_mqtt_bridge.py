@@ -39,8 +39,8 @@ from learners.evaluation.synthetic import make_fleet_stream
 from learners.fleet import FleetLearner
 from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools.cli import main
+from tests.harness import last_stats, wait_for_topics
 from tests.integration.mosquitto import MosquittoBroker
-from tests.integration.test_worker import last_stats, wait_for_topics
 from tests.readme import blocks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

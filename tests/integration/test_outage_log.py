@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import running_worker, scratch_settings
+from tests.harness import running_worker, scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

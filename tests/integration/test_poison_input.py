@@ -33,17 +33,13 @@ from connectors.signing import Signer
 from connectors.wire import DeadLetter, Reading, encode_readings
 from pipeline.fatal import EXIT_FATAL
 from pipeline.faults import ENV
+from tests import harness
 from tests.hostile_json import hostile_message
 from tests.integration import test_crash_restart as cr
-from tests.integration import test_worker as tw
 
 pytestmark = pytest.mark.integration
 
-settings = tw.settings
-signer = tw.signer
-start_worker = tw.start_worker
-
-N = tw.N_FEATURES
+N = harness.N_FEATURES
 BIG_INT_READING = ('{"v":1,"device_id":"sensor-9","x":[' + "9" * 5000 + ',1,1,1],"y":1}').encode()
 
 
@@ -86,18 +82,18 @@ def wait_until(cond: Any, timeout: float, describe: Any) -> None:
 
 def owns_readings(tmp_path: Path, n: int, cfg: Settings) -> bool:
     return any(
-        tp.startswith(cfg.topic_readings + ":") for tp in tw.last_stats(tmp_path, n).get("assigned", [])
+        tp.startswith(cfg.topic_readings + ":") for tp in harness.last_stats(tmp_path, n).get("assigned", [])
     )
 
 
 @pytest.mark.slow
 def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once(
-    settings: Settings, start_worker: tw.Launch, tmp_path: Path
+    settings: Settings, start_worker: harness.Launch, tmp_path: Path
 ) -> None:
     # Prepare: a running worker, a producer on one key (one partition, so order holds)
     cfg = replace(settings, checkpoint_interval_s=1.0)
     proc = start_worker(cfg)
-    wait_until(lambda: owns_readings(tmp_path, 0, cfg), 90, lambda: tw.worker_log(tmp_path))
+    wait_until(lambda: owns_readings(tmp_path, 0, cfg), 90, lambda: harness.worker_log(tmp_path))
     producer = KafkaProducer(bootstrap_servers=cfg.bootstrap, acks="all", max_request_size=2 * 1024 * 1024)
     letters = DeadLetters(cfg)
     sent_bad: dict[int, bytes] = {}
@@ -115,13 +111,13 @@ def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once
             sent_bad[send(raw)] = raw
         send(good(sent_good))
         sent_good += 1
-        letters.until(len(sent_bad), 60, lambda: tw.worker_log(tmp_path))
+        letters.until(len(sent_bad), 60, lambda: harness.worker_log(tmp_path))
         wait_until(
-            lambda: tw.last_stats(tmp_path, 0).get("readings") == sent_good,
+            lambda: harness.last_stats(tmp_path, 0).get("readings") == sent_good,
             60,
-            lambda: tw.worker_log(tmp_path),
+            lambda: harness.worker_log(tmp_path),
         )
-        assert proc.poll() is None, tw.worker_log(tmp_path)
+        assert proc.poll() is None, harness.worker_log(tmp_path)
 
     # A fixed seed; the first example hypothesis tries is the simplest, the other four are varied.
     @seed(20261203)
@@ -143,7 +139,7 @@ def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once
         # Execute: the user's 5,000-digit integer, then hypothesis' hostile records
         between_good_readings([BIG_INT_READING])
         hostile_batches()
-        stats = tw.last_stats(tmp_path, 0)
+        stats = harness.last_stats(tmp_path, 0)
         # Assert: one dead letter per bad record, with its original bytes; every good reading learned
         got = {}
         for r in letters.records:
@@ -158,16 +154,18 @@ def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once
 
         # Execute: a clean restart, then one more good reading
         proc.terminate()
-        assert proc.wait(30) == 0, tw.worker_log(tmp_path)
+        assert proc.wait(30) == 0, harness.worker_log(tmp_path)
         start_worker(cfg)
-        wait_until(lambda: owns_readings(tmp_path, 1, cfg), 90, lambda: tw.worker_log(tmp_path, 1))
+        wait_until(lambda: owns_readings(tmp_path, 1, cfg), 90, lambda: harness.worker_log(tmp_path, 1))
         send(good(sent_good))
         wait_until(
-            lambda: tw.last_stats(tmp_path, 1).get("readings") == 1, 60, lambda: tw.worker_log(tmp_path, 1)
+            lambda: harness.last_stats(tmp_path, 1).get("readings") == 1,
+            60,
+            lambda: harness.worker_log(tmp_path, 1),
         )
         time.sleep(2.0)  # two more stats lines: anything re-learned or looping would show
         # Assert: nothing learned twice, no letter twice
-        again = tw.last_stats(tmp_path, 1)
+        again = harness.last_stats(tmp_path, 1)
         assert again["readings"] == 1 and again["dead_letters"] == 0 and again["duplicates_skipped"] == 0
         letters.consumer.poll(timeout_ms=1000)
         assert len(letters.records) == len(sent_bad)
@@ -187,7 +185,7 @@ def checkpointed_readings(cfg: Settings, key: Signer) -> Counter[str]:
 def test_a_learner_failure_stops_the_worker_and_a_restart_goes_on_from_the_checkpoint(
     settings: Settings,
     signer: Signer,
-    start_worker: tw.Launch,
+    start_worker: harness.Launch,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -196,7 +194,7 @@ def test_a_learner_failure_stops_the_worker_and_a_restart_goes_on_from_the_check
     monkeypatch.setenv(ENV, "reading=2000")
     proc = start_worker(cfg)
     monkeypatch.delenv(ENV)
-    wait_until(lambda: owns_readings(tmp_path, 0, cfg), 90, lambda: tw.worker_log(tmp_path))
+    wait_until(lambda: owns_readings(tmp_path, 0, cfg), 90, lambda: harness.worker_log(tmp_path))
     stream = cr.make_fleet_stream(n_devices=8, n_readings=4000, n_features=N, late_joiners=0.0, seed=5)
 
     # Execute
@@ -205,22 +203,22 @@ def test_a_learner_failure_stops_the_worker_and_a_restart_goes_on_from_the_check
     try:
         code = proc.wait(60)
     except subprocess.TimeoutExpired:
-        pytest.fail("the worker did not exit:\n" + tw.worker_log(tmp_path))
+        pytest.fail("the worker did not exit:\n" + harness.worker_log(tmp_path))
     exited_after = time.monotonic() - started
     restarted = start_worker(cfg)
     wait_until(
         lambda: checkpointed_readings(cfg, signer) == produced,
         120,
-        lambda: f"{checkpointed_readings(cfg, signer)}\n{tw.worker_log(tmp_path, 1)}",
+        lambda: f"{checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, 1)}",
     )
 
     # Assert: exit status 70 with one fatal line; every acked reading learned exactly once
-    log = tw.worker_log(tmp_path)
+    log = harness.worker_log(tmp_path)
     assert code == EXIT_FATAL, log
     assert log.count("fatal: ") == 1 and "injected: at reading 2000" in log, log
     assert exited_after < 45, exited_after
     assert sum(produced.values()) == 4000
-    assert restarted.poll() is None, tw.worker_log(tmp_path, 1)
+    assert restarted.poll() is None, harness.worker_log(tmp_path, 1)
     print(f"exited {exited_after:.1f} s after the stream was produced")
 
 
@@ -228,7 +226,7 @@ def test_a_learner_failure_stops_the_worker_and_a_restart_goes_on_from_the_check
 def test_a_message_the_learner_always_fails_on_is_dead_lettered_after_two_failures(
     settings: Settings,
     signer: Signer,
-    start_worker: tw.Launch,
+    start_worker: harness.Launch,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -252,9 +250,9 @@ def test_a_message_the_learner_always_fails_on_is_dead_lettered_after_two_failur
     for n in range(4):
         proc = start_worker(cfg)
         wait_until(
-            lambda: proc.poll() is not None or tw.last_stats(tmp_path, n).get("dead_letters", 0) >= 1,  # noqa: B023
+            lambda: proc.poll() is not None or harness.last_stats(tmp_path, n).get("dead_letters", 0) >= 1,  # noqa: B023
             90,
-            lambda: tw.worker_log(tmp_path, n),  # noqa: B023
+            lambda: harness.worker_log(tmp_path, n),  # noqa: B023
         )
         if proc.poll() is None:
             break  # it got past the poison
@@ -263,16 +261,16 @@ def test_a_message_the_learner_always_fails_on_is_dead_lettered_after_two_failur
     wait_until(
         lambda: checkpointed_readings(cfg, signer) == produced,
         120,
-        lambda: f"{codes}\n{checkpointed_readings(cfg, signer)}\n{tw.worker_log(tmp_path, last)}",
+        lambda: f"{codes}\n{checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, last)}",
     )
     letters = DeadLetters(cfg)
     try:
-        records = letters.until(1, 30, lambda: tw.worker_log(tmp_path, last))
+        records = letters.until(1, 30, lambda: harness.worker_log(tmp_path, last))
     finally:
         letters.close()
 
     # Assert: two failures, then the poison is a dead letter and every good reading is learned once
-    assert codes == [EXIT_FATAL, EXIT_FATAL], [tw.worker_log(tmp_path, n) for n in range(len(codes) + 1)]
+    assert codes == [EXIT_FATAL, EXIT_FATAL], [harness.worker_log(tmp_path, n) for n in range(len(codes) + 1)]
     (record,) = records
     letter = DeadLetter.decode(record.value)
     assert (letter.reason, letter.partition, letter.offset, letter.original) == (
@@ -282,4 +280,4 @@ def test_a_message_the_learner_always_fails_on_is_dead_lettered_after_two_failur
         poison,
     )
     assert record.key == b"poison" and letter.device_id == "poison"
-    assert tw.last_stats(tmp_path, last)["dead_letters"] == 1
+    assert harness.last_stats(tmp_path, last)["dead_letters"] == 1

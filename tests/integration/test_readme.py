@@ -25,7 +25,7 @@ from connectors.edge import META_KEY, EdgeSubscriber
 from connectors.settings import Settings
 from connectors.signing import Verifier
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import running_worker
+from tests.harness import running_worker
 from tests.readme import ROOT, Block, blocks, commands, table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -13,7 +13,7 @@ import pytest
 from connectors.secagg_kafka import AggregatorRunner, SecAggTopics, ensure_secagg_topics, run_device
 from metastream_edge.secagg import AggregatorRound, DeviceRound, Phase, RoundConfig
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import scratch_settings
+from tests.harness import scratch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -39,7 +39,7 @@ from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools.brokers.certificates import make_local_pki
-from pipeline.tools.demo import scratch_settings
+from tests.harness import scratch_settings
 
 pytestmark = pytest.mark.integration
 

@@ -1,8 +1,8 @@
 """A real worker with its web server on, fed a seeded fleet with drift (for the metrics and dashboard tests).
 
 The worker is ``python -m pipeline.worker --web-port PORT`` (via
-:func:`pipeline.tools.demo.running_worker`) on the session's Apache Kafka broker;
-the fleet and the bad messages are those of ``test_worker.py``.
+:func:`tests.harness.running_worker`) on the session's Apache Kafka broker;
+the fleet and the bad messages are those of :mod:`tests.harness`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,15 @@ from typing import Any
 from connectors.settings import Settings
 from learners.evaluation.synthetic import FleetStream
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import running_worker, scratch_settings
-from tests.integration.test_worker import BAD_MESSAGES, N_FEATURES, PER_MESSAGE, fleet, produce
+from tests.harness import (
+    BAD_MESSAGES,
+    N_FEATURES,
+    PER_MESSAGE,
+    fleet,
+    produce,
+    running_worker,
+    scratch_settings,
+)
 
 WEB_TOKEN = "dashboard-test-token"
 
