@@ -1,4 +1,4 @@
-"""The edges of metastream: data sources, Kafka clients and broker launchers."""
+"""Client SDKs of metastream: sensor producer, edge subscriber, topic admin, wire formats, signing."""
 
 from connectors import kafka_python_fix
 

@@ -2,7 +2,8 @@
 
 The public entry points are :class:`~learners.config.LearnerConfig`,
 :func:`~learners.strategies.make_strategy` and
-:class:`~learners.evaluation.prequential.PrequentialEvaluator`.
+:class:`~learners.fleet.FleetLearner`; the evaluation harness above the core is
+:mod:`learners.evaluation`.
 """
 
 from learners.config import LearnerConfig

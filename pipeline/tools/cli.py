@@ -1,4 +1,7 @@
-"""``metastream`` command line: replay, generate, bench (and the streaming commands)."""
+"""The ``metastream`` command line: replay, generate, demo and bench here, each other command in its module.
+
+A command's module (torch, Faust, …) is imported only when that command runs.
+"""
 
 from __future__ import annotations
 
@@ -7,43 +10,9 @@ import importlib
 import json
 import sys
 from collections.abc import Collection, Sequence
-from dataclasses import fields
 from typing import Any
 
-from learners.config import LearnerConfig
-
-
-def _learner_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("learner settings (defaults from LearnerConfig)")
-    g.add_argument("--hidden", type=lambda s: tuple(int(v) for v in s.split(",")), help="e.g. 32 or 64,32")
-    for name, typ in (
-        ("online-lr", float),
-        ("inner-lr", float),
-        ("inner-steps", int),
-        ("buffer-size", int),
-        ("adapt-after", int),
-        ("meta-lr", float),
-        ("meta-every", int),
-        ("meta-batch", int),
-        ("cooldown", int),
-        ("guard-holdout", float),
-        ("guard-min-holdout", int),
-        ("clip", float),
-        ("trim", float),
-        ("seed", int),
-    ):
-        g.add_argument(f"--{name}", type=typ)
-    g.add_argument("--detector", choices=["adwin", "page_hinkley", "kswin"])
-
-
-def learner_config(args: argparse.Namespace, **fixed: Any) -> LearnerConfig:
-    """A :class:`LearnerConfig` from the CLI flags that were given, plus ``fixed``."""
-    given = {
-        f.name: getattr(args, f.name)
-        for f in fields(LearnerConfig)
-        if getattr(args, f.name, None) is not None
-    }
-    return LearnerConfig(**{**given, **fixed})
+from pipeline.tools.learner_options import add_learner_args, format_value, learner_config
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -100,19 +69,11 @@ def format_table(results: list[dict[str, Any]], task: str) -> str:
     """Results as an aligned text table."""
     metric = ["mae", "rmse"] if task == "regression" else ["accuracy"]
     cols = ["strategy", "n", "devices", *metric, "drifts", "adaptations", "recovery_median", "samples_per_s"]
-    rows = [[_fmt(r.get(c)) for c in cols] for r in results]
+    rows = [[format_value(r.get(c)) for c in cols] for r in results]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 1000 else f"{v:.4g}"
-    return str(v)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -256,7 +217,7 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
     )
     p.add_argument("--batch-size", type=int, help="readings per micro-batch (default: ~1 per device)")
     p.add_argument("--json", action="store_true", help="one JSON object per strategy per line")
-    _learner_args(p)
+    add_learner_args(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("generate", help="write a seeded synthetic fleet with drift as CSV")

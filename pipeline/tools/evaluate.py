@@ -28,7 +28,7 @@ FLAGS_HELP = (
 
 def add_cli(subparsers: Any) -> None:
     """Register the ``evaluate`` sub-command on ``metastream``'s sub-parsers."""
-    from pipeline.tools.cli import _learner_args
+    from pipeline.tools.learner_options import add_learner_args
 
     p = subparsers.add_parser(
         "evaluate",
@@ -91,7 +91,7 @@ def add_cli(subparsers: Any) -> None:
     )
     p.add_argument("--report", metavar="DIR", help="write DIR/index.html, DIR/*.png and DIR/results.json")
     p.add_argument("--json", action="store_true", help="one JSON object per strategy (or detector) per line")
-    _learner_args(p)
+    add_learner_args(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -206,8 +206,8 @@ def evaluate_dataset(
     from learners.evaluation.kshot import run_held_out, split_devices
     from learners.evaluation.replay import default_batch_size
     from learners.strategies import make_strategy, resolve
-    from pipeline.tools.cli import learner_config
     from pipeline.tools.datasets import load_dataset
+    from pipeline.tools.learner_options import learner_config
     from pipeline.tools.progress import Progress
 
     names = resolve(args.strategy or ["all"])
@@ -403,9 +403,9 @@ def format_detectors(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
-    from pipeline.tools.cli import _fmt
+    from pipeline.tools.learner_options import format_value
 
-    cells = [[_fmt(v) for v in row] for row in rows]
+    cells = [[format_value(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) for c in cells]
