@@ -20,13 +20,12 @@ from connectors.admin import admin_client
 from connectors.settings import Settings
 from connectors.wire import Reading, encode_readings
 from learners.evaluation.synthetic import FleetStream, make_fleet_stream
-from pipeline.tools.scratch import running_worker, scratch_settings
 
-__all__ = ["running_worker", "scratch_settings"]  # with everything defined below
+# A scratch deployment is tooling too (the demo, bench and soak use it); the tests take it from here.
+from pipeline.tools.scratch import running_worker as running_worker
+from pipeline.tools.scratch import scratch_settings as scratch_settings
 
 Launch = Callable[[Settings], subprocess.Popen[bytes]]
-
-
 ROOT = Path(__file__).resolve().parents[1]
 N_FEATURES = 4
 PER_MESSAGE = 50  # gateway batches
