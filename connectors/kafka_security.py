@@ -17,12 +17,29 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
 
-    from connectors.settings import Settings
+
+class SecuritySettings(Protocol):
+    """The security fields of :class:`connectors.settings.Settings` (validated and normalised there)."""
+
+    @property
+    def security_protocol(self) -> str: ...
+    @property
+    def sasl_mechanism(self) -> str: ...
+    @property
+    def sasl_username(self) -> str: ...
+    @property
+    def sasl_password(self) -> str: ...
+    @property
+    def uses_tls(self) -> bool: ...
+
+    def tls_files(self) -> dict[str, str]:
+        """The TLS files that are set, by setting name, after checking that each exists."""
+        ...
 
 
 def kafka_python_spelling(fields: Mapping[str, str]) -> dict[str, Any]:
@@ -44,7 +61,7 @@ def kafka_python_spelling(fields: Mapping[str, str]) -> dict[str, Any]:
     return opts
 
 
-def kafka_python_options(settings: Settings) -> dict[str, Any]:
+def kafka_python_options(settings: SecuritySettings) -> dict[str, Any]:
     """TLS/SASL options in kafka-python's spelling (``KafkaProducer(**opts)`` etc.).
 
     TLS files are only passed with a TLS protocol, where kafka-python reads
@@ -68,7 +85,7 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
     return kafka_python_spelling(fields)
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def ssl_context(settings: SecuritySettings) -> ssl.SSLContext | None:
     """The TLS context of every aiokafka/Faust client of the worker (``None`` without TLS).
 
     Hostname checking stays on, as in kafka-python (it is what aiokafka's
@@ -90,7 +107,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def aiokafka_options(settings: Settings) -> dict[str, Any]:
+def aiokafka_options(settings: SecuritySettings) -> dict[str, Any]:
     """TLS/SASL options in aiokafka's spelling (``AIOKafkaConsumer(**opts)``).
 
     The same keys Faust hands its own aiokafka clients for :func:`faust_credentials`.
@@ -120,7 +137,7 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-def faust_credentials(settings: Settings) -> CredentialsT | None:
+def faust_credentials(settings: SecuritySettings) -> CredentialsT | None:
     """Faust credentials for ``settings.security_protocol`` (``None`` for PLAINTEXT).
 
     Faust hands them to its consumer, producer and topic admin.
