@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from connectors.kafka_security import kafka_python_options
 from learners.config import LearnerConfig
 
 ENV_PREFIX = "METASTREAM_"
@@ -211,9 +212,8 @@ class Settings:
     def kafka_python_security(self) -> dict[str, Any]:
         """TLS/SASL options in kafka-python's spelling (``KafkaProducer(**opts)`` etc.).
 
-        kafka-python names the SASL user ``sasl_plain_username`` for every
-        mechanism, SCRAM included.  TLS files are only passed with a TLS
-        protocol, where kafka-python reads them.
+        Spelled by :func:`connectors.kafka_security.kafka_python_options`, next to
+        the aiokafka and Faust spellings of the same fields.
 
         Examples
         --------
@@ -225,14 +225,7 @@ class Settings:
         ...          "sasl_plain_username": "u", "sasl_plain_password": "p"}
         True
         """
-        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.uses_tls:
-            opts |= self.tls_files()
-        if self.security_protocol.startswith("SASL"):
-            opts["sasl_mechanism"] = self.sasl_mechanism
-            opts["sasl_plain_username"] = self.sasl_username
-            opts["sasl_plain_password"] = self.sasl_password
-        return opts
+        return kafka_python_options(self)
 
     @classmethod
     def load(

@@ -1,11 +1,11 @@
 """Checkpoints on Kafka: hold offsets until they are checkpointed, read the newest one back.
 
 How a worker keeps per-device state across crashes and rebalances (the
-design; :mod:`pipeline.app` wires it, :mod:`learners.checkpoint` is the format):
+design; :mod:`pipeline.handover` runs it, :mod:`learners.checkpoint` is the format):
 
 1. Every readings message the agent takes is *held*: its Faust refcount is
    raised, so Faust's own ack after the batch does not make it committable
-   (:class:`HeldMessages`).
+   (:class:`pipeline.handover.HeldMessages`).
 2. Every ``checkpoint_interval_s``, and when partitions are revoked, the
    worker snapshots each changed partition (on the learner thread, so the
    snapshot matches a known last offset): the chunks of the groups of
@@ -47,56 +47,6 @@ from learners.checkpoint import Checkpoint, CheckpointError, Chunk, Manifest, as
 from pipeline.chunk_layout import manifest_key
 
 log = logging.getLogger(__name__)
-
-
-class Holdable(Protocol):
-    """A consumed message whose final ack can be delayed (Faust's ``Message``)."""
-
-    offset: int
-
-    def incref(self, n: int = 1) -> None: ...
-
-
-class HeldMessages:
-    """Per partition, messages taken but not yet covered by a written checkpoint.
-
-    Examples
-    --------
-    >>> class Msg:
-    ...     def __init__(self, offset): self.offset, self.refs = offset, 1
-    ...     def incref(self, n=1): self.refs += n
-    >>> held = HeldMessages()
-    >>> msgs = [Msg(o) for o in range(5)]
-    >>> for m in msgs: held.hold(0, m)
-    >>> [m.offset for m in held.release(0, 2)], held.pending()
-    ([0, 1, 2], {0: 2})
-    >>> held.drop([0]), held.pending()
-    (2, {})
-    """
-
-    def __init__(self) -> None:
-        self._held: dict[int, list[Any]] = {}
-
-    def hold(self, partition: int, message: Holdable) -> None:
-        """Delay the final ack of ``message`` until :meth:`release` covers its offset."""
-        message.incref()
-        self._held.setdefault(partition, []).append(message)
-
-    def release(self, partition: int, upto: int) -> list[Any]:
-        """The held messages of ``partition`` with offset ≤ ``upto`` (now checkpointed), oldest first."""
-        msgs = self._held.get(partition, [])
-        done = [m for m in msgs if m.offset <= upto]
-        if done:
-            self._held[partition] = [m for m in msgs if m.offset > upto]
-        return done
-
-    def drop(self, partitions: Any) -> int:
-        """Forget the held messages of revoked ``partitions`` (their next owner reads them again)."""
-        return sum(len(self._held.pop(p, [])) for p in partitions)
-
-    def pending(self) -> dict[int, int]:
-        """Held messages per partition."""
-        return {p: len(m) for p, m in self._held.items() if m}
 
 
 async def read_range(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int) -> list[Any]:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import faust
     from faust.web import Request, Response, View
 
-    from pipeline.app import PipelineState
+    from pipeline.state import PipelineState
 
 log = logging.getLogger(__name__)
 

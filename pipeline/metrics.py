@@ -1,7 +1,7 @@
 """Prometheus metrics of one stream worker, served at ``/metrics`` by its Faust web server.
 
 Start a worker with ``--web-port PORT`` and scrape ``http://HOST:PORT/metrics``.
-Counters come from :meth:`pipeline.app.PipelineState.stats` (the learner
+Counters come from :meth:`pipeline.state.PipelineState.stats` (the learner
 core's and the agents'), rates and histograms from the worker's
 :class:`~pipeline.fleet_view.FleetView`, and consumer lag from the broker's
 end offsets of the readings partitions this worker owns.
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import faust
     from faust.web import Request, Response, View
 
-    from pipeline.app import PipelineState
+    from pipeline.state import PipelineState
 
 log = logging.getLogger(__name__)
 

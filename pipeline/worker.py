@@ -45,7 +45,8 @@ from pipeline.broker_log import DropMessages, OutageLog, install
 if TYPE_CHECKING:  # imported where used: `metastream worker --help` must not wait for Faust and torch
     import faust
 
-    from pipeline.app import PipelineState, Tuning
+    from pipeline.app import Tuning
+    from pipeline.state import PipelineState
 
 log = logging.getLogger(__name__)
 

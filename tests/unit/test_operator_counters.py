@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from connectors.wire import Reading, encode_readings
-from pipeline.app import PipelineState
 from pipeline.metrics import MetricsReading, render
+from pipeline.state import PipelineState
 from pipeline.worker_core import MetaAggregator, WorkerCore
 
 

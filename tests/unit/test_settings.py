@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from connectors.kafka_security import aiokafka_options, faust_credentials
 from connectors.settings import Settings
-from pipeline.app import aiokafka_security, broker_credentials
 from pipeline.tools.brokers.certificates import LocalPki, make_local_pki
 
 
@@ -41,7 +41,7 @@ def test_sasl_without_a_mechanism_means_plain_for_every_client() -> None:
     s = Settings(security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password="p")
 
     assert s.kafka_python_security()["sasl_mechanism"] == "PLAIN"
-    assert aiokafka_security(s)["sasl_mechanism"] == "PLAIN"
+    assert aiokafka_options(s)["sasl_mechanism"] == "PLAIN"
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"ssl_cafile \(METASTREAM_SSL_CAFILE\): no such file"):
         s.kafka_python_security()
     with pytest.raises(ValueError, match="ssl_cafile"):
-        broker_credentials(s)
+        faust_credentials(s)
 
 
 def test_mutual_tls_files_reach_kafka_python_and_faust(pki: LocalPki) -> None:
@@ -85,7 +85,7 @@ def test_mutual_tls_files_reach_kafka_python_and_faust(pki: LocalPki) -> None:
     )
 
     opts = s.kafka_python_security()
-    aio = aiokafka_security(s)
+    aio = aiokafka_options(s)
 
     assert opts == {
         "security_protocol": "SSL",
@@ -112,8 +112,8 @@ def test_sasl_ssl_reaches_faust_with_a_tls_context(pki: LocalPki) -> None:
         sasl_password="pw",
     )
 
-    creds = broker_credentials(s)
-    aio = aiokafka_security(s)
+    creds = faust_credentials(s)
+    aio = aiokafka_options(s)
 
     assert creds is not None and creds.protocol.value == "SASL_SSL"
     assert {k: v for k, v in aio.items() if k != "ssl_context"} == {
@@ -132,4 +132,4 @@ def test_tls_files_are_ignored_without_tls(pki: LocalPki) -> None:
     s = Settings(security_protocol="SASL_PLAINTEXT", ssl_cafile=str(pki.ca_cert), sasl_username="u")
 
     assert "ssl_cafile" not in s.kafka_python_security()
-    assert aiokafka_security(s)["ssl_context"] is None
+    assert aiokafka_options(s)["ssl_context"] is None

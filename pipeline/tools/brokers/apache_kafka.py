@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.closing import ClosesOnExit
+from connectors.kafka_security import kafka_python_spelling
 
 from .certificates import LocalPki, make_local_pki
 
@@ -326,12 +327,7 @@ class ApacheKafkaBroker(ClosesOnExit):
 
     def client_options(self) -> dict[str, Any]:
         """:attr:`client_security` in kafka-python's spelling (for ``KafkaProducer(**...)`` etc.)."""
-        sec = self.client_security
-        opts: dict[str, Any] = {k: v for k, v in sec.items() if k.startswith(("security_", "ssl_", "sasl_m"))}
-        if "sasl_username" in sec:
-            opts["sasl_plain_username"] = sec["sasl_username"]
-            opts["sasl_plain_password"] = sec["sasl_password"]
-        return opts
+        return kafka_python_spelling(self.client_security)
 
     @property
     def log_path(self) -> Path:
