@@ -53,7 +53,6 @@ from connectors.admin import CHECKPOINT_MAX_BYTES, partition_for, topic_specs
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
 from connectors.wire import MAX_DEAD_LETTER_BYTES
-from learners.codec import CodecError, decode_model
 from pipeline import dashboard, metrics, web_auth
 from pipeline.checkpoints import (
     HeldMessages,
@@ -68,7 +67,6 @@ from pipeline.fleet_view import FleetView
 from pipeline.suspects import SuspectError, decode_suspects, encode_suspects
 from pipeline.worker_core import (
     AGGREGATOR_COUNTS,
-    META_KEY,
     MetaAggregator,
     Outgoing,
     PartitionCheckpoint,
@@ -760,10 +758,4 @@ def _adopt(state: PipelineState, value: bytes) -> None:
     1, 2, … again that every worker refuses as older than what it has.
     """
     state.theta_seen += 1
-    state.core.on_meta(value)
-    try:
-        tensors, header = decode_model(state.verifier.open(value))
-    except (SignatureError, CodecError):
-        return  # the core already logged and counted it
-    if header.device_id == META_KEY:
-        state.aggregator.meta.adopt(tensors, header.model_version)
+    state.core.theta.receive(value, also=[state.aggregator])
