@@ -50,9 +50,10 @@ from learners.codec import (
 from learners.evaluation import AdaptationTracker
 from learners.fleet import FleetLearner
 from learners.guard import GuardCheck
-from learners.meta import MetaLearner
+from learners.meta import MetaLearner, Reptile
 from learners.nets import FunctionalNet, Params, init_params
 from learners.theta_check import ThetaCheck, check_theta, sample_held_back
+from learners.theta_source import RemoteTheta
 from pipeline.chunk_layout import ChunkLayout
 from pipeline.device_store import DeviceStore
 from pipeline.eviction import LruEviction
@@ -127,7 +128,7 @@ class WorkerCore:
         self.clock = clock
         self.worker_id = worker_id
         self.verifier = trusted or Verifier([signer.public_key])
-        self.fleet = FleetLearner(self.cfg, init="reptile", local_meta=False)
+        self.fleet = FleetLearner(self.cfg, RemoteTheta(self.cfg, Reptile()))
         self.theta = ThetaOwner(self.verifier, self.fleet.theta, [self.fleet])
         """The one owner of θ: every θ message is opened here, once."""
         self.versions: dict[str, int] = {}
