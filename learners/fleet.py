@@ -13,8 +13,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
+from torch.func import vmap
 
-from learners.base import StepResult, reading_errors
+from learners.base import Personalise, StepResult, reading_errors
 from learners.buffers import DeviceBuffers
 from learners.codec import ModelHeader, encode_model
 from learners.config import LearnerConfig
@@ -145,6 +146,22 @@ class FleetLearner:
             return False
         self.theta_log.append((self.processed, version))
         return True
+
+    def personaliser(self) -> Personalise:
+        """θ adapted on a new device's ``k`` readings with the fleet's inner loop, in its normalisation."""
+
+        def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+            sx, sy = self.scaler.x, self.scaler.y
+            xs_t = torch.from_numpy(sx.transform(xs).astype(np.float32))
+            xq_t = torch.from_numpy(sx.transform(xq).astype(np.float32))
+            if self.cfg.task == "regression":
+                ys = (ys - sy.mean[0]) / sy.std[0]
+            ys_t = torch.from_numpy(ys.astype(np.float32))
+            phi = self.net.adapt(self.theta, xs_t, ys_t, torch.ones_like(ys_t))
+            out = vmap(self.net.forward)(phi, xq_t)
+            return self.scaler.inverse_y(self.net.predict(out).numpy().astype(np.float64))
+
+        return run
 
     def take_contributions(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Queued ``(deltas [n, P], weights [n])`` for the meta agent, oldest first."""
