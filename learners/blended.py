@@ -12,6 +12,7 @@ from learners.config import LearnerConfig
 from learners.fleet import FleetLearner, InitName
 from learners.registry import DeviceIndex
 from learners.shared_model import GlobalLearner
+from learners.theta_source import ThetaSource
 
 
 class BlendedStrategy(StrategyBase):
@@ -29,10 +30,11 @@ class BlendedStrategy(StrategyBase):
     ('blend', (3,), ['a'])
     """
 
-    def __init__(self, cfg: LearnerConfig, init: InitName = "reptile") -> None:
+    def __init__(self, cfg: LearnerConfig, init: ThetaSource | InitName = "reptile") -> None:
         self.cfg = cfg
-        self.name = "blend" if init == "reptile" else f"blend-{init}"
         self.personal = FleetLearner(cfg, init=init)
+        theta = self.personal.name
+        self.name = "blend" if theta == "reptile" else f"blend-{theta}"
         self.pooled = GlobalLearner(cfg)
         self.blend = ErrorWeightedBlend(cfg.task)
         self.devices = DeviceIndex()
