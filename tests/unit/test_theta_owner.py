@@ -7,8 +7,7 @@ import torch
 
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from learners import fleet as fleet_module
-from learners import nets
+from learners import nets, theta_source
 from learners.codec import DeltaHeader, encode_deltas
 from learners.config import LearnerConfig
 from learners.nets import Params
@@ -61,7 +60,7 @@ def test_theta_zero_is_built_once_for_the_worker_and_its_aggregator(monkeypatch:
         built.append(1)
         return nets.init_params(cfg)
 
-    for module in (fleet_module, worker_core):
+    for module in (theta_source, worker_core):
         monkeypatch.setattr(module, "init_params", counting_init)
 
     # Execute
