@@ -76,7 +76,11 @@ class ThetaOwner:
 
     @property
     def theta(self) -> Params:
-        """The newest θ seen (do not modify in place)."""
+        """The newest θ read from the meta topic, θ₀ before any (do not modify in place).
+
+        A worker restored from a checkpoint may hold a newer θ in its fleet
+        until the meta topic catches up; the fleet refuses older versions.
+        """
         return self._theta
 
     @property
