@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,14 +58,70 @@ class StepResult:
         return [c for c in self.checks if not c.accepted]
 
 
+Personalise = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""``(x_support [E, k, F], y_support [E, k], x_query [E, h, F]) → predictions [E, h]``."""
+
+
 class Strategy(Protocol):
-    """A learner for a whole fleet: predict-then-learn on mixed micro-batches."""
+    """A learner for a whole fleet: predict-then-learn on mixed micro-batches.
+
+    Everything a caller (replay, evaluation, k-shot) asks of a strategy is
+    here, so no caller has to probe its type; :class:`StrategyBase` gives the
+    members a strategy without them answers with.
+    """
 
     name: str
 
     def learn_predict(self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray) -> StepResult:
         """Predict every reading of the batch, then learn from all of them."""
         ...
+
+    @property
+    def n_adaptations(self) -> int:
+        """Adaptations from θ kept so far (0 for strategies that do not adapt)."""
+        ...
+
+    @property
+    def meta_version(self) -> int:
+        """Meta-updates θ has had (0 for strategies without one)."""
+        ...
+
+    def personaliser(self) -> Personalise:
+        """How the trained strategy personalises a device it never saw, on ``k`` of its readings.
+
+        Raises
+        ------
+        TypeError
+            For a strategy that cannot personalise a new device.
+        """
+        ...
+
+
+class StrategyBase:
+    """Safe defaults for the :class:`Strategy` members a strategy does not have.
+
+    Examples
+    --------
+    >>> class Mean(StrategyBase):
+    ...     name = "mean"
+    >>> Mean().n_adaptations, Mean().meta_version
+    (0, 0)
+    >>> Mean().personaliser()
+    Traceback (most recent call last):
+    ...
+    TypeError: no k-shot personalisation for Mean
+    """
+
+    @property
+    def n_adaptations(self) -> int:
+        return 0
+
+    @property
+    def meta_version(self) -> int:
+        return 0
+
+    def personaliser(self) -> Personalise:
+        raise TypeError(f"no k-shot personalisation for {type(self).__name__}")
 
 
 def reading_errors(task: Task, y: np.ndarray, y_pred: np.ndarray) -> np.ndarray:

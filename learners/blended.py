@@ -6,15 +6,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from learners.base import StepResult
+from learners.base import Personalise, StepResult, StrategyBase
 from learners.blend import ErrorWeightedBlend
 from learners.config import LearnerConfig
 from learners.fleet import FleetLearner, InitName
 from learners.registry import DeviceIndex
 from learners.shared_model import GlobalLearner
+from learners.theta_source import ThetaSource
 
 
-class BlendedStrategy:
+class BlendedStrategy(StrategyBase):
     """A :class:`FleetLearner` and a :class:`GlobalLearner` side by side; each reading's
     prediction mixes the two by the device's recent errors (:class:`ErrorWeightedBlend`).
 
@@ -29,10 +30,11 @@ class BlendedStrategy:
     ('blend', (3,), ['a'])
     """
 
-    def __init__(self, cfg: LearnerConfig, init: InitName = "reptile") -> None:
+    def __init__(self, cfg: LearnerConfig, init: ThetaSource | InitName = "reptile") -> None:
         self.cfg = cfg
-        self.name = "blend" if init == "reptile" else f"blend-{init}"
         self.personal = FleetLearner(cfg, init=init)
+        theta = self.personal.name
+        self.name = "blend" if theta == "reptile" else f"blend-{theta}"
         self.pooled = GlobalLearner(cfg)
         self.blend = ErrorWeightedBlend(cfg.task)
         self.devices = DeviceIndex()
@@ -50,6 +52,31 @@ class BlendedStrategy:
             checks=own.checks,
             slots=own.slots,
         )
+
+    def personaliser(self) -> Personalise:
+        """The two models' k-shot predictions, mixed by how each did on the support's newest readings.
+
+        The personal model is adapted on the older support readings to be judged
+        on the newest quarter (at least one), as the regression guard does.
+        """
+        own, pooled = self.personal.personaliser(), self.pooled.personaliser()
+        task = self.cfg.task
+
+        def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+            hold = max(1, xs.shape[1] // 4)
+            judge = ErrorWeightedBlend(task)
+            episodes = np.arange(len(xs))
+            own_held = own(xs[:, :-hold], ys[:, :-hold], xs[:, -hold:])
+            pooled_held = pooled(xs, ys, xs[:, -hold:])
+            for j in range(hold):
+                judge.combine(episodes, own_held[:, j], pooled_held[:, j], ys[:, -hold + j])
+            w = judge.own_weight(episodes)[:, None]
+            mine, theirs = own(xs, ys, xq), pooled(xs, ys, xq)
+            if task == "classification":
+                return np.where(w > 0.5, mine, theirs)
+            return w * mine + (1 - w) * theirs
+
+        return run
 
 
 __all__ = ["BlendedStrategy"]

@@ -13,19 +13,19 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
+from torch.func import vmap
 
-from learners.base import StepResult, reading_errors
+from learners.base import Personalise, StepResult, reading_errors
 from learners.buffers import DeviceBuffers
 from learners.codec import ModelHeader, encode_model
 from learners.config import LearnerConfig
 from learners.drift import DriftMonitor
 from learners.grouping import DeviceGroups
 from learners.guard import GuardCheck, accept, split_holdout
-from learners.meta import MetaLearner, MetaRule, rule_by_name
-from learners.nets import FunctionalNet, Params, init_params, stack
+from learners.nets import FunctionalNet, Params, stack
 from learners.registry import DeviceIndex
 from learners.scaling import PrequentialScaler
-from learners.shared_model import GlobalModel
+from learners.theta_source import Tasks, ThetaSource, theta_source
 
 GUARD_RETRIES = 3
 """Rejected adaptations of one device in a row that are retried a few readings later."""
@@ -35,23 +35,27 @@ INITS: tuple[InitName, ...] = ("reptile", "fomaml", "scratch", "finetune")
 
 
 class FleetLearner:
-    """Stacked per-device MLPs whose starting point θ comes from ``init``.
+    """Stacked per-device MLPs whose starting point θ comes from a θ source.
 
     Parameters
     ----------
     cfg
         Model, learning and drift settings.
     init
-        Where θ (the weights a new or drifted device restarts from) comes from:
+        Where θ (the weights a new or drifted device restarts from) comes
+        from: a :class:`~learners.theta_source.ThetaSource`, or the name of
+        one (:data:`~learners.theta_source.THETA_SOURCES`):
 
         - ``"reptile"``: meta-learned online with Reptile,
         - ``"fomaml"``: meta-learned online with first-order MAML,
         - ``"scratch"``: a fixed random initialisation (no meta-learning),
         - ``"finetune"``: a global model trained on all devices' data pooled.
     local_meta
-        Apply meta-updates to θ here (offline replay, a single worker).  With
-        ``False`` the devices' proposed changes of θ are queued in
-        :attr:`contributions` for a meta agent, and θ comes back through
+        With a name: apply meta-updates to θ here (offline replay, a single
+        worker).  With ``False`` the source is a
+        :class:`~learners.theta_source.RemoteTheta`: the devices' proposed
+        changes of θ are queued for a meta agent
+        (:meth:`take_contributions`), and θ comes back through
         :meth:`adopt_theta`.
 
     Examples
@@ -61,31 +65,22 @@ class FleetLearner:
     >>> r = fleet.learn_predict(["a", "b", "a"], np.ones((3, 2)), np.array([1.0, 2.0, 1.5]))
     >>> r.y_pred.shape, r.adapted, fleet.devices.ids
     ((3,), ['a'], ['a', 'b'])
+    >>> from learners.theta_source import FrozenTheta
+    >>> FleetLearner(cfg, FrozenTheta(cfg)).name
+    'scratch'
     """
 
-    def __init__(self, cfg: LearnerConfig, init: InitName = "reptile", local_meta: bool = True) -> None:
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    def __init__(
+        self, cfg: LearnerConfig, init: ThetaSource | InitName = "reptile", local_meta: bool = True
+    ) -> None:
         self.cfg = cfg
-        self.init = init
-        self.local_meta = local_meta
-        self.contributions: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.name: str = init
+        self.source: ThetaSource = (
+            theta_source(init, cfg, remote=not local_meta) if isinstance(init, str) else init
+        )
+        """Where θ comes from (see :mod:`learners.theta_source`)."""
+        self.name: str = self.source.name
         self.net = FunctionalNet(cfg)
-        theta = init_params(cfg)
-        self._rule: MetaRule | None = None
-        self._meta: MetaLearner | None = None
-        self._pooled: GlobalModel | None = None
-        self._frozen = theta
-        if init in ("reptile", "fomaml"):
-            self._rule = rule_by_name(init)
-            self._meta = MetaLearner.from_config(theta, cfg)
-        elif init == "finetune":
-            self._pooled = GlobalModel(cfg)
-            self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}
-        # The pooled model's readings that do not fill a chunk yet (finetune).
-        self._pooled_x = np.zeros((0, cfg.n_features), dtype=np.float32)
-        self._pooled_y = np.zeros(0, dtype=np.float32)
+        theta = self.source.theta
         self._theta_queue: list[tuple[int, int, Params]] = []
         self.theta_log: list[tuple[int, int]] = []
         """``(position, version)`` of every θ adopted from the meta agent: the reading it took effect at."""
@@ -111,16 +106,12 @@ class FleetLearner:
     @property
     def theta(self) -> Params:
         """The current initialisation new and drifted devices start from."""
-        if self._meta is not None:
-            return self._meta.theta
-        if self._pooled is not None:
-            return self._pooled_theta
-        return self._frozen
+        return self.source.theta
 
     @property
     def meta_version(self) -> int:
         """Number of meta-updates θ has had (0 when θ is not meta-learned)."""
-        return self._meta.version if self._meta is not None else 0
+        return self.source.version
 
     def adopt_theta(self, theta: Params, version: int, at: int | None = None) -> bool:
         """Use θ from the meta agent from stream position ``at`` on, if it is newer than the current one.
@@ -137,8 +128,8 @@ class FleetLearner:
         ValueError
             For a strategy without meta-learned θ, or an ``at`` in the past.
         """
-        if self._meta is None:
-            raise ValueError(f"strategy {self.init!r} has no meta-learned θ to adopt")
+        if not self.source.adopts:
+            raise ValueError(f"strategy {self.name!r} has no meta-learned θ to adopt")
         at = self.processed if at is None else int(at)
         if at < self.processed:
             raise ValueError(
@@ -151,16 +142,30 @@ class FleetLearner:
         return version > self.meta_version
 
     def _adopt_now(self, theta: Params, version: int) -> bool:
-        assert self._meta is not None
-        if not self._meta.adopt(theta, version):
+        if not self.source.adopt(theta, version):
             return False
         self.theta_log.append((self.processed, version))
         return True
 
+    def personaliser(self) -> Personalise:
+        """θ adapted on a new device's ``k`` readings with the fleet's inner loop, in its normalisation."""
+
+        def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+            sx, sy = self.scaler.x, self.scaler.y
+            xs_t = torch.from_numpy(sx.transform(xs).astype(np.float32))
+            xq_t = torch.from_numpy(sx.transform(xq).astype(np.float32))
+            if self.cfg.task == "regression":
+                ys = (ys - sy.mean[0]) / sy.std[0]
+            ys_t = torch.from_numpy(ys.astype(np.float32))
+            phi = self.net.adapt(self.theta, xs_t, ys_t, torch.ones_like(ys_t))
+            out = vmap(self.net.forward)(phi, xq_t)
+            return self.scaler.inverse_y(self.net.predict(out).numpy().astype(np.float64))
+
+        return run
+
     def take_contributions(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Queued ``(deltas [n, P], weights [n])`` for the meta agent, oldest first."""
-        out, self.contributions = self.contributions, []
-        return out
+        return self.source.take_contributions()
 
     def device_params(self, device_id: str) -> Params:
         """A copy of one device's current weights."""
@@ -262,7 +267,7 @@ class FleetLearner:
         """Where the next ``n`` readings are cut: at the positions where worker-wide state changes."""
         start, stop = self.processed, self.processed + n
         ends = {n}
-        if self._meta is not None or self._pooled is not None:
+        if self.source.cadenced:
             every = self.cfg.meta_every
             ends |= {p - start for p in range((start // every + 1) * every, stop, every)}
         ends |= {at - start for at, _, _ in self._theta_queue if start < at < stop}
@@ -272,10 +277,7 @@ class FleetLearner:
         """What happens once the stream reaches ``processed``: meta-update, pooled θ, queued θ."""
         at = self.processed
         if at % self.cfg.meta_every == 0:
-            if self._meta is not None:
-                self._meta_step(at)
-            elif self._pooled is not None:
-                self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}
+            self.source.at_cadence(self.net, lambda: self._draw_tasks(at))
         while self._theta_queue and self._theta_queue[0][0] <= at:
             _, version, theta = self._theta_queue.pop(0)
             self._adopt_now(theta, version)
@@ -354,8 +356,7 @@ class FleetLearner:
             v[uniq] = sub[k]
         if full:
             self._since_meta[groups.slots] += groups.counts
-        if self._pooled is not None:
-            self._learn_pooled(xs, ys)
+        self.source.observe(xs, ys)
         empty = np.zeros(0, np.int64)
         return (
             slots,
@@ -363,17 +364,6 @@ class FleetLearner:
             np.concatenate(drift_at) if drift_at else empty,
             np.concatenate(adapted_at) if adapted_at else empty,
         )
-
-    def _learn_pooled(self, xs: np.ndarray, ys: np.ndarray) -> None:
-        """The pooled model (``finetune``) steps on whole chunks at fixed positions of the stream."""
-        assert self._pooled is not None
-        chunk = self._pooled.chunk
-        px = np.concatenate([self._pooled_x, xs])
-        py = np.concatenate([self._pooled_y, ys])
-        whole = len(py) - len(py) % chunk
-        if whole:
-            self._pooled.learn_predict(torch.from_numpy(px[:whole]), torch.from_numpy(py[:whole]))
-        self._pooled_x, self._pooled_y = px[whole:].copy(), py[whole:].copy()
 
     # -- internals ------------------------------------------------------------------
 
@@ -419,12 +409,12 @@ class FleetLearner:
         if bool(guarded.any()):
             # One batched call adapts each device twice: without its held-back
             # readings (to be judged on them) and with them (what a kept device gets).
-            both = self.net.adapt(self.theta, torch.cat([x, x]), torch.cat([y, y]), torch.cat([train, mask]))
+            both = self.source.adapt(self.net, torch.cat([x, x]), torch.cat([y, y]), torch.cat([train, mask]))
             judged = {k: v[: len(slots)] for k, v in both.items()}
             phi = {k: v[len(slots) :] for k, v in both.items()}
             keep = self._judge(slots, judged, x, y, hold) | ~guarded
         else:
-            phi = self.net.adapt(self.theta, x, y, mask)
+            phi = self.source.adapt(self.net, x, y, mask)
         kept = slots[keep.numpy()]
         idx = torch.from_numpy(kept)
         for k, v in self.params.items():
@@ -493,26 +483,21 @@ class FleetLearner:
         given_up = slots[~again]
         return given_up[~self._has_model[given_up]]
 
-    def _meta_step(self, position: int) -> None:
-        """Meta-update (or contributions) from the devices active since the last one, at ``position``."""
-        assert self._meta is not None and self._rule is not None
+    def _draw_tasks(self, position: int) -> Tasks | None:
+        """The devices active since the last meta-update, with their recent readings, at ``position``."""
         n = len(self.devices)
         active = np.flatnonzero((self._since_meta[:n] > 0) & (self.buffers.count[:n] >= self.cfg.adapt_after))
         if len(active) == 0:
-            return
+            return None
         if len(active) > self.cfg.meta_batch:
             # Seeded by the position, so a replay or a restored worker draws the same devices.
             rng = np.random.default_rng([self.cfg.seed, position])
             active = np.sort(rng.choice(active, self.cfg.meta_batch, replace=False))
         # Reptile adapts on as many readings as a device will have when it adapts.
         x, y, mask = self.buffers.recent(active, self.cfg.adapt_after)
-        deltas = self._rule.directions(self.net, self._meta.theta, x, y, mask)
         weights = torch.from_numpy(self._since_meta[active]).float()
         self._since_meta[:] = 0
-        if self.local_meta:
-            self._meta.step(deltas, weights)
-        else:
-            self.contributions.append((deltas, weights))
+        return Tasks(x, y, mask, weights)
 
     # -- checkpoints -----------------------------------------------------------------
 
@@ -540,10 +525,8 @@ class FleetLearner:
                 tensors[f"scaler.{name}.{part}"] = torch.from_numpy(getattr(sc, part).copy())
         for k, v in self.theta.items():
             tensors[f"theta.{k}"] = v.detach().clone()
-        if self._pooled is not None:
-            tensors |= {f"pooled.{k}": v.clone() for k, v in self._pooled.params.items()}
-            tensors["pooled.pending_x"] = torch.from_numpy(self._pooled_x.copy())
-            tensors["pooled.pending_y"] = torch.from_numpy(self._pooled_y.copy())
+        source_tensors, source_state = self.source.export_state()
+        tensors |= source_tensors
         info: dict[str, Any] = {
             "device_ids": list(device_ids),
             "buffer_count": self.buffers.count[slots].tolist(),
@@ -558,7 +541,7 @@ class FleetLearner:
             "error_scale": self.monitor.fleet_scale,
             "processed": self.processed,
             "meta_version": self.meta_version,
-            "meta_bounds": self._meta.bounds.state() if self._meta is not None else None,
+            "meta_bounds": source_state,  # the θ source's worker-wide state (its name is historical)
         }
         return tensors, info
 
@@ -615,12 +598,7 @@ class FleetLearner:
         expected |= {f"theta.{k}": tuple(v.shape) for k, v in self.theta.items()}
         for name, width in (("x", self.cfg.n_features), ("y", 1)):
             expected |= {f"scaler.{name}.{part}": (width,) for part in ("shift", "s1", "s2")}
-        if self._pooled is not None:
-            expected |= {f"pooled.{k}": tuple(v.shape) for k, v in self._pooled.params.items()}
-            # Fewer readings than a chunk wait for the pooled model's next step.
-            pending = int(tensors["pooled.pending_y"].shape[0]) if "pooled.pending_y" in tensors else -1
-            expected["pooled.pending_y"] = (pending,)
-            expected["pooled.pending_x"] = (pending, self.cfg.n_features)
+        expected |= self.source.expected_shapes(tensors)
         for name, shape in expected.items():
             got = tuple(tensors[name].shape) if name in tensors else None
             if got != shape:
@@ -648,9 +626,10 @@ class FleetLearner:
             self._has_model[slots] = np.asarray(info["has_model"], dtype=bool)
             self._retries[slots] = np.asarray(info["guard_retries"], dtype=np.int64)
             self.monitor.import_slots(slots.tolist(), info["detectors"], blobs)
-        if self._meta is not None:
-            theta = {k: tensors[f"theta.{k}"] for k in self.theta}
-            self._meta.adopt(theta, int(info["meta_version"]))
+        theta = {k: tensors[f"theta.{k}"] for k in self.theta}
+        self.source.import_state(
+            theta, int(info["meta_version"]), tensors, info.get("meta_bounds"), worker_wide
+        )
         if worker_wide:
             for i, (name, sc) in enumerate((("x", self.scaler.x), ("y", self.scaler.y))):
                 sc.count = int(info["scaler_counts"][i])
@@ -658,11 +637,4 @@ class FleetLearner:
                     setattr(sc, part, tensors[f"scaler.{name}.{part}"].numpy().astype(np.float64).copy())
             self.monitor.fleet_scale = float(info["error_scale"])
             self.processed = int(info["processed"])
-            if self._meta is not None and info.get("meta_bounds"):  # absent in older checkpoints
-                self._meta.bounds.restore(info["meta_bounds"])
-            if self._pooled is not None:
-                self._pooled.params = {k: tensors[f"pooled.{k}"].clone() for k in self._pooled.params}
-                self._pooled_theta = {k: tensors[f"theta.{k}"].clone() for k in self.theta}
-                self._pooled_x = tensors["pooled.pending_x"].numpy().astype(np.float32).copy()
-                self._pooled_y = tensors["pooled.pending_y"].numpy().astype(np.float32).copy()
         return ids

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from river import base, linear_model, preprocessing, tree
 
-from learners.base import StepResult, reading_errors
+from learners.base import Personalise, StepResult, StrategyBase, reading_errors
 from learners.config import LearnerConfig
 from learners.drift import DriftMonitor
 from learners.registry import DeviceIndex
@@ -36,7 +36,7 @@ def river_model(kind: RiverKind, cfg: LearnerConfig, seed: int) -> base.Estimato
     raise ValueError(f"unknown River model {kind!r}; choose 'linear' or 'hat'")
 
 
-class RiverFleet:
+class RiverFleet(StrategyBase):
     """Strategy ``river-linear`` / ``river-hat``: one River model per device.
 
     Readings are handled one at a time (River's ``predict_one`` then
@@ -81,3 +81,20 @@ class RiverFleet:
         drift_at = self.monitor.update(slots.tolist(), errors.tolist())
         self.n_drifts += len(drift_at)
         return StepResult(pred, drifted=list(dict.fromkeys(device_ids[i] for i in drift_at)))
+
+    def personaliser(self) -> Personalise:
+        """A fresh River model per device, one pass over its ``k`` readings."""
+        regression = self.cfg.task == "regression"
+
+        def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+            pred = np.zeros(xq.shape[:2])
+            for e in range(len(xs)):
+                model: Any = river_model(self.kind, self.cfg, self.cfg.seed + e)
+                for row, target in zip(xs[e].tolist(), ys[e].tolist(), strict=True):
+                    model.learn_one(dict(enumerate(row)), target if regression else int(target))
+                for j, row in enumerate(xq[e].tolist()):
+                    p = model.predict_one(dict(enumerate(row)))
+                    pred[e, j] = 0.0 if p is None else p
+            return pred
+
+        return run

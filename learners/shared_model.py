@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from learners.base import StepResult, reading_errors
+from learners.base import Personalise, StepResult, StrategyBase, reading_errors
 from learners.config import LearnerConfig
 from learners.drift import DriftMonitor
 from learners.nets import FunctionalNet, Params, init_params, stack
@@ -47,7 +47,7 @@ class GlobalModel:
         return {k: v[0] for k, v in self.params.items()}
 
 
-class GlobalLearner:
+class GlobalLearner(StrategyBase):
     """Strategy ``global``: one shared model, no per-device weights, no adaptation.
 
     Drifts are still detected per device, to be counted like everywhere else.
@@ -79,3 +79,14 @@ class GlobalLearner:
         self.n_drifts += len(drift_at)
         drifted = list(dict.fromkeys(device_ids[i] for i in drift_at))
         return StepResult(self.scaler.inverse_y(pred), drifted=drifted)
+
+    def personaliser(self) -> Personalise:
+        """The shared model as it is: no per-device weights (the "no personalisation" reference)."""
+
+        def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+            xq_t = torch.from_numpy(self.scaler.x.transform(xq).astype(np.float32))
+            out = self.model.net.forward(self.model.theta, xq_t.reshape(-1, xq.shape[-1]))
+            pred = self.model.net.predict(out).numpy().astype(np.float64).reshape(xq.shape[:2])
+            return self.scaler.inverse_y(pred)
+
+        return run

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from learners.base import Strategy
 from learners.blended import BlendedStrategy
 from learners.config import LearnerConfig
 from learners.fleet import FleetLearner
 from learners.river_fleet import RiverFleet
 from learners.shared_model import GlobalLearner
+from learners.theta_source import THETA_SOURCES, ThetaSource
 
 STRATEGIES = (
     "reptile",
@@ -21,6 +24,22 @@ STRATEGIES = (
     "river-hat",
 )
 ALIASES = {"river": "river-linear"}
+
+
+def _fleet(make: Callable[[LearnerConfig], ThetaSource]) -> Callable[[LearnerConfig], Strategy]:
+    return lambda cfg: FleetLearner(cfg, make(cfg))
+
+
+BUILDERS: dict[str, Callable[[LearnerConfig], Strategy]] = {
+    # reptile, fomaml, scratch, finetune: a FleetLearner with the θ source of that name.
+    **{name: _fleet(make) for name, make in THETA_SOURCES.items()},
+    "global": GlobalLearner,
+    "blend": BlendedStrategy,
+    "blend-finetune": lambda cfg: BlendedStrategy(cfg, init="finetune"),
+    "river-linear": lambda cfg: RiverFleet(cfg, kind="linear"),
+    "river-hat": lambda cfg: RiverFleet(cfg, kind="hat"),
+}
+"""The one table from a strategy name (as on the command line) to the strategy it builds."""
 
 
 def resolve(names: list[str]) -> list[str]:
@@ -56,14 +75,8 @@ def make_strategy(name: str, cfg: LearnerConfig) -> Strategy:
     --------
     >>> make_strategy("reptile", LearnerConfig(n_features=3)).name
     'reptile'
+    >>> sorted(BUILDERS) == sorted(STRATEGIES)
+    True
     """
     (name,) = resolve([name])
-    if name == "global":
-        return GlobalLearner(cfg)
-    if name == "blend":
-        return BlendedStrategy(cfg)
-    if name == "blend-finetune":
-        return BlendedStrategy(cfg, init="finetune")
-    if name.startswith("river-"):
-        return RiverFleet(cfg, kind="hat" if name == "river-hat" else "linear")
-    return FleetLearner(cfg, init=name)  # type: ignore[arg-type]
+    return BUILDERS[name](cfg)

@@ -18,10 +18,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.kafka_security import aiokafka_options
 from connectors.settings import Settings
-from connectors.signing import SignatureError
-from learners.codec import CodecError, decode_model
 from pipeline.state import PipelineState
-from pipeline.worker_core import META_KEY, Outgoing
+from pipeline.worker_core import Outgoing
 
 
 def install(
@@ -89,10 +87,4 @@ def _adopt(state: PipelineState, value: bytes) -> None:
     1, 2, … again that every worker refuses as older than what it has.
     """
     state.theta_seen += 1
-    state.core.on_meta(value)
-    try:
-        tensors, header = decode_model(state.verifier.open(value))
-    except (SignatureError, CodecError):
-        return  # the core already logged and counted it
-    if header.device_id == META_KEY:
-        state.aggregator.meta.adopt(tensors, header.model_version)
+    state.core.theta.receive(value, also=[state.aggregator])

@@ -43,22 +43,22 @@ from learners.checkpoint import (
     split_export,
 )
 from learners.codec import (
-    CodecError,
     DeltaHeader,
     ModelHeader,
-    decode_model,
     encode_deltas,
     encode_model,
 )
 from learners.fleet import FleetLearner
 from learners.guard import GuardCheck
-from learners.meta import MetaLearner
+from learners.meta import MetaLearner, Reptile
 from learners.nets import FunctionalNet, Params, init_params
 from learners.theta_check import ThetaCheck, check_theta, sample_held_back
+from learners.theta_source import RemoteTheta
 from pipeline.chunk_layout import ChunkLayout
 from pipeline.device_store import DeviceStore
 from pipeline.eviction import LruEviction
 from pipeline.suspects import SuspectLedger
+from pipeline.theta_owner import ThetaOwner
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ class WorkerCore:
         self.clock = clock
         self.worker_id = worker_id
         self.verifier = trusted or Verifier([signer.public_key])
-        self.fleet = FleetLearner(self.cfg, init="reptile", local_meta=False)
+        self.fleet = FleetLearner(self.cfg, RemoteTheta(self.cfg, Reptile()))
+        self.theta = ThetaOwner(self.verifier, self.fleet.theta, [self.fleet])
+        """The one owner of θ: every θ message is opened here, once."""
         self.versions: dict[str, int] = {}
         self._drift_at: dict[str, float] = {}
         self._counts: Counter[str] = Counter()
@@ -180,6 +182,7 @@ class WorkerCore:
         )
         return {
             **{n: self._counts[n] for n in names},
+            "meta_refused": self.theta.refused,
             "devices": len(self.fleet.devices),
             "devices_stored": len(self.store),
             "max_devices": self.lru.max_devices,
@@ -351,16 +354,8 @@ class WorkerCore:
         return Outgoing(self.settings.topic_events, check.device_id.encode(), event, [])
 
     def on_meta(self, value: bytes) -> bool:
-        """Adopt a θ version from the meta topic; refuses unsigned or foreign ones."""
-        try:
-            tensors, header = decode_model(self.verifier.open(value))
-        except (SignatureError, CodecError) as exc:
-            log.warning("ignoring θ message: %s", exc)
-            self._counts["meta_refused"] += 1
-            return False
-        if header.device_id != META_KEY:
-            return False
-        return self.fleet.adopt_theta(tensors, header.model_version)
+        """Adopt a θ version from the meta topic; refuses unsigned or foreign ones (see :attr:`theta`)."""
+        return self.theta.receive(value)
 
     # -- checkpoints and residency ---------------------------------------------------------
 
@@ -660,7 +655,8 @@ class MetaAggregator:
         cfg = settings.learner_config()
         self.signer = signer
         self.clock = clock
-        self.meta = MetaLearner.from_config(init_params(cfg), cfg)
+        # θ₀ is the fleet's when the aggregator runs inside a worker: built once.
+        self.meta = MetaLearner.from_config(fleet.theta if fleet is not None else init_params(cfg), cfg)
         self.n_params = sum(v.numel() for v in self.meta.theta.values())
         if device_keys is None and settings.device_keys:
             device_keys = DeviceKeys(settings.device_keys)
@@ -676,6 +672,10 @@ class MetaAggregator:
     def version(self) -> int:
         """Current θ version."""
         return self.meta.version
+
+    def adopt_theta(self, theta: Params, version: int) -> bool:
+        """Continue from θ published elsewhere if it is newer (see :mod:`pipeline.theta_owner`)."""
+        return self.meta.adopt(theta, version)
 
     @property
     def rejected(self) -> int:

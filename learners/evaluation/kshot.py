@@ -31,27 +31,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from torch.func import vmap
 
-from learners.base import StepResult, Strategy, reading_errors
-from learners.blend import ErrorWeightedBlend
-from learners.blended import BlendedStrategy
+from learners.base import Personalise, StepResult, Strategy, StrategyBase, reading_errors
 from learners.config import Task
 from learners.evaluation.prequential import PrequentialEvaluator
 from learners.evaluation.replay import replay
-from learners.fleet import FleetLearner
-from learners.river_fleet import RiverFleet, river_model
-from learners.shared_model import GlobalLearner
 
 KS: tuple[int, ...] = (5, 10, 20, 50)
 HORIZON = 100
 WARMUP = 0.1
 """Share of the training stream before the first online k-shot checkpoint."""
 CHECKPOINTS = 50
-
-Personalise = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-"""``(x_support [E, k, F], y_support [E, k], x_query [E, h, F]) → predictions [E, h]``."""
 
 
 def split_devices(
@@ -269,89 +259,14 @@ def kshot_curve(
 
 def personaliser(strategy: Strategy) -> Personalise:
     """How a trained strategy personalises a new device (see the module docstring)."""
-    if isinstance(strategy, BlendedStrategy):
-        return _blend_personaliser(strategy)
-    if isinstance(strategy, FleetLearner):
-        return _fleet_personaliser(strategy)
-    if isinstance(strategy, GlobalLearner):
-        return _global_personaliser(strategy)
-    if isinstance(strategy, RiverFleet):
-        return _river_personaliser(strategy)
-    raise TypeError(f"no k-shot personalisation for {type(strategy).__name__}")
+    return strategy.personaliser()
 
 
-def _fleet_personaliser(learner: FleetLearner) -> Personalise:
-    def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
-        sx, sy = learner.scaler.x, learner.scaler.y
-        xs_t = torch.from_numpy(sx.transform(xs).astype(np.float32))
-        xq_t = torch.from_numpy(sx.transform(xq).astype(np.float32))
-        if learner.cfg.task == "regression":
-            ys = (ys - sy.mean[0]) / sy.std[0]
-        ys_t = torch.from_numpy(ys.astype(np.float32))
-        phi = learner.net.adapt(learner.theta, xs_t, ys_t, torch.ones_like(ys_t))
-        out = vmap(learner.net.forward)(phi, xq_t)
-        return learner.scaler.inverse_y(learner.net.predict(out).numpy().astype(np.float64))
-
-    return run
-
-
-def _blend_personaliser(strategy: BlendedStrategy) -> Personalise:
-    """The two models' k-shot predictions, mixed by how each did on the support's newest readings.
-
-    The personal model is adapted on the older support readings to be judged
-    on the newest quarter (at least one), as the regression guard does.
-    """
-    own, pooled = _fleet_personaliser(strategy.personal), _global_personaliser(strategy.pooled)
-
-    def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
-        hold = max(1, xs.shape[1] // 4)
-        judge = ErrorWeightedBlend(strategy.cfg.task)
-        episodes = np.arange(len(xs))
-        own_held = own(xs[:, :-hold], ys[:, :-hold], xs[:, -hold:])
-        pooled_held = pooled(xs, ys, xs[:, -hold:])
-        for j in range(hold):
-            judge.combine(episodes, own_held[:, j], pooled_held[:, j], ys[:, -hold + j])
-        w = judge.own_weight(episodes)[:, None]
-        mine, theirs = own(xs, ys, xq), pooled(xs, ys, xq)
-        if strategy.cfg.task == "classification":
-            return np.where(w > 0.5, mine, theirs)
-        return w * mine + (1 - w) * theirs
-
-    return run
-
-
-def _global_personaliser(learner: GlobalLearner) -> Personalise:
-    def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
-        xq_t = torch.from_numpy(learner.scaler.x.transform(xq).astype(np.float32))
-        out = learner.model.net.forward(learner.model.theta, xq_t.reshape(-1, xq.shape[-1]))
-        pred = learner.model.net.predict(out).numpy().astype(np.float64).reshape(xq.shape[:2])
-        return learner.scaler.inverse_y(pred)
-
-    return run
-
-
-def _river_personaliser(fleet: RiverFleet) -> Personalise:
-    regression = fleet.cfg.task == "regression"
-
-    def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
-        pred = np.zeros(xq.shape[:2])
-        for e in range(len(xs)):
-            model: Any = river_model(fleet.kind, fleet.cfg, fleet.cfg.seed + e)
-            for row, target in zip(xs[e].tolist(), ys[e].tolist(), strict=True):
-                model.learn_one(dict(enumerate(row)), target if regression else int(target))
-            for j, row in enumerate(xq[e].tolist()):
-                p = model.predict_one(dict(enumerate(row)))
-                pred[e, j] = 0.0 if p is None else p
-        return pred
-
-    return run
-
-
-class Recorder:
+class Recorder(StrategyBase):
     """Wraps a strategy to keep its predictions and detected drifts while :func:`replay` runs it.
 
     ``before_batch(position)`` is called with the stream position before each
-    micro-batch.  Attribute look-ups fall through to the wrapped strategy.
+    micro-batch.  The :class:`~learners.base.Strategy` members are the wrapped strategy's.
     """
 
     def __init__(
@@ -375,8 +290,16 @@ class Recorder:
         self.evaluator.update(device_ids, y, result.y_pred, result.drifted)
         return result
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    @property
+    def n_adaptations(self) -> int:
+        return self.inner.n_adaptations
+
+    @property
+    def meta_version(self) -> int:
+        return self.inner.meta_version
+
+    def personaliser(self) -> Personalise:
+        return self.inner.personaliser()
 
 
 @dataclass

@@ -61,8 +61,8 @@ def replay(
             progress(stop)
     seconds = clock() - started
     summary = {"strategy": strategy.name, **evaluator.summary()}
-    summary["adaptations"] = getattr(strategy, "n_adaptations", 0)
-    summary["meta_version"] = getattr(strategy, "meta_version", 0)
+    summary["adaptations"] = strategy.n_adaptations
+    summary["meta_version"] = strategy.meta_version
     summary["seconds"] = round(seconds, 3)
     summary["samples_per_s"] = round(len(y) / seconds, 1) if seconds > 0 else None
     return summary

@@ -10,7 +10,7 @@ import torch
 
 import learners.evaluation.kshot as kshot
 from learners import LearnerConfig
-from learners.base import StepResult
+from learners.base import StepResult, StrategyBase
 from learners.evaluation.kshot import make_episodes, run_held_out, split_devices
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.fleet import FleetLearner
@@ -102,7 +102,7 @@ def test_curve_has_one_value_per_k(stream) -> None:  # type: ignore[no-untyped-d
     assert all(np.isfinite(run.curve.error))
 
 
-class Counting:
+class Counting(StrategyBase):
     """A strategy that remembers the largest table index (feature 0) it has learned from."""
 
     name = "counting"
