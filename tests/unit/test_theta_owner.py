@@ -12,7 +12,8 @@ from learners.codec import DeltaHeader, encode_deltas
 from learners.config import LearnerConfig
 from learners.nets import Params
 from pipeline import worker_core
-from pipeline.app import PipelineState, _adopt
+from pipeline.meta_follower import _adopt
+from pipeline.state import PipelineState
 from pipeline.worker_core import MetaAggregator, WorkerCore
 
 SETTINGS = Settings(n_features=2)
