@@ -52,8 +52,6 @@ from faust.types.auth import CredentialsT
 from connectors.admin import CHECKPOINT_MAX_BYTES, partition_for, topic_specs
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
-from connectors.wire import MAX_DEAD_LETTER_BYTES
-from learners.codec import CodecError, decode_model
 from pipeline import dashboard, metrics, web_auth
 from pipeline.checkpoints import (
     HeldMessages,
@@ -68,12 +66,13 @@ from pipeline.fleet_view import FleetView
 from pipeline.suspects import SuspectError, decode_suspects, encode_suspects
 from pipeline.worker_core import (
     AGGREGATOR_COUNTS,
-    META_KEY,
     MetaAggregator,
     Outgoing,
     PartitionCheckpoint,
     WorkerCore,
 )
+from wire.models import META_KEY, CodecError, decode_model
+from wire.readings import MAX_DEAD_LETTER_BYTES
 
 log = logging.getLogger(__name__)
 

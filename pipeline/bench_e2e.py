@@ -26,9 +26,9 @@ from connectors.brokers import ApacheKafkaBroker
 from connectors.edge import EdgeSubscriber
 from connectors.producer import run_producer
 from connectors.settings import Settings
-from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
 from pipeline.demo import running_worker, say, scratch_settings
+from wire.readings import Reading
 
 
 def fleet_readings(n_devices: int, n_readings: int, seed: int) -> list[Reading]:

@@ -31,8 +31,8 @@ from connectors.edge import EdgeSubscriber
 from connectors.producer import run_producer
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
+from wire.readings import Reading
 
 
 class EventTally(threading.Thread):

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading
 from pipeline.worker_core import Outgoing, WorkerCore
+from wire.readings import Reading
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class FaultyCore(WorkerCore):
 
     Examples
     --------
-    >>> from connectors.wire import encode_readings
+    >>> from wire.readings import encode_readings
     >>> core = FaultyCore(Settings(n_features=1), Signer.generate(), device="bad")
     >>> core.on_readings([(encode_readings([Reading("bad", (1.0,), 1.0)]), 0, 0)])
     Traceback (most recent call last):

@@ -113,7 +113,7 @@ class FleetView:
 
     Examples
     --------
-    >>> from connectors.wire import encode_event
+    >>> from wire.readings import encode_event
     >>> s = Settings()
     >>> view = FleetView(s)
     >>> view.observe([Outgoing(s.topic_events, b"d1", encode_event("drift", device_id="d1"), [])], now=10.0)

@@ -43,9 +43,9 @@ from connectors.brokers import ApacheKafkaBroker
 from connectors.producer import run_producer
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
 from pipeline.demo import running_worker
+from wire.readings import Reading
 
 FLEET_READINGS = 300_000
 """Distinct readings generated; longer runs cycle through them (the devices keep learning)."""

@@ -22,9 +22,18 @@ import numpy as np
 from connectors.contributions import ContributionGate, ContributionRefused, DeviceKeys
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
-from connectors.wire import DeadLetter, Reading, Rejected, decode_readings, device_named_in, encode_event
 from learners.base import reading_errors
-from learners.checkpoint import (
+from learners.evaluation import AdaptationTracker
+from learners.fleet import FleetLearner
+from learners.guard import GuardCheck
+from learners.meta import MetaLearner
+from learners.nets import FunctionalNet, Params, init_params
+from learners.theta_check import ThetaCheck, check_theta, sample_held_back
+from pipeline.chunk_layout import ChunkLayout
+from pipeline.device_store import DeviceStore
+from pipeline.eviction import LruEviction
+from pipeline.suspects import SuspectLedger
+from wire.checkpoint import (
     CHUNK_BYTES,
     Checkpoint,
     CheckpointError,
@@ -41,7 +50,8 @@ from learners.checkpoint import (
     payload_digest,
     split_export,
 )
-from learners.codec import (
+from wire.models import (
+    META_KEY,
     CodecError,
     DeltaHeader,
     ModelHeader,
@@ -49,20 +59,9 @@ from learners.codec import (
     encode_deltas,
     encode_model,
 )
-from learners.evaluation import AdaptationTracker
-from learners.fleet import FleetLearner
-from learners.guard import GuardCheck
-from learners.meta import MetaLearner
-from learners.nets import FunctionalNet, Params, init_params
-from learners.theta_check import ThetaCheck, check_theta, sample_held_back
-from pipeline.chunk_layout import ChunkLayout
-from pipeline.device_store import DeviceStore
-from pipeline.eviction import LruEviction
-from pipeline.suspects import SuspectLedger
+from wire.readings import DeadLetter, Reading, Rejected, decode_readings, device_named_in, encode_event
 
 log = logging.getLogger(__name__)
-
-META_KEY = "__meta__"
 
 AGGREGATOR_COUNTS = ("theta_refused", "theta_unchecked", "rows_clipped", "weights_capped")
 """Counters of :attr:`MetaAggregator.counts` (worker stats and /metrics)."""
@@ -104,7 +103,7 @@ class WorkerCore:
 
     Examples
     --------
-    >>> from connectors.wire import Reading, encode_readings
+    >>> from wire.readings import Reading, encode_readings
     >>> core = WorkerCore(Settings(n_features=2), Signer.generate(), clock=lambda: 100.0)
     >>> msgs = [(encode_readings([Reading("d1", (1.0, 2.0), 3.0)]), 0, 0), (b"{oops", 0, 1)]
     >>> [(o.topic, o.headers[0]) for o in core.on_readings(msgs)]
@@ -635,7 +634,7 @@ class MetaAggregator:
     Examples
     --------
     >>> import torch
-    >>> from learners.codec import DeltaHeader, encode_deltas
+    >>> from wire.models import DeltaHeader, encode_deltas
     >>> signer = Signer.generate()
     >>> agg = MetaAggregator(Settings(n_features=2), signer)
     >>> n = agg.n_params

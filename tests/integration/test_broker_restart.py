@@ -22,9 +22,9 @@ import pytest
 from connectors.brokers import ApacheKafkaBroker
 from connectors.edge import EdgeSubscriber
 from connectors.producer import SensorProducer
-from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
 from pipeline.demo import running_worker, scratch_settings
+from wire.readings import Reading
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

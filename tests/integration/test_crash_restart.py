@@ -26,8 +26,6 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from connectors.admin import ensure_topics, partition_for
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_readings
-from learners.checkpoint import Checkpoint
 from learners.synthetic import FleetStream, make_fleet_stream
 from pipeline.checkpoints import KafkaPartition, RecordList, newest_checkpoint, published_versions
 from pipeline.chunk_layout import manifest_key
@@ -40,6 +38,8 @@ from tests.integration.test_worker import (  # noqa: F401  (fixtures: settings, 
     start_worker,
     worker_log,
 )
+from wire.checkpoint import Checkpoint
+from wire.readings import Reading, encode_readings
 
 pytestmark = pytest.mark.integration
 

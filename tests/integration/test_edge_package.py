@@ -16,10 +16,10 @@ import pytest
 from connectors.brokers import ApacheKafkaBroker
 from connectors.producer import SensorProducer
 from connectors.signing import Signer
-from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
 from pipeline.bench_edge import build_edge_venv
 from pipeline.demo import running_worker, scratch_settings
+from wire.readings import Reading
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

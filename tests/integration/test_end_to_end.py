@@ -15,8 +15,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from connectors.admin import ensure_topics
 from connectors.brokers import ApacheKafkaBroker
 from connectors.settings import Settings
-from connectors.wire import DeadLetter
 from pipeline.demo import run_loop, scratch_settings
+from wire.readings import DeadLetter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

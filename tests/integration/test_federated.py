@@ -25,11 +25,11 @@ from connectors.edge import EdgeSubscriber
 from connectors.federated import FederatedEdgeClient
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading
-from learners.codec import DeltaHeader, encode_deltas
 from learners.nets import flatten, init_params
 from learners.synthetic import make_fleet_stream
 from pipeline.demo import running_worker, scratch_settings
+from wire.models import DeltaHeader, encode_deltas
+from wire.readings import Reading
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -33,7 +33,6 @@ from connectors.brokers import ApacheKafkaBroker
 from connectors.mqtt_edge import MqttEdge
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import DeadLetter, Reading, encode_readings
 from learners import LearnerConfig
 from learners.edge_model import EdgeModel
 from learners.fleet import FleetLearner
@@ -42,6 +41,7 @@ from pipeline.cli import main
 from tests.integration.mosquitto import MosquittoBroker
 from tests.integration.test_worker import last_stats, wait_for_topics
 from tests.readme import blocks
+from wire.readings import DeadLetter, Reading, encode_readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

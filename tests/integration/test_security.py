@@ -37,9 +37,9 @@ from connectors.federated import FederatedEdgeClient
 from connectors.producer import SensorProducer
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading
 from learners.synthetic import make_fleet_stream
 from pipeline.demo import scratch_settings
+from wire.readings import Reading
 
 pytestmark = pytest.mark.integration
 

@@ -28,10 +28,10 @@ from connectors.admin import admin_client
 from connectors.brokers import ApacheKafkaBroker
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import DeadLetter, Reading, encode_readings
-from learners.codec import decode_model
 from learners.edge_model import EdgeModel
 from learners.synthetic import FleetStream, make_fleet_stream
+from wire.models import decode_model
+from wire.readings import DeadLetter, Reading, encode_readings
 
 pytestmark = pytest.mark.integration
 

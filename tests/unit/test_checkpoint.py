@@ -16,15 +16,16 @@ from safetensors.torch import save
 from connectors.admin import partition_for
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_readings
-from learners.checkpoint import LEGACY_SCHEMA, Checkpoint, CheckpointError, Chunk, decode_chunk, encode_chunk
-from learners.codec import _header_digest, decode_deltas, decode_model, tensor_digest
 from learners.config import LearnerConfig
 from learners.fleet import FleetLearner
 from learners.synthetic import FleetStream, make_fleet_stream
+from metastream_edge.codec import header_digest
 from pipeline.checkpoints import newest_checkpoint
 from pipeline.chunk_layout import manifest_key
 from pipeline.worker_core import Outgoing, PartitionCheckpoint, WorkerCore
+from wire.checkpoint import LEGACY_SCHEMA, Checkpoint, CheckpointError, Chunk, decode_chunk, encode_chunk
+from wire.models import decode_deltas, decode_model, tensor_digest
+from wire.readings import Reading, encode_readings
 
 N_FEATURES = 3
 PARTITIONS = 2
@@ -413,7 +414,7 @@ def legacy_payload(core: WorkerCore, partition: int) -> bytes:
         "created_at": 1.0,
     }
     meta = {"schema": LEGACY_SCHEMA, "header": json.dumps(header)}
-    meta["sha256"] = tensor_digest(tensors) + ":" + _header_digest(meta)
+    meta["sha256"] = tensor_digest(tensors) + ":" + header_digest(meta)
     return core.signer.seal(save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
 
 

@@ -13,17 +13,17 @@ import torch
 from connectors.contributions import ContributionGate, ContributionRefused, DeviceKeys
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import Reading, encode_readings
 from learners.bounds import MIN_HISTORY, ContributionBounds
 from learners.buffers import DeviceBuffers
-from learners.codec import DeltaHeader, decode_model, encode_deltas
 from learners.config import LearnerConfig
 from learners.federated import FederatedDevice
 from learners.meta import MetaLearner
 from learners.nets import FunctionalNet, flatten, init_params
 from learners.synthetic import make_fleet_stream
 from learners.theta_check import check_theta, sample_held_back
-from pipeline.worker_core import META_KEY, MetaAggregator, WorkerCore
+from pipeline.worker_core import MetaAggregator, WorkerCore
+from wire.models import META_KEY, DeltaHeader, decode_model, encode_deltas
+from wire.readings import Reading, encode_readings
 
 SETTINGS = Settings(n_features=2, micro_batch=50, learner={"adapt_after": 8, "meta_every": 100})
 

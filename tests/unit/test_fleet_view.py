@@ -10,11 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_event, encode_readings
 from learners.synthetic import make_fleet_stream
 from pipeline.fleet_view import FleetView, Histogram, fleet_error_summary, worst_devices
 from pipeline.metrics import MetricsReading, render
 from pipeline.worker_core import Outgoing, WorkerCore
+from wire.readings import Reading, encode_event, encode_readings
 
 S = Settings()
 

@@ -11,11 +11,11 @@ import torch
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_readings
 from learners import LearnerConfig
 from learners.fleet import GUARD_RETRIES, FleetLearner
 from learners.guard import accept, split_holdout
 from pipeline.worker_core import WorkerCore
+from wire.readings import Reading, encode_readings
 
 # online_lr=0: predict-then-learn leaves the weights exactly as they are, so
 # "the current weights stay bit-identical" can be checked with torch.equal.

@@ -6,9 +6,9 @@ import pytest
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import DeadLetter, Reading, encode_readings
 from pipeline.suspects import Suspect, SuspectError, SuspectLedger, decode_suspects, encode_suspects
 from pipeline.worker_core import WorkerCore
+from wire.readings import DeadLetter, Reading, encode_readings
 
 SETTINGS = Settings(n_features=2, micro_batch=100)
 

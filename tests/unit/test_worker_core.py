@@ -10,11 +10,11 @@ import torch
 
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import DeadLetter, Reading, encode_readings
 from learners.edge_model import EdgeModel
 from learners.fleet import FleetLearner
 from learners.synthetic import FleetStream, make_fleet_stream
 from pipeline.worker_core import MetaAggregator, WorkerCore
+from wire.readings import DeadLetter, Reading, encode_readings
 
 SETTINGS = Settings(n_features=8, micro_batch=100, learner={"meta_every": 200})
 
@@ -107,7 +107,7 @@ def test_worker_refuses_theta_it_cannot_trust() -> None:
     foreign = Signer.generate()
     forged = MetaAggregator(SETTINGS, foreign)
     n = forged.n_params
-    from learners.codec import DeltaHeader, encode_deltas
+    from wire.models import DeltaHeader, encode_deltas
 
     delta = encode_deltas(torch.ones(1, n), torch.ones(1), DeltaHeader("worker:x", 0, n))
     (theta,) = forged.on_delta(foreign.seal(delta))
