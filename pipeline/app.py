@@ -1,7 +1,9 @@
 """The Faust app: topics and agents, a thin shell over :mod:`pipeline.worker_core`.
 
 Everything that decides *what* to send lives in :class:`WorkerCore` and
-:class:`MetaAggregator`; this module only moves bytes between Kafka and them:
+:class:`MetaAggregator`; this module only moves bytes between Kafka and them
+(what they return is typed, and encoded by :func:`pipeline.outgoing.to_records`
+as it is sent):
 
 - ``readings`` agent: micro-batches of raw messages (value, partition,
   offset) → :meth:`WorkerCore.on_readings` → dead letters, drift events,
@@ -63,14 +65,15 @@ from pipeline.checkpoints import (
 from pipeline.chunk_layout import manifest_key
 from pipeline.fatal import FatalStop
 from pipeline.fleet_view import FleetView
+from pipeline.outgoing import to_records
 from pipeline.suspects import SuspectError, decode_suspects, encode_suspects
 from pipeline.worker_core import (
     AGGREGATOR_COUNTS,
     MetaAggregator,
-    Outgoing,
     PartitionCheckpoint,
     WorkerCore,
 )
+from wire.messages import Message
 from wire.models import META_KEY, CodecError, decode_model
 from wire.readings import MAX_DEAD_LETTER_BYTES
 
@@ -382,9 +385,9 @@ def create_app(
     readings = out_topics[settings.topic_readings]
     deltas = out_topics[settings.topic_deltas]
 
-    async def send_soon(outgoing: Sequence[Outgoing], pending: list[Awaitable[Any]]) -> None:
-        """Hand every message to the producer now; their delivery futures go to ``pending``."""
-        for o in outgoing:
+    async def send_soon(messages: Sequence[Message], pending: list[Awaitable[Any]]) -> None:
+        """Encode every message and hand it to the producer now; their delivery futures go to ``pending``."""
+        for o in to_records(settings, messages):
             t = out_topics.get(o.topic)
             if t is None:
                 t = out_topics[o.topic] = topic(o.topic)
@@ -392,10 +395,10 @@ def create_app(
             # attached messages until the next commit, adding up to commit_interval of latency).
             pending.append(await t.send(key=o.key, value=o.value, headers=o.headers, force=True))
 
-    async def send_all(outgoing: Sequence[Outgoing]) -> None:
+    async def send_all(messages: Sequence[Message]) -> None:
         """Produce every message, then wait until the broker has acked all of them."""
         pending: list[Awaitable[Any]] = []
-        await send_soon(outgoing, pending)
+        await send_soon(messages, pending)
         await asyncio.gather(*pending)
         state.sent += len(pending)
 
@@ -433,13 +436,13 @@ def create_app(
                 await state.restored.wait()
                 for piece in state.core.suspects.pieces(chunk):
                     try:
-                        outgoing = await state.run(state.core.on_readings, piece)
+                        messages = await state.run(state.core.on_readings, piece)
                     except Exception:
                         await record_suspects(piece)
                         raise
                     per_message.update(len(piece), state.core.stats())
-                    state.view.observe(outgoing, time.time())
-                    await send_soon(outgoing, pending)
+                    state.view.observe(messages, time.time())
+                    await send_soon(messages, pending)
             await asyncio.gather(*pending)
             state.view.acked(time.time())
             state.sent += len(pending)
@@ -473,8 +476,7 @@ def create_app(
         # Resume from the newest θ first, or the first contribution would publish version 1 again.
         await state.meta_ready.wait()
         async for event in stream.events():
-            outgoing = await state.run(state.aggregator.on_delta, _value(event))
-            await send_all(outgoing)
+            await send_all(await state.run(state.aggregator.on_delta, _value(event)))
 
     @app.task
     async def follow_meta() -> None:
@@ -711,7 +713,7 @@ def _raw(event: EventT) -> tuple[bytes | None, int, int]:
 
 
 async def _follow_meta(
-    settings: Settings, state: PipelineState, send_all: Callable[[Sequence[Outgoing]], Awaitable[None]]
+    settings: Settings, state: PipelineState, send_all: Callable[[Sequence[Message]], Awaitable[None]]
 ) -> None:
     """Read the meta topic from the start, outside the consumer group, for as long as the app runs."""
     tp = TopicPartition(settings.topic_meta, 0)

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from pipeline.worker_core import Outgoing, WorkerCore
+from pipeline.worker_core import WorkerCore
+from wire.messages import Message
 from wire.readings import Reading
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class FaultyCore(WorkerCore):
         self.fault_at = at_reading
         self._learned = 0
 
-    def _learn(self, part: list[tuple[Reading, int]]) -> list[Outgoing]:
+    def _learn(self, part: list[tuple[Reading, int]]) -> list[Message]:
         readings = [r for r, _ in part]
         if self.fault_device is not None and any(r.device_id == self.fault_device for r in readings):
             raise InjectedFault(f"injected: a reading of device {self.fault_device!r}")
