@@ -17,8 +17,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from connectors.connection_check import check_connection
 from connectors.settings import Settings
-from connectors.wire import MAX_DEAD_LETTER_BYTES
 from metastream_edge.subscriber import partition_for as partition_for  # one partitioner, workers and devices
+from wire.readings import MAX_DEAD_LETTER_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ one partition), key = the sender's id (bytes, informative only), value =
     b"MSG1" · key id (8 bytes: sha256(raw public key)[:8]) · Ed25519 signature (64 bytes) · payload
 
 The signature covers the whole payload.  The payload is
-:func:`learners.codec.encode_deltas`: a safetensors file with the tensors
+:func:`wire.models.encode_deltas`: a safetensors file with the tensors
 ``deltas`` (float32 ``[n, P]``, proposed changes of θ) and ``weights``
 (float32 ``[n]``, readings behind each row) and the string metadata
 ``source``, ``base_meta_version``, ``n_params``, ``schema_version`` (each
@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from torch import Tensor
 
 from connectors.signing import MAGIC, SignatureError, Verifier, key_id
-from learners.codec import CodecError, DeltaHeader, decode_deltas
+from wire.models import CodecError, DeltaHeader, decode_deltas
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class ContributionGate:
     --------
     >>> import torch
     >>> from connectors.signing import Signer
-    >>> from learners.codec import encode_deltas
+    >>> from wire.models import encode_deltas
     >>> worker = Signer.generate()
     >>> gate = ContributionGate([worker.public_key], None, n_params=2)
     >>> payload = encode_deltas(torch.ones(1, 2), torch.ones(1), DeltaHeader("worker:w1", 0, 2))

@@ -22,9 +22,9 @@ import numpy as np
 from connectors.edge import EdgeSubscriber, topics_of
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import Reading
 from metastream_edge.federated import FederatedClient
 from metastream_edge.learner import EdgeConfig
+from wire.readings import Reading
 
 
 def edge_config(settings: Settings) -> EdgeConfig:

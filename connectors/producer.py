@@ -6,12 +6,12 @@ Two ways to send:
   so one device always lands on one partition (what a device does itself).
 * :meth:`SensorProducer.send_batch` — "gateway" mode: readings of many devices
   grouped by the partition their device id hashes to, each group packed into
-  messages of up to ``gateway_size`` readings (:func:`connectors.wire.encode_readings`)
+  messages of up to ``gateway_size`` readings (:func:`wire.readings.encode_readings`)
   and sent to that partition explicitly.  Per-device order and partition
   placement are the same as in keyed mode, with far fewer messages, which is
   what lets a worker approach the broker's raw consume rate.
 
-Sources are plain iterables of :class:`~connectors.wire.Reading` (any list or
+Sources are plain iterables of :class:`~wire.readings.Reading` (any list or
 generator); the demo streams and paced sending are tooling (:mod:`pipeline.tools.produce`).
 """
 
@@ -34,7 +34,7 @@ from connectors.admin import partition_for
 from connectors.closing import ClosesOnExit
 from connectors.connection_check import check_connection
 from connectors.settings import Settings
-from connectors.wire import MAX_MESSAGE_BYTES, Reading, encode_readings
+from wire.readings import MAX_MESSAGE_BYTES, Reading, encode_readings
 
 log = logging.getLogger(__name__)
 

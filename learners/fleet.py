@@ -17,7 +17,6 @@ from torch.func import vmap
 
 from learners.base import Personalise, StepResult, reading_errors
 from learners.buffers import DeviceBuffers
-from learners.codec import ModelHeader, encode_model
 from learners.config import LearnerConfig
 from learners.drift import DriftMonitor
 from learners.grouping import DeviceGroups
@@ -26,6 +25,7 @@ from learners.nets import FunctionalNet, Params, stack
 from learners.registry import DeviceIndex
 from learners.scaling import PrequentialScaler
 from learners.theta_source import Tasks, ThetaSource, theta_source
+from wire.models import ModelHeader, encode_model
 
 GUARD_RETRIES = 3
 """Rejected adaptations of one device in a row that are retried a few readings later."""
@@ -510,7 +510,7 @@ class FleetLearner:
         position, which sets the meta cadence and its random draws); with
         ``finetune`` also the pooled model and its readings that wait for a
         whole chunk.  :meth:`import_devices` is the inverse; see
-        :mod:`learners.checkpoint` for the signed wire format.
+        :mod:`wire.checkpoint` for the signed wire format.
         """
         slots = np.array([self.devices.slot(d) for d in device_ids], dtype=np.int64)
         idx = torch.from_numpy(slots)

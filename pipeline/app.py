@@ -1,7 +1,9 @@
 """The Faust app: topics and agents, a thin shell over :mod:`pipeline.worker_core`.
 
 Everything that decides *what* to send lives in :class:`WorkerCore` and
-:class:`MetaAggregator`; this module only moves bytes between Kafka and them:
+:class:`MetaAggregator`; this module only moves bytes between Kafka and them
+(what they return is typed, and encoded by :func:`pipeline.outgoing.to_records`
+as it is sent):
 
 - ``readings`` agent: micro-batches of raw messages (value, partition,
   offset) → :meth:`WorkerCore.on_readings` → dead letters, drift events,
@@ -48,7 +50,7 @@ from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from pipeline import dashboard, meta_follower, metrics, rebalance, web_auth
 from pipeline.fatal import FatalStop
-from pipeline.faust_app import Tuning as Tuning  # `pipeline.app.Tuning`: where the worker CLI finds it
+from pipeline.faust_app import Tuning as Tuning
 from pipeline.faust_app import faust_app
 from pipeline.handover import Handover
 from pipeline.outputs import Outputs

@@ -1,7 +1,7 @@
 """Checkpoints on Kafka: hold offsets until they are checkpointed, read the newest one back.
 
 How a worker keeps per-device state across crashes and rebalances (the
-design; :mod:`pipeline.handover` runs it, :mod:`learners.checkpoint` is the format):
+design; :mod:`pipeline.handover` runs it, :mod:`wire.checkpoint` is the format):
 
 1. Every readings message the agent takes is *held*: its Faust refcount is
    raised, so Faust's own ack after the batch does not make it committable
@@ -9,7 +9,7 @@ design; :mod:`pipeline.handover` runs it, :mod:`learners.checkpoint` is the form
 2. Every ``checkpoint_interval_s``, and when partitions are revoked, the
    worker snapshots each changed partition (on the learner thread, so the
    snapshot matches a known last offset): the chunks of the groups of
-   devices that changed (:mod:`learners.checkpoint`, :mod:`pipeline.chunk_layout`).
+   devices that changed (:mod:`wire.checkpoint`, :mod:`pipeline.chunk_layout`).
    It produces them to the compacted checkpoint topic (partition p for
    readings partition p), waits for the broker's acks, then produces the
    manifest that names every chunk of the partition by offset and sha256,
@@ -43,8 +43,8 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from learners.checkpoint import Checkpoint, CheckpointError, Chunk, Manifest, assemble
 from pipeline.chunk_layout import manifest_key
+from wire.checkpoint import Checkpoint, CheckpointError, Chunk, Manifest, assemble
 
 log = logging.getLogger(__name__)
 

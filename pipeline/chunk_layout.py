@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from learners.checkpoint import ChunkRef
+from wire.checkpoint import ChunkRef
 
 DEVICES_PER_CHUNK = 128
 """Devices per chunk to start with (each chunk stays under ``CHUNK_BYTES`` by splitting)."""

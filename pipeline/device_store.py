@@ -1,7 +1,7 @@
 """Records of devices evicted from memory, on local disk (SQLite), until they come back.
 
 Only a cache of the worker's own state: what it must survive a crash is in
-the checkpoints (:mod:`learners.checkpoint`); a restarted worker starts with
+the checkpoints (:mod:`wire.checkpoint`); a restarted worker starts with
 an empty store and restores from those.
 """
 

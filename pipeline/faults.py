@@ -17,8 +17,9 @@ from collections.abc import Mapping
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading
-from pipeline.worker_core import Outgoing, WorkerCore
+from pipeline.worker_core import WorkerCore
+from wire.messages import Message
+from wire.readings import Reading
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class FaultyCore(WorkerCore):
 
     Examples
     --------
-    >>> from connectors.wire import encode_readings
+    >>> from wire.readings import encode_readings
     >>> core = FaultyCore(Settings(n_features=1), Signer.generate(), device="bad")
     >>> core.on_readings([(encode_readings([Reading("bad", (1.0,), 1.0)]), 0, 0)])
     Traceback (most recent call last):
@@ -50,7 +51,7 @@ class FaultyCore(WorkerCore):
         self.fault_at = at_reading
         self._learned = 0
 
-    def _learn(self, part: list[tuple[Reading, int]]) -> list[Outgoing]:
+    def _learn(self, part: list[tuple[Reading, int]]) -> list[Message]:
         readings = [r for r, _ in part]
         if self.fault_device is not None and any(r.device_id == self.fault_device for r in readings):
             raise InjectedFault(f"injected: a reading of device {self.fault_device!r}")

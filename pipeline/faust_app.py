@@ -9,7 +9,7 @@ import faust
 from connectors.admin import CHECKPOINT_MAX_BYTES
 from connectors.kafka_security import faust_credentials
 from connectors.settings import Settings
-from connectors.wire import MAX_DEAD_LETTER_BYTES
+from wire.readings import MAX_DEAD_LETTER_BYTES
 
 
 @dataclass(frozen=True)

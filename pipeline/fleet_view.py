@@ -1,8 +1,9 @@
 """A worker's recent history of its fleet, bounded, for ``/metrics`` and the dashboard.
 
-:class:`FleetView` watches what the learner core sends (drift, adaptation and
-adaptation-result events, model updates, dead letters), the θ versions the
-worker adopts, and a once-a-second sample of counters and per-device errors.
+:class:`FleetView` watches what the learner core returns (its typed drift,
+adaptation and adaptation-result events, model updates and dead letters, as
+they are: nothing is parsed back from bytes), the θ versions the worker
+adopts, and a once-a-second sample of counters and per-device errors.
 Everything it keeps is bounded (deques, a fixed number of followed devices,
 fixed histogram buckets), so a worker can run for months with it.  Plain
 Python: no Faust, no Kafka, no wall clock (every method takes ``now``).
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import json
 import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from connectors.settings import Settings
-from pipeline.worker_core import Outgoing
+from wire.events import AdaptationResult, Adapted, Drift
+from wire.messages import Message, ModelUpdate
+from wire.readings import DeadLetter
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds of the publish-latency histogram (seconds; +Inf is implied)."""
@@ -97,7 +99,7 @@ class FleetView:
     Parameters
     ----------
     settings
-        Names the events, models and dead-letter topics to watch.
+        The worker's settings.
     max_events
         Drift / adaptation events kept for the timeline.
     max_meta
@@ -113,12 +115,10 @@ class FleetView:
 
     Examples
     --------
-    >>> from connectors.wire import encode_event
-    >>> s = Settings()
-    >>> view = FleetView(s)
-    >>> view.observe([Outgoing(s.topic_events, b"d1", encode_event("drift", device_id="d1"), [])], now=10.0)
-    >>> view.observe([Outgoing(s.topic_models, b"d1", b"...", [("cause", b"drift"),
-    ...     ("detected_at", b"10.0"), ("published_at", b"10.25")])], now=10.3)
+    >>> view = FleetView(Settings())
+    >>> view.observe([Drift("d1", ts=10.0, meta_version=0)], now=10.0)
+    >>> view.observe([ModelUpdate("d1", 1, "drift", detected_at=10.0, published_at=10.25, payload=b"...")],
+    ...              now=10.3)
     >>> [(e["t"], e["type"], e["device_id"]) for e in view.timeline]
     [(10.0, 'drift', 'd1')]
     >>> view.latency["drift"].count, view.latency["drift"].sum
@@ -161,61 +161,42 @@ class FleetView:
         self.fleet_curve: deque[tuple[float, float]] = deque(maxlen=curve_points)
         self.throughput: deque[tuple[float, float]] = deque(maxlen=curve_points)
         self._readings: deque[tuple[float, int]] = deque()
-        self.malformed_events = 0
 
     # -- what the core sends -------------------------------------------------------------------
 
-    def observe(self, outgoing: Iterable[Outgoing], now: float) -> None:
-        """Take note of one batch of the core's outgoing messages."""
-        s = self.settings
-        for o in outgoing:
-            if o.topic == s.topic_events:
-                self._event(o.value, now)
-            elif o.topic == s.topic_models:
-                self._model(dict(o.headers))
-            elif o.topic == s.topic_deadletter:
-                reason = dict(o.headers).get("reason", b"unknown").decode(errors="replace")
-                self.dead_letters[_bounded(self.dead_letters, reason)] += 1
+    def observe(self, messages: Iterable[Message], now: float) -> None:
+        """Take note of one batch of the core's messages (the others pass unseen)."""
+        for m in messages:
+            if isinstance(m, Drift | Adapted):
+                self._timeline(m)
+            elif isinstance(m, AdaptationResult):
+                self.results.append(
+                    {
+                        "t": now,
+                        "device_id": m.device_id,
+                        "model_version": m.model_version,
+                        "error_before": m.error_before,
+                        "error_after": m.error_after,
+                    }
+                )
+            elif isinstance(m, ModelUpdate):
+                self._model(m)
+            elif isinstance(m, DeadLetter):
+                self.dead_letters[_bounded(self.dead_letters, m.reason)] += 1
 
-    def _event(self, value: bytes, now: float) -> None:
-        try:
-            event = json.loads(value)
-            kind = event["type"]
-            if kind == "evicted":  # worker-wide, no device: /metrics counts evictions
-                return
-            device = str(event["device_id"])
-        except (ValueError, KeyError, TypeError):
-            self.malformed_events += 1  # not ours to refuse; the dashboard just skips it
-            return
-        if kind in ("drift", "adapted"):
-            entry = {"t": _num(event.get("ts"), now), "type": kind, "device_id": device}
-            if kind == "adapted":
-                entry["model_version"] = event.get("model_version")
-                entry["cause"] = str(event.get("cause", ""))
-                self.adaptations[_bounded(self.adaptations, entry["cause"])] += 1
-            self.timeline.append(entry)
-            self._follow(device)
-        elif kind == "adaptation_result":
-            self.results.append(
-                {
-                    "t": now,
-                    "device_id": device,
-                    "model_version": event.get("model_version"),
-                    "error_before": _num(event.get("error_before"), math.nan),
-                    "error_after": _num(event.get("error_after"), math.nan),
-                }
-            )
+    def _timeline(self, event: Drift | Adapted) -> None:
+        entry: dict[str, Any] = {"t": event.ts, "type": event.kind, "device_id": event.device_id}
+        if isinstance(event, Adapted):
+            entry["model_version"] = event.model_version
+            entry["cause"] = event.cause
+            self.adaptations[_bounded(self.adaptations, event.cause)] += 1
+        self.timeline.append(entry)
+        self._follow(event.device_id)
 
-    def _model(self, headers: Mapping[str, bytes]) -> None:
-        try:
-            detected = float(headers["detected_at"])
-            published = float(headers["published_at"])
-        except (KeyError, ValueError):
-            return
-        cause = headers.get("cause", b"unknown").decode(errors="replace")
-        key = _bounded(self.latency, cause)
-        self.latency.setdefault(key, Histogram()).observe(published - detected)
-        self._unacked.append((key, detected))
+    def _model(self, update: ModelUpdate) -> None:
+        key = _bounded(self.latency, update.cause)
+        self.latency.setdefault(key, Histogram()).observe(update.published_at - update.detected_at)
+        self._unacked.append((key, update.detected_at))
 
     def acked(self, now: float) -> None:
         """The broker acked every model update observed so far: detection → durable on the broker."""
@@ -341,13 +322,6 @@ def _nearest_rank(ordered: np.ndarray, q: float) -> float:
 def _bounded(seen: Mapping[str, Any], label: str) -> str:
     """``label``, or ``other`` once ``MAX_LABELS`` distinct ones are in use (bounded cardinality)."""
     return label if label in seen or len(seen) < MAX_LABELS else "other"
-
-
-def _num(value: Any, default: float) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
 
 
 def _finite(value: Any) -> Any:

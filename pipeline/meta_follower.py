@@ -19,14 +19,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from connectors.kafka_security import aiokafka_options
 from connectors.settings import Settings
 from pipeline.state import PipelineState
-from pipeline.worker_core import Outgoing
+from wire.messages import Message
 
 
 def install(
     app: faust.App,
     settings: Settings,
     state: PipelineState,
-    send_all: Callable[[Sequence[Outgoing]], Awaitable[None]],
+    send_all: Callable[[Sequence[Message]], Awaitable[None]],
 ) -> None:
     """Start the meta follower as a task of ``app``; ``send_all`` publishes θ version 0 if there is none."""
 
@@ -39,7 +39,7 @@ def install(
 
 
 async def _follow_meta(
-    settings: Settings, state: PipelineState, send_all: Callable[[Sequence[Outgoing]], Awaitable[None]]
+    settings: Settings, state: PipelineState, send_all: Callable[[Sequence[Message]], Awaitable[None]]
 ) -> None:
     """Read the meta topic from the start, outside the consumer group, for as long as the app runs."""
     tp = TopicPartition(settings.topic_meta, 0)

@@ -3,7 +3,7 @@
 Two directions, one process:
 
 * **readings in**: what a device publishes on ``<prefix>/<device>/readings``
-  (a reading or a gateway batch, :mod:`connectors.wire`) is validated like
+  (a reading or a gateway batch, :mod:`wire.readings`) is validated like
   the workers validate Kafka records; good readings go to the readings
   topic keyed by their device id, bad ones to the dead-letter topic with a
   reason, the original bytes and the MQTT topic as ``source_topic``.
@@ -46,7 +46,7 @@ from connectors.admin import ensure_topics
 from connectors.closing import ClosesOnExit
 from connectors.mqtt_edge import QOS, MqttAddress, device_topic, make_client
 from connectors.settings import Settings
-from connectors.wire import MAX_DEAD_LETTER_BYTES, DeadLetter, Reading, decode_readings, encode_readings
+from wire.readings import MAX_DEAD_LETTER_BYTES, DeadLetter, Reading, decode_readings, encode_readings
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,10 @@ import faust
 from connectors.admin import topic_specs
 from connectors.settings import Settings
 from pipeline.chunk_layout import manifest_key
+from pipeline.outgoing import to_records
 from pipeline.state import PipelineState
-from pipeline.worker_core import Outgoing, PartitionCheckpoint
+from pipeline.worker_core import PartitionCheckpoint
+from wire.messages import Message
 
 
 class Outputs:
@@ -20,6 +22,7 @@ class Outputs:
 
     def __init__(self, app: faust.App, settings: Settings, state: PipelineState) -> None:
         self._app = app
+        self._settings = settings
         self._state = state
         self._specs = {s.name: s for s in topic_specs(settings)}
         self._topics: dict[str, faust.TopicT] = {name: self._declare(name) for name in self._specs}
@@ -40,17 +43,17 @@ class Outputs:
             topic = self._topics[name] = self._declare(name)
         return topic
 
-    async def send_soon(self, outgoing: Sequence[Outgoing], pending: list[Awaitable[Any]]) -> None:
-        """Hand every message to the producer now; their delivery futures go to ``pending``."""
-        for o in outgoing:
+    async def send_soon(self, messages: Sequence[Message], pending: list[Awaitable[Any]]) -> None:
+        """Encode every message and hand it to the producer now; their delivery futures go to ``pending``."""
+        for o in to_records(self._settings, messages):
             # force=True: send now instead of attaching to the current event (Faust would hold
             # attached messages until the next commit, adding up to commit_interval of latency).
             pending.append(await self[o.topic].send(key=o.key, value=o.value, headers=o.headers, force=True))
 
-    async def send_all(self, outgoing: Sequence[Outgoing]) -> None:
+    async def send_all(self, messages: Sequence[Message]) -> None:
         """Produce every message, then wait until the broker has acked all of them."""
         pending: list[Awaitable[Any]] = []
-        await self.send_soon(outgoing, pending)
+        await self.send_soon(messages, pending)
         await asyncio.gather(*pending)
         self._state.sent += len(pending)
 

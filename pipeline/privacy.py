@@ -17,7 +17,7 @@ the budget however long the stream runs.
 Wiring (the meta agent): :class:`PrivacyGate` is the hook.  In
 ``MetaAggregator.on_delta``, after decoding, call ``gate.screen(header.source)``;
 when it says no, skip ``meta.step`` for that message (count it as refused);
-either way send the :class:`~pipeline.worker_core.Outgoing` events it returns.
+either way send the :class:`~pipeline.outgoing.Outgoing` events it returns.
 
 Examples
 --------
@@ -42,7 +42,7 @@ from typing import Literal
 import dp_accounting
 from dp_accounting.rdp import RdpAccountant
 
-from pipeline.worker_core import Outgoing
+from pipeline.outgoing import Outgoing
 
 EVENT_TYPE = "privacy_budget_exhausted"
 

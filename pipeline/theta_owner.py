@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from connectors.signing import SignatureError, Verifier
-from learners.codec import CodecError, decode_model
 from learners.nets import Params
 from metastream_edge.state import META_KEY
+from wire.models import CodecError, decode_model
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ThetaOwner:
     Examples
     --------
     >>> from connectors.signing import Signer
-    >>> from learners.codec import ModelHeader, encode_model
+    >>> from wire.models import ModelHeader, encode_model
     >>> from learners.config import LearnerConfig
     >>> from learners.nets import init_params
     >>> theta0 = init_params(LearnerConfig(n_features=1, hidden=(2,)))

@@ -1,17 +1,18 @@
 """What a stream worker does with messages, as plain classes (no Faust, no Kafka).
 
-:class:`WorkerCore` turns raw reading messages into outgoing messages: dead
-letters, drift events, signed model updates and meta contributions.
+:class:`WorkerCore` turns raw reading messages into typed messages
+(:data:`wire.messages.Message`): dead letters, events (:mod:`wire.events`),
+signed model updates and meta contributions.
 :class:`MetaAggregator` is the meta agent: it applies contributions (from
 workers, or from edge devices in federated mode) to θ with the Reptile
 aggregation of :mod:`learners.meta` and emits signed θ versions.  The Faust
-app in :mod:`pipeline.app` only moves bytes in and out of these.
+app in :mod:`pipeline.app` feeds them bytes and encodes what they return
+(:func:`pipeline.outgoing.to_records`) when it sends it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,10 +23,20 @@ import numpy as np
 from connectors.contributions import ContributionGate, ContributionRefused, DeviceKeys
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
-from connectors.wire import DeadLetter, Reading, Rejected, decode_readings, device_named_in, encode_event
 from learners.adaptation import AdaptationTracker
 from learners.base import reading_errors
-from learners.checkpoint import (
+from learners.fleet import FleetLearner
+from learners.guard import GuardCheck
+from learners.meta import MetaLearner, Reptile
+from learners.nets import FunctionalNet, Params, init_params
+from learners.theta_check import ThetaCheck, check_theta, sample_held_back
+from learners.theta_source import RemoteTheta
+from pipeline.chunk_layout import ChunkLayout
+from pipeline.device_store import DeviceStore
+from pipeline.eviction import LruEviction
+from pipeline.suspects import SuspectLedger
+from pipeline.theta_owner import ThetaOwner
+from wire.checkpoint import (
     CHUNK_BYTES,
     Checkpoint,
     CheckpointError,
@@ -42,50 +53,28 @@ from learners.checkpoint import (
     payload_digest,
     split_export,
 )
-from learners.codec import (
+from wire.events import AdaptationRejected, AdaptationResult, Adapted, Drift, Evicted, ThetaRefused
+from wire.messages import Contribution, Message, ModelUpdate, ThetaVersion
+from wire.models import (
+    META_KEY,
     DeltaHeader,
     ModelHeader,
     encode_deltas,
     encode_model,
 )
-from learners.fleet import FleetLearner
-from learners.guard import GuardCheck
-from learners.meta import MetaLearner, Reptile
-from learners.nets import FunctionalNet, Params, init_params
-from learners.theta_check import ThetaCheck, check_theta, sample_held_back
-from learners.theta_source import RemoteTheta
-from pipeline.chunk_layout import ChunkLayout
-from pipeline.device_store import DeviceStore
-from pipeline.eviction import LruEviction
-from pipeline.suspects import SuspectLedger
-from pipeline.theta_owner import ThetaOwner
+from wire.readings import DeadLetter, Reading, Rejected, decode_readings, device_named_in
 
 log = logging.getLogger(__name__)
-
-META_KEY = "__meta__"
 
 AGGREGATOR_COUNTS = ("theta_refused", "theta_unchecked", "rows_clipped", "weights_capped")
 """Counters of :attr:`MetaAggregator.counts` (worker stats and /metrics)."""
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """One message to send: topic name, key, value and headers."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-def theta_message(settings: Settings, signer: Signer, theta: Params, version: int) -> Outgoing:
-    """θ as a signed model payload on the (compacted) meta topic."""
+def theta_message(settings: Settings, signer: Signer, theta: Params, version: int) -> ThetaVersion:
+    """θ as a signed model payload for the (compacted) meta topic."""
     cfg = settings.learner_config()
     header = ModelHeader(META_KEY, version, version - 1, cfg.task, cfg.n_features, cfg.n_outputs, cfg.hidden)
-    payload = signer.seal(encode_model(theta, header))
-    return Outgoing(
-        settings.topic_meta, META_KEY.encode(), payload, [("meta_version", str(version).encode())]
-    )
+    return ThetaVersion(version, signer.seal(encode_model(theta, header)))
 
 
 class WorkerCore:
@@ -104,11 +93,11 @@ class WorkerCore:
 
     Examples
     --------
-    >>> from connectors.wire import Reading, encode_readings
+    >>> from wire.readings import Reading, encode_readings
     >>> core = WorkerCore(Settings(n_features=2), Signer.generate(), clock=lambda: 100.0)
     >>> msgs = [(encode_readings([Reading("d1", (1.0, 2.0), 3.0)]), 0, 0), (b"{oops", 0, 1)]
-    >>> [(o.topic, o.headers[0]) for o in core.on_readings(msgs)]
-    [('metastream.deadletter', ('reason', b'malformed_json'))]
+    >>> [(type(m).__name__, m.reason, m.offset) for m in core.on_readings(msgs)]
+    [('DeadLetter', 'malformed_json', 1)]
     >>> core.stats()["readings"], core.stats()["dead_letters"]
     (1, 1)
     """
@@ -203,7 +192,7 @@ class WorkerCore:
         """The model version last published for each device (a copy)."""
         return dict(self.versions)
 
-    def on_readings(self, messages: Sequence[tuple[bytes | None, int, int]]) -> list[Outgoing]:
+    def on_readings(self, messages: Sequence[tuple[bytes | None, int, int]]) -> list[Message]:
         """Process raw reading messages ``(value, partition, offset)`` as one micro-batch.
 
         Once partitions are managed by checkpoints (after :meth:`restore`), a
@@ -221,7 +210,7 @@ class WorkerCore:
         devices and reading counts move only with readings actually learned.
         """
         s = self.settings
-        out: list[Outgoing] = []
+        out: list[Message] = []
         good: list[tuple[Reading, int]] = []
         seen: dict[int, int] = {}
         letters = 0
@@ -243,11 +232,7 @@ class WorkerCore:
                 ok, bad = decode_readings(value, self.cfg.n_features, s.max_abs_value)
                 good.extend((reading, partition) for reading in ok)
             for r in bad:
-                letter = DeadLetter.of(r, s.topic_readings, partition, offset)
-                key = r.device_id.encode() if r.device_id is not None else None
-                out.append(
-                    Outgoing(s.topic_deadletter, key, letter.encode(), [("reason", r.reason.encode())])
-                )
+                out.append(DeadLetter.of(r, s.topic_readings, partition, offset))
                 letters += 1
         for start in range(0, len(good), s.micro_batch):
             out += self._learn(good[start : start + s.micro_batch])
@@ -257,9 +242,8 @@ class WorkerCore:
         self._counts["dead_letters"] += letters
         return out
 
-    def _learn(self, part: list[tuple[Reading, int]]) -> list[Outgoing]:
+    def _learn(self, part: list[tuple[Reading, int]]) -> list[Message]:
         """Learn readings ``(reading, partition)``; the devices are registered once they are learned."""
-        s = self.settings
         readings = [r for r, _ in part]
         ids = [r.device_id for r in readings]
         x = np.array([r.x for r in readings], dtype=np.float64)
@@ -275,64 +259,40 @@ class WorkerCore:
         self._counts["readings"] += len(readings)
         assert result.slots is not None  # a FleetLearner always reports them
         self.tracker.update(result.slots, reading_errors(self.cfg.task, y, result.y_pred))
-        out: list[Outgoing] = []
+        out: list[Message] = []
         for d in result.drifted:
             self._drift_at[d] = now
             self._counts["drifts"] += 1
-            event = encode_event("drift", device_id=d, ts=now, meta_version=self.fleet.meta_version)
-            out.append(Outgoing(s.topic_events, d.encode(), event, []))
+            out.append(Drift(d, ts=now, meta_version=self.fleet.meta_version))
         for d in result.adapted:
             out += self._publish(d, now)
         for check in result.rejected:
             out.append(self._rejected(check, now))
         for tag, before, after in self.tracker.finished():
             device, version = tag.rsplit(" ", 1)
-            event = encode_event(
-                "adaptation_result",
-                device_id=device,
-                model_version=int(version),
-                error_before=before,
-                error_after=after,
-                readings=self.tracker.after,
-            )
-            out.append(Outgoing(s.topic_events, device.encode(), event, []))
+            out.append(AdaptationResult(device, int(version), before, after, readings=self.tracker.after))
         for deltas, weights in self.fleet.take_contributions():
             header = DeltaHeader(f"worker:{self.worker_id}", self.fleet.meta_version, deltas.shape[1])
             # Signed like models: the meta agent applies only contributions it can attribute.
             payload = self.signer.seal(encode_deltas(deltas, weights, header))
-            out.append(Outgoing(s.topic_deltas, self.worker_id.encode(), payload, []))
+            out.append(Contribution(self.worker_id, payload))
         return out + self._evict(ids, now)
 
-    def _publish(self, device_id: str, now: float) -> list[Outgoing]:
+    def _publish(self, device_id: str, now: float) -> list[Message]:
         """A new signed model version for ``device_id``, plus its ``adapted`` event."""
-        s = self.settings
         version = self.versions[device_id] = self.versions.get(device_id, 0) + 1
         cause = "drift" if device_id in self._drift_at else "new_device"
         detected = self._drift_at.pop(device_id, now)
-        headers = [
-            ("model_version", str(version).encode()),
-            ("cause", cause.encode()),
-            ("detected_at", repr(detected).encode()),
-            ("published_at", repr(now).encode()),
-        ]
         model = self.signer.seal(self.fleet.export(device_id, version))
         self.tracker.adapted(self.fleet.devices.slot(device_id), f"{device_id} {version}")
-        event = encode_event(
-            "adapted",
-            device_id=device_id,
-            model_version=version,
-            cause=cause,
-            ts=now,
-            meta_version=self.fleet.meta_version,
-        )
         self._counts["adaptations"] += 1
         self._counts["published"] += 1
         return [
-            Outgoing(s.topic_models, device_id.encode(), model, headers),
-            Outgoing(s.topic_events, device_id.encode(), event, []),
+            ModelUpdate(device_id, version, cause, detected_at=detected, published_at=now, payload=model),
+            Adapted(device_id, version, cause, ts=now, meta_version=self.fleet.meta_version),
         ]
 
-    def _rejected(self, check: GuardCheck, now: float) -> Outgoing:
+    def _rejected(self, check: GuardCheck, now: float) -> AdaptationRejected:
         """The guard kept the current model: nothing is published, an event says why.
 
         The drift time stays: the fleet retries a rejected adaptation a few
@@ -340,18 +300,16 @@ class WorkerCore:
         """
         cause = "drift" if check.device_id in self._drift_at else "new_device"
         self._counts["rejected"] += 1
-        event = encode_event(
-            "adaptation_rejected",
+        return AdaptationRejected(
             device_id=check.device_id,
             cause=cause,
-            current_loss=_json_number(check.current_loss),
-            adapted_loss=_json_number(check.adapted_loss),
+            current_loss=check.current_loss,
+            adapted_loss=check.adapted_loss,
             held_back=check.held_back,
             model_version=self.versions.get(check.device_id, 0),
             ts=now,
             meta_version=self.fleet.meta_version,
         )
-        return Outgoing(self.settings.topic_events, check.device_id.encode(), event, [])
 
     def on_meta(self, value: bytes) -> bool:
         """Adopt a θ version from the meta topic; refuses unsigned or foreign ones (see :attr:`theta`)."""
@@ -576,7 +534,7 @@ class WorkerCore:
                 self._layout(p).changed(ids)
         self.lru.touch(uniq)
 
-    def _evict(self, busy: Sequence[str], now: float) -> list[Outgoing]:
+    def _evict(self, busy: Sequence[str], now: float) -> list[Message]:
         """After learning: idle devices beyond ``max_devices`` to the store, least recently seen first."""
         victims = self.lru.victims(set(busy))
         if not victims:
@@ -584,15 +542,15 @@ class WorkerCore:
         self.store.put(split_export(*self.fleet.export_devices(victims))[1])
         self.tracker.retain(self.fleet.drop_devices(victims))
         self._counts["evicted"] += len(victims)
-        event = encode_event(
-            "evicted",
-            devices=len(victims),
-            resident=len(self.fleet.devices),
-            stored=len(self.store),
-            max_devices=self.lru.max_devices,
-            ts=now,
-        )
-        return [Outgoing(self.settings.topic_events, None, event, [])]
+        return [
+            Evicted(
+                devices=len(victims),
+                resident=len(self.fleet.devices),
+                stored=len(self.store),
+                max_devices=self.lru.max_devices,
+                ts=now,
+            )
+        ]
 
 
 @dataclass
@@ -607,11 +565,6 @@ class PartitionCheckpoint:
     """``(group, key, sealed payload, devices)`` of each chunk to write, in order."""
     worker: WorkerState
     created_at: float
-
-
-def _json_number(value: float) -> float | None:
-    """``None`` for NaN and infinities, which strict JSON cannot carry."""
-    return value if math.isfinite(value) else None
 
 
 class MetaAggregator:
@@ -630,14 +583,14 @@ class MetaAggregator:
     Examples
     --------
     >>> import torch
-    >>> from learners.codec import DeltaHeader, encode_deltas
+    >>> from wire.models import DeltaHeader, encode_deltas
     >>> signer = Signer.generate()
     >>> agg = MetaAggregator(Settings(n_features=2), signer)
     >>> n = agg.n_params
     >>> payload = encode_deltas(torch.ones(2, n) / n, torch.tensor([1.0, 3.0]), DeltaHeader("worker:w", 0, n))
     >>> out = agg.on_delta(signer.seal(payload))
-    >>> agg.version, out[0].topic, out[0].headers
-    (1, 'metastream.meta', [('meta_version', b'1')])
+    >>> agg.version, out[0].version
+    (1, 1)
     >>> agg.on_delta(payload), agg.on_delta(b"junk"), agg.rejected  # unsigned
     ([], [], 2)
     """
@@ -682,11 +635,11 @@ class MetaAggregator:
         """Contributions refused (every reason)."""
         return sum(self.gate.refused.values())
 
-    def current_theta(self) -> list[Outgoing]:
+    def current_theta(self) -> list[ThetaVersion]:
         """θ as it is now, as the message to publish (at start, and after every step)."""
         return [theta_message(self.settings, self.signer, self.meta.theta, self.meta.version)]
 
-    def on_delta(self, value: bytes) -> list[Outgoing]:
+    def on_delta(self, value: bytes) -> list[ThetaVersion | ThetaRefused]:
         """Apply one contribution message; returns the new θ version to publish (or a refusal event)."""
         try:
             c = self.gate.open(value)
@@ -708,19 +661,18 @@ class MetaAggregator:
                 check.candidate_loss,
                 c.header.source,
             )
-            event = encode_event(
-                "theta_refused",
+            refused = ThetaRefused(
                 reason=check.reason,
-                current_loss=_json_number(check.current_loss),
-                candidate_loss=_json_number(check.candidate_loss),
+                current_loss=check.current_loss,
+                candidate_loss=check.candidate_loss,
                 devices=check.devices,
                 held_back=check.readings,
                 source=c.header.source,
                 meta_version=self.meta.version,
                 ts=self.clock(),
             )
-            return [Outgoing(self.settings.topic_events, META_KEY.encode(), event, [])]
+            return [refused]
         if check.reason == "unchecked":
             self.counts["theta_unchecked"] += 1
         self.meta.commit(proposal)
-        return self.current_theta()
+        return [*self.current_theta()]

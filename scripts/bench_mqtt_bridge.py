@@ -20,10 +20,10 @@ import numpy as np
 
 from connectors.mqtt_edge import QOS, MqttAddress, device_topic, make_client
 from connectors.settings import Settings
-from connectors.wire import Reading, encode_readings
 from pipeline.mqtt_bridge import MqttBridge
 from pipeline.tools.brokers import ApacheKafkaBroker
 from tests.integration.mosquitto import MosquittoBroker
+from wire.readings import Reading, encode_readings
 
 
 def bench(kafka: ApacheKafkaBroker, mosquitto: MosquittoBroker, n_messages: int, per_message: int) -> dict:

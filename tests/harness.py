@@ -18,12 +18,12 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from connectors.admin import admin_client
 from connectors.settings import Settings
-from connectors.wire import Reading, encode_readings
 from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 
 # A scratch deployment is tooling too (the demo, bench and soak use it); the tests take it from here.
 from pipeline.tools.scratch import running_worker as running_worker
 from pipeline.tools.scratch import scratch_settings as scratch_settings
+from wire.readings import Reading, encode_readings
 
 Launch = Callable[[Settings], subprocess.Popen[bytes]]
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import json
 
 from hypothesis import strategies as st
 
-from connectors.wire import MAX_MESSAGE_BYTES
+from wire.readings import MAX_MESSAGE_BYTES
 
 HUGE_INT = st.integers(4301, 6000).map(lambda n: "9" * n) | st.integers(4301, 5000).map(
     lambda n: "-" + "1" * n

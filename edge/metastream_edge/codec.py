@@ -6,7 +6,7 @@ the architecture and a sha256 over tensors and header, so a device can check
 and rebuild the model without pickle, torch or Faust.  A deltas payload
 carries proposed changes of θ ``[n, P]`` and their weights ``[n]``.
 
-The worker's :mod:`learners.codec` converts torch tensors at its boundary and
+The worker's :mod:`wire.models` converts torch tensors at its boundary and
 calls these functions, so both ends write and read the same bytes.
 """
 
@@ -25,6 +25,8 @@ from safetensors.numpy import load, save
 SCHEMA_VERSION = 1
 NORM_KEYS = ("norm.x_mean", "norm.x_std", "norm.y_mean", "norm.y_std")
 TASKS = ("regression", "classification")
+META_KEY = "__meta__"
+"""Key (and payload device id) of θ messages: θ is the model of no device."""
 
 Arrays = dict[str, np.ndarray]
 

@@ -29,11 +29,11 @@ from metastream_edge.signing import Verifier
 from metastream_edge.state import Decision, EdgeState
 
 SCHEMA_VERSION = 1
-"""Version of the reading JSON (the same schema as ``connectors.wire``)."""
+"""Version of the reading JSON (the same schema as ``wire.readings``)."""
 
 
 class ReadingLike(Protocol):
-    """A reading as the workers take it: ``connectors.wire.Reading`` is one."""
+    """A reading as the workers take it: ``wire.readings.Reading`` is one."""
 
     @property
     def device_id(self) -> str: ...
@@ -49,7 +49,7 @@ class ReadingLike(Protocol):
 
 
 def encode_readings(readings: Sequence[ReadingLike]) -> bytes:
-    """One reading, or a gateway batch when there are several (byte for byte as ``connectors.wire``).
+    """One reading, or a gateway batch when there are several (byte for byte as ``wire.readings``).
 
     Examples
     --------

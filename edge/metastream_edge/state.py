@@ -14,12 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metastream_edge.codec import Arrays, CodecError, ModelHeader, decode_model
+from metastream_edge.codec import META_KEY, Arrays, CodecError, ModelHeader, decode_model
 from metastream_edge.model import EdgeModel
 from metastream_edge.signing import SignatureError, Verifier
-
-META_KEY = "__meta__"
-"""Key (and payload device id) of θ messages; same value as ``pipeline.worker_core.META_KEY``."""
 
 REFUSALS = (
     "unsigned",

@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from learners.synthetic import make_fleet_stream
 
 from connectors.admin import ensure_topics
 from connectors.edge import EdgeSubscriber
 from connectors.settings import Settings
-from connectors.wire import Reading
-from learners.evaluation.synthetic import make_fleet_stream
+from pipeline.demo import running_worker, say, scratch_settings
 from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools.produce import run_producer
-from pipeline.tools.scratch import running_worker, say, scratch_settings
+from wire.readings import Reading
 
 
 def fleet_readings(n_devices: int, n_readings: int, seed: int) -> list[Reading]:

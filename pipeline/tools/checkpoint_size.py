@@ -18,8 +18,8 @@ import torch
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_readings
 from pipeline.worker_core import WorkerCore
+from wire.readings import Reading, encode_readings
 
 
 def measure(devices: int, readings: int, settings: Settings, seed: int = 0) -> dict[str, Any]:

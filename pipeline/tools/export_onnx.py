@@ -31,7 +31,7 @@ import numpy as np
 
 from connectors.edge import EdgeState, trusted_verifier
 from connectors.settings import Settings
-from learners.codec import NORM_KEYS, ModelHeader, decode_model
+from wire.models import NORM_KEYS, ModelHeader, decode_model
 
 OPSET = 17
 """ONNX opset of the exported graphs: run by onnxruntime ≥ 1.13 and onnxruntime-node/-web alike."""

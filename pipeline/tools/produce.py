@@ -17,7 +17,7 @@ from typing import Any
 from connectors.admin import ensure_topics
 from connectors.producer import ProducerClient, SensorProducer
 from connectors.settings import Settings
-from connectors.wire import Reading
+from wire.readings import Reading
 
 log = logging.getLogger(__name__)
 

@@ -37,15 +37,15 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
+from learners.synthetic import make_fleet_stream
 
 from connectors.admin import admin_client
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading
-from learners.evaluation.synthetic import make_fleet_stream
+from pipeline.demo import running_worker
 from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools.produce import run_producer
-from pipeline.tools.scratch import running_worker
+from wire.readings import Reading
 
 FLEET_READINGS = 300_000
 """Distinct readings generated; longer runs cycle through them (the devices keep learning)."""

@@ -19,8 +19,8 @@ from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
 from connectors.settings import Settings
-from connectors.wire import MAX_MESSAGE_BYTES, DeadLetter, Reading, encode_readings
 from tests import harness
+from wire.readings import MAX_MESSAGE_BYTES, DeadLetter, Reading, encode_readings
 
 pytestmark = pytest.mark.integration
 

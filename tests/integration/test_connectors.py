@@ -23,13 +23,13 @@ from connectors.edge import META_KEY, EdgeSubscriber
 from connectors.producer import MemoryProducer, SensorProducer
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import Reading, decode_readings
 from learners import LearnerConfig
-from learners.codec import ModelHeader, encode_model
 from learners.fleet import FleetLearner
 from learners.nets import init_params
 from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools.produce import run_producer, synthetic_source
+from wire.models import ModelHeader, encode_model
+from wire.readings import Reading, decode_readings
 
 pytestmark = pytest.mark.integration
 

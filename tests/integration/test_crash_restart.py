@@ -26,13 +26,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from connectors.admin import ensure_topics, partition_for
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_readings
-from learners.checkpoint import Checkpoint
 from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from pipeline.checkpoints import KafkaPartition, RecordList, newest_checkpoint, published_versions
 from pipeline.chunk_layout import manifest_key
 from pipeline.worker_core import WorkerCore
-from tests.harness import Launch, last_stats, worker_log
+from tests.integration.test_worker import Launch, last_stats, worker_log
+from wire.checkpoint import Checkpoint
+from wire.readings import Reading, encode_readings
 
 pytestmark = pytest.mark.integration
 

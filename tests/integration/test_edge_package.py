@@ -15,11 +15,11 @@ import pytest
 
 from connectors.producer import SensorProducer
 from connectors.signing import Signer
-from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.bench_edge import build_edge_venv
 from pipeline.tools.brokers import ApacheKafkaBroker
-from tests.harness import running_worker, scratch_settings
+from pipeline.tools.demo import running_worker, scratch_settings
+from wire.readings import Reading
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,10 +14,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from connectors.admin import ensure_topics
 from connectors.settings import Settings
-from connectors.wire import DeadLetter
 from pipeline.tools.brokers import ApacheKafkaBroker
-from pipeline.tools.demo import run_loop
-from tests.harness import scratch_settings
+from pipeline.tools.demo import run_loop, scratch_settings
+from wire.readings import DeadLetter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

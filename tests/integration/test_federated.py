@@ -24,12 +24,12 @@ from connectors.edge import EdgeSubscriber
 from connectors.federated import FederatedEdgeClient
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading
-from learners.codec import DeltaHeader, encode_deltas
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.nets import flatten, init_params
 from pipeline.tools.brokers import ApacheKafkaBroker
-from tests.harness import running_worker, scratch_settings
+from pipeline.tools.demo import running_worker, scratch_settings
+from wire.models import DeltaHeader, encode_deltas
+from wire.readings import Reading
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

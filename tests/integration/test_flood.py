@@ -26,12 +26,12 @@ from kafka import TopicPartition as KafkaTP
 from connectors.admin import ensure_topics
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_readings
-from learners.checkpoint import Checkpoint
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.checkpoints import KafkaPartition, newest_checkpoint
 from pipeline.worker_core import WorkerCore
-from tests.harness import Launch, last_stats, worker_log
+from tests.integration.test_worker import Launch, last_stats, worker_log
+from wire.checkpoint import Checkpoint
+from wire.readings import Reading, encode_readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

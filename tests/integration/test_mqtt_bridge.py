@@ -32,7 +32,6 @@ from connectors.admin import admin_client, ensure_topics
 from connectors.mqtt_edge import MqttEdge
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import DeadLetter, Reading, encode_readings
 from learners import LearnerConfig
 from learners.edge_model import EdgeModel
 from learners.evaluation.synthetic import make_fleet_stream
@@ -42,6 +41,7 @@ from pipeline.tools.cli import main
 from tests.harness import last_stats, wait_for_topics
 from tests.integration.mosquitto import MosquittoBroker
 from tests.readme import blocks
+from wire.readings import DeadLetter, Reading, encode_readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -30,12 +30,12 @@ from kafka import KafkaConsumer, KafkaProducer
 from connectors.admin import ensure_topics
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import DeadLetter, Reading, encode_readings
 from pipeline.fatal import EXIT_FATAL
 from pipeline.faults import ENV
 from tests import harness
 from tests.hostile_json import hostile_message
 from tests.integration import test_crash_restart as cr
+from wire.readings import DeadLetter, Reading, encode_readings
 
 pytestmark = pytest.mark.integration
 

@@ -35,11 +35,11 @@ from connectors.federated import FederatedEdgeClient
 from connectors.producer import SensorProducer
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools.brokers.certificates import make_local_pki
-from tests.harness import scratch_settings
+from pipeline.tools.demo import scratch_settings
+from wire.readings import Reading
 
 pytestmark = pytest.mark.integration
 

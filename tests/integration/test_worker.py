@@ -17,8 +17,6 @@ import pytest
 
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import DeadLetter
-from learners.codec import decode_model
 from learners.edge_model import EdgeModel
 from tests.harness import (
     BAD_MESSAGES,
@@ -34,6 +32,8 @@ from tests.harness import (
     wait_for_topics,
     worker_log,
 )
+from wire.models import decode_model
+from wire.readings import DeadLetter
 
 pytestmark = pytest.mark.integration
 

@@ -16,15 +16,17 @@ from safetensors.torch import save
 from connectors.admin import partition_for
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_readings
-from learners.checkpoint import LEGACY_SCHEMA, Checkpoint, CheckpointError, Chunk, decode_chunk, encode_chunk
-from learners.codec import _header_digest, decode_deltas, decode_model, tensor_digest
 from learners.config import LearnerConfig
 from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from learners.fleet import FleetLearner
+from metastream_edge.codec import header_digest
 from pipeline.checkpoints import newest_checkpoint
 from pipeline.chunk_layout import manifest_key
-from pipeline.worker_core import Outgoing, PartitionCheckpoint, WorkerCore
+from pipeline.outgoing import Outgoing, to_records
+from pipeline.worker_core import PartitionCheckpoint, WorkerCore
+from wire.checkpoint import LEGACY_SCHEMA, Checkpoint, CheckpointError, Chunk, decode_chunk, encode_chunk
+from wire.models import decode_deltas, decode_model, tensor_digest
+from wire.readings import Reading, encode_readings
 
 N_FEATURES = 3
 PARTITIONS = 2
@@ -178,8 +180,8 @@ def test_worker_core_continues_from_checkpoints_exactly() -> None:
         restored.restore(p, ck)
 
     # Execute
-    out_original = original.on_readings(messages[half:])
-    out_restored = restored.on_readings(messages[half:])
+    out_original = to_records(SETTINGS, original.on_readings(messages[half:]))
+    out_restored = to_records(SETTINGS, restored.on_readings(messages[half:]))
 
     # Assert: the same models, versions, drift events and θ contributions.
     assert [ck.partition for ck in taken] == [0, 1]
@@ -245,7 +247,7 @@ def test_model_versions_continue_after_the_newest_published_one() -> None:
     # Execute
     core.restore(0, newest(core, topic, 0), published={device: writer.versions[device] + 2})
     core.on_readings([(encode_readings([Reading(device, (0.1, 0.2, 0.3), 1.0)]), 0, 10_000)])
-    out = core._publish(device, 1.0)  # as after the device's next adaptation
+    out = to_records(SETTINGS, core._publish(device, 1.0))  # as after the device's next adaptation
 
     # Assert: the next model of that device gets the next number, never one already used.
     assert out[0].headers[0] == ("model_version", str(writer.versions[device] + 3).encode())
@@ -413,7 +415,7 @@ def legacy_payload(core: WorkerCore, partition: int) -> bytes:
         "created_at": 1.0,
     }
     meta = {"schema": LEGACY_SCHEMA, "header": json.dumps(header)}
-    meta["sha256"] = tensor_digest(tensors) + ":" + _header_digest(meta)
+    meta["sha256"] = tensor_digest(tensors) + ":" + header_digest(meta)
     return core.signer.seal(save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
 
 
@@ -440,10 +442,10 @@ def test_a_checkpoint_of_the_earlier_one_message_format_is_taken_over_and_rewrit
     [rewritten] = write(upgraded, old)
     third = WorkerCore(SETTINGS, signer, clock=lambda: 7.0, worker_id="w")
     third.restore(0, newest(third, old, 0))
-    out_original = original.on_readings(messages[60:])
+    out_original = to_records(SETTINGS, original.on_readings(messages[60:]))
 
     # Assert: every device, its counters and its learning carry over; all its chunks were written.
     assert upgraded.device_readings == readings and upgraded.versions == versions
     assert sum(n for _, _, _, n in rewritten.chunks) == len(ck.device_ids) > 0
-    assert comparable(third.on_readings(messages[60:])) == comparable(out_original)
+    assert comparable(to_records(SETTINGS, third.on_readings(messages[60:]))) == comparable(out_original)
     assert newest(upgraded, old, 0) is not None and old.end(0) == 1 + len(rewritten.chunks) + 1

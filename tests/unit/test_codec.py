@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learners import LearnerConfig
-from learners.codec import CodecError, ModelHeader, decode_model, encode_model
 from learners.nets import init_params
+from wire.models import CodecError, ModelHeader, decode_model, encode_model
 
 CFG = LearnerConfig(n_features=3, hidden=(5,))
 HEADER = ModelHeader("dev-7", 4, 2, "regression", 3, 1, (5,))

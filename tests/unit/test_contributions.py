@@ -13,17 +13,18 @@ import torch
 from connectors.contributions import ContributionGate, ContributionRefused, DeviceKeys
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import Reading, encode_readings
 from learners.bounds import MIN_HISTORY, ContributionBounds
 from learners.buffers import DeviceBuffers
-from learners.codec import DeltaHeader, decode_model, encode_deltas
 from learners.config import LearnerConfig
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.federated import FederatedDevice
 from learners.meta import MetaLearner
 from learners.nets import FunctionalNet, flatten, init_params
 from learners.theta_check import check_theta, sample_held_back
-from pipeline.worker_core import META_KEY, MetaAggregator, WorkerCore
+from pipeline.outgoing import to_records
+from pipeline.worker_core import MetaAggregator, WorkerCore
+from wire.models import META_KEY, DeltaHeader, decode_model, encode_deltas
+from wire.readings import Reading, encode_readings
 
 SETTINGS = Settings(n_features=2, micro_batch=50, learner={"adapt_after": 8, "meta_every": 100})
 
@@ -269,8 +270,12 @@ def test_aggregator_does_not_publish_a_worse_theta_and_says_why() -> None:
     before = {k: v.clone() for k, v in agg.meta.theta.items()}
     n = agg.n_params
     # Execute: a signed (compromised worker) contribution of issue #12's size, then an honest one
-    refused = agg.on_delta(signer.seal(deltas_of(torch.full((1, n), 1e4), [1.0], "worker:bad")))
-    fine = agg.on_delta(signer.seal(deltas_of(torch.full((1, n), 1e-3), [1.0], "worker:ok")))
+    refused = to_records(
+        settings, agg.on_delta(signer.seal(deltas_of(torch.full((1, n), 1e4), [1.0], "worker:bad")))
+    )
+    fine = to_records(
+        settings, agg.on_delta(signer.seal(deltas_of(torch.full((1, n), 1e-3), [1.0], "worker:ok")))
+    )
     # Assert
     (event,) = refused
     body = json.loads(event.value)
@@ -288,7 +293,9 @@ def test_without_held_back_readings_theta_is_checked_for_finiteness_only() -> No
     signer = Signer.generate()
     agg = MetaAggregator(SETTINGS, signer)
     n = agg.n_params
-    out = agg.on_delta(signer.seal(deltas_of(torch.full((1, n), 0.01), [1.0], "worker:w")))
+    out = to_records(
+        SETTINGS, agg.on_delta(signer.seal(deltas_of(torch.full((1, n), 0.01), [1.0], "worker:w")))
+    )
     assert [o.topic for o in out] == [SETTINGS.topic_meta]
     assert agg.counts["theta_unchecked"] == 1 and agg.last_check is not None
     assert agg.last_check.reason == "unchecked"
@@ -302,10 +309,10 @@ def test_worker_contributions_are_signed_and_move_theta() -> None:
     # Execute
     sent = []
     for m in worker_messages():
-        for o in core.on_readings([(m, 0, 0)]):
+        for o in to_records(SETTINGS, core.on_readings([(m, 0, 0)])):
             if o.topic == SETTINGS.topic_deltas:
                 sent.append(o.value)
-                for theta in agg.on_delta(o.value):
+                for theta in to_records(SETTINGS, agg.on_delta(o.value)):
                     core.on_meta(theta.value)
     # Assert
     assert sent and all(Verifier([signer.public_key]).open(v) for v in sent)
@@ -341,7 +348,9 @@ def test_worker_adopting_a_decoded_theta_keeps_the_wire_order() -> None:
     core = WorkerCore(SETTINGS, signer)
     agg = MetaAggregator(SETTINGS, signer)
     n = agg.n_params
-    (theta_msg,) = agg.on_delta(signer.seal(deltas_of(torch.full((1, n), 0.01), [1.0], "worker:w")))
+    (theta_msg,) = to_records(
+        SETTINGS, agg.on_delta(signer.seal(deltas_of(torch.full((1, n), 0.01), [1.0], "worker:w")))
+    )
     decoded, _ = decode_model(Verifier([signer.public_key]).open(theta_msg.value))
     assert core.on_meta(theta_msg.value)
     assert list(core.fleet.theta) == list(init_params(SETTINGS.learner_config()))

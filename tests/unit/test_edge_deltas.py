@@ -11,11 +11,11 @@ import torch
 from connectors.contributions import DeviceKeys
 from connectors.settings import Settings
 from connectors.signing import SignatureError, Signer, Verifier
-from learners.codec import decode_deltas
 from learners.nets import flatten, init_params
 from metastream_edge.federated import contribution_payload
 from metastream_edge.learner import EdgeConfig, OnDeviceLearner
 from pipeline.worker_core import MetaAggregator
+from wire.models import decode_deltas
 
 
 def device_with_readings() -> OnDeviceLearner:

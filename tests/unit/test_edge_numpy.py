@@ -155,8 +155,8 @@ def test_federated_contribution_matches_the_torch_device() -> None:
 
 def test_a_decoded_theta_flattens_in_the_meta_agents_order() -> None:
     # Prepare: θ as the meta agent publishes it
-    from learners.codec import ModelHeader, decode_model, encode_model
     from learners.nets import flatten
+    from wire.models import ModelHeader, decode_model, encode_model
 
     cfg = LearnerConfig(n_features=2)
     theta = init_params(cfg, seed=1)

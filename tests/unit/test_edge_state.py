@@ -9,9 +9,9 @@ import torch
 from connectors.edge import META_KEY, EdgeState
 from connectors.signing import Signer, Verifier
 from learners import LearnerConfig
-from learners.codec import ModelHeader, encode_model
 from learners.fleet import FleetLearner
 from learners.nets import init_params
+from wire.models import ModelHeader, encode_model
 
 X = np.array([[0.5, 1.0], [1.0, 2.0]])
 

@@ -13,6 +13,7 @@ from connectors.signing import Signer
 from learners.config import LearnerConfig
 from learners.fleet import FleetLearner
 from pipeline.eviction import LruEviction
+from pipeline.outgoing import to_records
 from pipeline.worker_core import WorkerCore
 from tests.unit.test_checkpoint import (
     SETTINGS,
@@ -87,8 +88,8 @@ def test_a_bounded_worker_learns_every_device_exactly_as_an_unbounded_one() -> N
     # Execute: small batches, so devices come and go.
     out_free, out_bounded = [], []
     for i in range(0, len(messages), 4):
-        out_free += free.on_readings(messages[i : i + 4])
-        out_bounded += bounded.on_readings(messages[i : i + 4])
+        out_free += to_records(SETTINGS, free.on_readings(messages[i : i + 4]))
+        out_bounded += to_records(SETTINGS, bounded.on_readings(messages[i : i + 4]))
 
     # Assert: the same models, versions and drift events; evictions reported; at most 3 + one batch resident.
     evicted = [o for o in out_bounded if o.topic == SETTINGS.topic_events and b'"evicted"' in o.value]
@@ -124,8 +125,8 @@ def test_evicted_devices_are_in_the_checkpoint_and_restored_exactly() -> None:
     ck = newest(core, topic, 0)
     assert ck is not None
     core.restore(0, ck)
-    out = core.on_readings(messages[300:])
-    out_reference = reference.on_readings(messages[300:])
+    out = to_records(SETTINGS, core.on_readings(messages[300:]))
+    out_reference = to_records(SETTINGS, reference.on_readings(messages[300:]))
 
     # Assert: every device of the partition is in it; the restored core goes on as one that never evicted.
     assert writer.stats()["devices_stored"] > 0

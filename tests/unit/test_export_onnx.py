@@ -12,12 +12,12 @@ import pytest
 from connectors.edge import EdgeState
 from connectors.signing import Signer, Verifier
 from learners import LearnerConfig
-from learners.codec import decode_model
 from learners.config import Task
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.fleet import FleetLearner
 from pipeline.tools.cli import main
 from pipeline.tools.export_onnx import build_onnx
+from wire.models import decode_model
 
 N_FEATURES = 5
 

@@ -10,36 +10,37 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_event, encode_readings
 from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.fleet_view import FleetView, Histogram, fleet_error_summary, worst_devices
 from pipeline.metrics import MetricsReading, render
-from pipeline.worker_core import Outgoing, WorkerCore
+from pipeline.worker_core import WorkerCore
+from wire.events import AdaptationResult, Adapted, Drift, Evicted
+from wire.messages import Contribution, ModelUpdate
+from wire.readings import DeadLetter, Reading, encode_readings
 
 S = Settings()
 
 
-def event(kind: str, device: str, **fields: object) -> Outgoing:
-    return Outgoing(S.topic_events, device.encode(), encode_event(kind, device_id=device, **fields), [])
+def model(cause: str, detected: float, published: float) -> ModelUpdate:
+    return ModelUpdate("d", 1, cause, detected_at=detected, published_at=published, payload=b"payload")
 
 
-def model(cause: str, detected: float, published: float) -> Outgoing:
-    headers = [("cause", cause.encode()), ("detected_at", repr(detected).encode())]
-    return Outgoing(S.topic_models, b"d", b"payload", [*headers, ("published_at", repr(published).encode())])
+def letter(reason: str) -> DeadLetter:
+    return DeadLetter(reason, detail="", original_b64="")
 
 
 def test_events_feed_timeline_results_and_latency() -> None:
     # Prepare
     view = FleetView(S)
     batch = [
-        event("drift", "d1", ts=100.0, meta_version=3),
+        Drift("d1", ts=100.0, meta_version=3),
         model("drift", detected=100.0, published=100.4),
-        event("adapted", "d1", ts=100.4, model_version=2, cause="drift", meta_version=3),
-        event("adaptation_result", "d1", model_version=2, error_before=0.9, error_after=0.3, readings=30),
-        Outgoing(S.topic_deadletter, None, b"{}", [("reason", b"non_finite")]),
-        Outgoing(S.topic_deadletter, None, b"{}", [("reason", b"non_finite")]),
-        Outgoing(S.topic_events, b"x", b"{not json", []),
-        Outgoing(S.topic_deltas, b"w", b"deltas", []),  # not watched: ignored
+        Adapted("d1", ts=100.4, model_version=2, cause="drift", meta_version=3),
+        AdaptationResult("d1", model_version=2, error_before=0.9, error_after=0.3, readings=30),
+        letter("non_finite"),
+        letter("non_finite"),
+        Evicted(devices=1, resident=1, stored=1, max_devices=1, ts=100.5),  # worker-wide: ignored
+        Contribution("w", b"deltas"),  # not watched: ignored
     ]
 
     # Execute
@@ -59,7 +60,6 @@ def test_events_feed_timeline_results_and_latency() -> None:
     assert view.latency["drift"].cumulative()[5:8] == [0, 1, 1]  # counted in the (0.25, 0.5] bucket
     assert dict(view.dead_letters) == {"non_finite": 2}
     assert dict(view.adaptations) == {"drift": 1}
-    assert view.malformed_events == 1
     assert list(view.curves) == ["d1"]
 
 
@@ -71,9 +71,9 @@ def test_history_stays_bounded() -> None:
     for i in range(200):
         view.observe(
             [
-                event("drift", f"d{i}", ts=float(i)),
-                event("adaptation_result", f"d{i}", model_version=1, error_before=1.0, error_after=0.5),
-                Outgoing(S.topic_deadletter, None, b"", [("reason", f"reason-{i}".encode())]),
+                Drift(f"d{i}", ts=float(i), meta_version=0),
+                AdaptationResult(f"d{i}", model_version=1, error_before=1.0, error_after=0.5, readings=30),
+                letter(f"reason-{i}"),
                 model(f"cause-{i}", 0.0, 1.0),
             ],
             now=float(i),
@@ -115,7 +115,9 @@ def test_readings_rate_over_the_window() -> None:
 def test_snapshot_is_strict_json() -> None:
     # Prepare: a NaN error (a device without readings yet) and a NaN in an event.
     view = FleetView(S)
-    view.observe([event("adaptation_result", "d1", model_version=1, error_before=None, error_after=0.2)], 5.0)
+    view.observe(
+        [AdaptationResult("d1", model_version=1, error_before=math.nan, error_after=0.2, readings=30)], 5.0
+    )
     errors = {"d1": 0.2, "d2": math.nan, "d3": 0.7}
 
     # Execute

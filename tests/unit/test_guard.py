@@ -11,11 +11,12 @@ import torch
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_readings
 from learners import LearnerConfig
 from learners.fleet import GUARD_RETRIES, FleetLearner
 from learners.guard import accept, split_holdout
+from pipeline.outgoing import to_records
 from pipeline.worker_core import WorkerCore
+from wire.readings import Reading, encode_readings
 
 # online_lr=0: predict-then-learn leaves the weights exactly as they are, so
 # "the current weights stay bit-identical" can be checked with torch.equal.
@@ -177,7 +178,7 @@ def test_worker_publishes_no_model_for_a_rejected_adaptation_and_says_why() -> N
     x, y = concept(16, 3.0, 7)
     message = encode_readings([Reading("d1", tuple(r), float(t)) for r, t in zip(x.tolist(), y, strict=True)])
     # Execute
-    out = core.on_readings([(message, 0, 0)])
+    out = to_records(settings, core.on_readings([(message, 0, 0)]))
     # Assert
     assert [o for o in out if o.topic == settings.topic_models] == []
     events = [json.loads(o.value) for o in out if o.topic == settings.topic_events]

@@ -16,12 +16,12 @@ import pytest
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import Reading, encode_readings
 from pipeline.checkpoints import newest_checkpoint
 from pipeline.chunk_layout import manifest_key
 from pipeline.fatal import FatalStop
 from pipeline.handover import Handover
 from pipeline.worker_core import PartitionCheckpoint, WorkerCore
+from wire.readings import Reading, encode_readings
 
 
 @dataclass(frozen=True)

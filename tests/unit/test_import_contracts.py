@@ -54,7 +54,7 @@ def test_every_import_contract_is_kept() -> None:
         ("learners.fleet", "learners.evaluation.prequential"),  # core -> evaluation harness
         ("learners.fleet", "pipeline.worker_core"),  # core -> runtime
         ("learners.nets", "faust"),  # core -> stream framework
-        ("connectors.wire", "pipeline.worker_core"),  # SDK -> runtime
+        ("connectors.admin", "pipeline.worker_core"),  # SDK -> runtime
     ],
 )
 def test_an_upward_import_breaks_a_contract(tmp_path: Path, importer: str, imported: str) -> None:

@@ -9,10 +9,10 @@ import pytest
 from connectors.mqtt_edge import MqttAddress, MqttEdge, device_topic
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import DeadLetter, Reading, decode_readings, encode_readings
 from learners import LearnerConfig
 from learners.fleet import FleetLearner
 from pipeline.mqtt_bridge import route_readings
+from wire.readings import DeadLetter, Reading, decode_readings, encode_readings
 
 SETTINGS = Settings(n_features=2)
 TOPIC = "metastream/gw-1/readings"

@@ -8,10 +8,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import Reading, encode_readings
 from pipeline.metrics import MetricsReading, render
 from pipeline.state import PipelineState
 from pipeline.worker_core import MetaAggregator, WorkerCore
+from wire.readings import Reading, encode_readings
 
 
 def state_with_devices(n_devices: int) -> PipelineState:

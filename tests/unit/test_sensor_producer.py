@@ -10,7 +10,7 @@ from kafka.future import Future
 
 from connectors.producer import ProducerBufferFull, SensorProducer
 from connectors.settings import Settings
-from connectors.wire import Reading, decode_readings
+from wire.readings import Reading, decode_readings
 
 
 class ScriptedClient:

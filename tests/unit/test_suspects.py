@@ -6,9 +6,10 @@ import pytest
 
 from connectors.settings import Settings
 from connectors.signing import Signer
-from connectors.wire import DeadLetter, Reading, encode_readings
+from pipeline.outgoing import to_records
 from pipeline.suspects import Suspect, SuspectError, SuspectLedger, decode_suspects, encode_suspects
 from pipeline.worker_core import WorkerCore
+from wire.readings import DeadLetter, Reading, encode_readings
 
 SETTINGS = Settings(n_features=2, micro_batch=100)
 
@@ -39,7 +40,7 @@ def run_with_restarts(
         try:
             for piece in ledger.pieces(messages):
                 try:
-                    out = core.on_readings(piece)
+                    out = to_records(SETTINGS, core.on_readings(piece))
                 except RuntimeError:
                     ledger.failed(piece)
                     raise

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 from connectors.signing import Signer, Verifier
-from connectors.wire import DeadLetter, Rejected
-from learners.codec import ModelHeader, encode_model
 from learners.config import LearnerConfig
 from learners.nets import init_params
 from pipeline.tools.tail import describe_deadletter, describe_event, describe_model, format_line
+from wire.models import ModelHeader, encode_model
+from wire.readings import DeadLetter, Rejected
 
 
 def model_payload(device: str, version: int, parent: int) -> bytes:

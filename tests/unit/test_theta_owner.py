@@ -8,13 +8,13 @@ import torch
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from learners import nets, theta_source
-from learners.codec import DeltaHeader, encode_deltas
 from learners.config import LearnerConfig
 from learners.nets import Params
 from pipeline import worker_core
 from pipeline.meta_follower import _adopt
 from pipeline.state import PipelineState
 from pipeline.worker_core import MetaAggregator, WorkerCore
+from wire.models import DeltaHeader, encode_deltas
 
 SETTINGS = Settings(n_features=2)
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.wire import (
+from tests.hostile_json import as_message, hostile_message, hostile_reading
+from wire.readings import (
     MAX_ABS_VALUE,
     MAX_DEAD_LETTER_BYTES,
     MAX_DEVICE_ID,
@@ -21,7 +22,6 @@ from connectors.wire import (
     decode_readings,
     encode_readings,
 )
-from tests.hostile_json import as_message, hostile_message, hostile_reading
 
 REASONS = {
     "oversized",
@@ -193,7 +193,7 @@ def test_unparseable_records_are_keyed_by_the_one_device_they_name() -> None:
 
 def test_a_failure_the_checks_did_not_foresee_is_undecodable(monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: a check that raises (standing in for any gap in the validation)
-    import connectors.wire as wire
+    import wire.readings as wire
 
     def broken(*args: object) -> object:
         raise ArithmeticError("a gap in the checks")

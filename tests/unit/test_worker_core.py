@@ -10,11 +10,12 @@ import torch
 
 from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
-from connectors.wire import DeadLetter, Reading, encode_readings
 from learners.edge_model import EdgeModel
 from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from learners.fleet import FleetLearner
+from pipeline.outgoing import to_records
 from pipeline.worker_core import MetaAggregator, WorkerCore
+from wire.readings import DeadLetter, Reading, encode_readings
 
 SETTINGS = Settings(n_features=8, micro_batch=100, learner={"meta_every": 200})
 
@@ -43,7 +44,7 @@ def test_bad_input_goes_to_dead_letters_with_reason_and_original_bytes() -> None
         b"x" * 1_000_001,
     ]
     # Execute
-    out = core.on_readings([(b, 0, i) for i, b in enumerate(bad)])
+    out = to_records(SETTINGS, core.on_readings([(b, 0, i) for i, b in enumerate(bad)]))
     # Assert
     letters = [DeadLetter.decode(o.value) for o in out]
     assert [d.reason for d in letters] == [
@@ -66,7 +67,7 @@ def test_models_are_signed_versioned_and_run_at_the_edge() -> None:
     signer = Signer.generate()
     core = WorkerCore(SETTINGS, signer, clock=lambda: 5.0)
     # Execute
-    out = [o for m in stream_messages() for o in core.on_readings([(m, 0, 0)])]
+    out = [o for m in stream_messages() for o in to_records(SETTINGS, core.on_readings([(m, 0, 0)]))]
     # Assert
     models = [o for o in out if o.topic == SETTINGS.topic_models]
     assert models, "new devices must get a model"
@@ -91,9 +92,9 @@ def test_meta_loop_worker_to_aggregator_and_back() -> None:
     theta0 = {k: v.clone() for k, v in core.fleet.theta.items()}
     # Execute: worker contributions → aggregator → θ versions → worker
     for m in stream_messages():
-        for o in core.on_readings([(m, 0, 0)]):
+        for o in to_records(SETTINGS, core.on_readings([(m, 0, 0)])):
             if o.topic == SETTINGS.topic_deltas:
-                for theta in agg.on_delta(o.value):
+                for theta in to_records(SETTINGS, agg.on_delta(o.value)):
                     core.on_meta(theta.value)
     # Assert
     assert agg.version >= 10
@@ -107,10 +108,10 @@ def test_worker_refuses_theta_it_cannot_trust() -> None:
     foreign = Signer.generate()
     forged = MetaAggregator(SETTINGS, foreign)
     n = forged.n_params
-    from learners.codec import DeltaHeader, encode_deltas
+    from wire.models import DeltaHeader, encode_deltas
 
     delta = encode_deltas(torch.ones(1, n), torch.ones(1), DeltaHeader("worker:x", 0, n))
-    (theta,) = forged.on_delta(foreign.seal(delta))
+    (theta,) = to_records(SETTINGS, forged.on_delta(foreign.seal(delta)))
     # Execute / Assert
     assert core.on_meta(theta.value) is False
     assert core.on_meta(theta.value[80:]) is False  # stripped signature
@@ -121,7 +122,7 @@ def test_adaptations_report_error_before_and_after() -> None:
     # Prepare
     core = WorkerCore(SETTINGS, Signer.generate())
     # Execute
-    out = [o for m in stream_messages() for o in core.on_readings([(m, 0, 0)])]
+    out = [o for m in stream_messages() for o in to_records(SETTINGS, core.on_readings([(m, 0, 0)]))]
     # Assert
 
     results = [json.loads(o.value) for o in out if b'"adaptation_result"' in o.value]
@@ -145,7 +146,7 @@ def test_the_worker_detects_exactly_the_drifts_of_an_offline_fleet_fed_the_same_
     worker_drifts: list[str] = []
     fleet_drifts: list[str] = []
     for a, b in itertools.pairwise(edges.tolist()):
-        out = core.on_readings([(encode_readings(readings[a:b]), 0, a)])
+        out = to_records(settings, core.on_readings([(encode_readings(readings[a:b]), 0, a)]))
         events = [json.loads(o.value) for o in out if o.topic == settings.topic_events]
         worker_drifts += [e["device_id"] for e in events if e["type"] == "drift"]
         fleet_drifts += fleet.learn_predict(s.device_ids[a:b], s.x[a:b], s.y[a:b]).drifted
@@ -165,7 +166,7 @@ def test_dead_letters_are_keyed_by_the_device_they_name() -> None:
     ]
     good = encode_readings([Reading("dev-ok", (1.0,) * 8, 1.0)])
     # Execute
-    out = core.on_readings([(b, 0, i) for i, b in enumerate([bad[0], good, *bad[1:]])])
+    out = to_records(SETTINGS, core.on_readings([(b, 0, i) for i, b in enumerate([bad[0], good, *bad[1:]])]))
     # Assert: the 5000-digit integer is one dead letter, the good reading is learned
     letters = [(o.key, DeadLetter.decode(o.value)) for o in out if o.topic == SETTINGS.topic_deadletter]
     assert [(k, d.reason, d.device_id) for k, d in letters] == [

@@ -1,8 +1,9 @@
 """The versioned wire schema shared by producers, workers and edge clients.
 
-Plain JSON for readings, events and dead letters; model payloads are the
-signed safetensors envelopes of :mod:`connectors.signing`.  Nothing here
-needs Faust, so the edge client can use it as is.
+Plain JSON for readings and dead letters (events are :mod:`wire.events`);
+model payloads are the signed safetensors envelopes of :mod:`wire.models`
+and :mod:`connectors.signing`.  Nothing here needs Faust, so the edge client
+can use it as is.
 
 A reading message is either one reading::
 
@@ -409,14 +410,3 @@ class DeadLetter:
         """Parse a dead letter (for tools and tests)."""
         body = json.loads(raw)
         return cls(**{f.name: body[f.name] for f in dataclass_fields(cls) if f.name in body})
-
-
-def encode_event(kind: str, **fields: Any) -> bytes:
-    """An event (``drift``, ``adapted``, ``meta``, ``guard``…) as JSON bytes.
-
-    Examples
-    --------
-    >>> encode_event("drift", device_id="d1", at_reading=512)
-    b'{"v":1,"type":"drift","device_id":"d1","at_reading":512}'
-    """
-    return json.dumps({"v": SCHEMA_VERSION, "type": kind, **fields}, separators=(",", ":")).encode()

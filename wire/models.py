@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from learners.config import LearnerConfig
 from metastream_edge import codec as _np
 from metastream_edge.codec import (
+    META_KEY,
     NORM_KEYS,
     SCHEMA_VERSION,
     CodecError,
@@ -24,6 +24,7 @@ from metastream_edge.codec import (
 )
 
 __all__ = [
+    "META_KEY",
     "NORM_KEYS",
     "SCHEMA_VERSION",
     "CodecError",
@@ -34,32 +35,8 @@ __all__ = [
     "decode_model",
     "encode_deltas",
     "encode_model",
-    "header_config",
     "tensor_digest",
 ]
-
-# learners.checkpoint seals its payloads the same way.
-_header_digest = _np.header_digest
-_metadata = _np.read_metadata
-
-
-def header_config(header: ModelHeader) -> LearnerConfig:
-    """A learner config with the architecture ``header`` describes.
-
-    Examples
-    --------
-    >>> h = ModelHeader("dev-7", model_version=2, parent_meta_version=5, task="regression",
-    ...                 n_features=8, n_outputs=1, hidden=(32,))
-    >>> cfg = header_config(h)
-    >>> cfg.n_features, cfg.hidden, h.schema_version == SCHEMA_VERSION
-    (8, (32,), True)
-    """
-    return LearnerConfig(
-        n_features=header.n_features,
-        task=header.task,  # type: ignore[arg-type]  # checked by LearnerConfig
-        n_classes=max(header.n_outputs, 2),
-        hidden=header.hidden,
-    )
 
 
 def _to_numpy(tensors: dict[str, Tensor]) -> dict[str, np.ndarray]:
@@ -81,10 +58,10 @@ def encode_model(tensors: dict[str, Tensor], header: ModelHeader) -> bytes:
 
     Examples
     --------
-    >>> from learners.nets import init_params
-    >>> cfg = LearnerConfig(n_features=2, hidden=(4,))
+    >>> weights = {"0.weight": torch.zeros(4, 2), "0.bias": torch.zeros(4),
+    ...            "2.weight": torch.zeros(1, 4), "2.bias": torch.zeros(1)}
     >>> h = ModelHeader("dev-1", 3, 7, "regression", 2, 1, (4,))
-    >>> payload = encode_model(init_params(cfg), h)
+    >>> payload = encode_model(weights, h)
     >>> tensors, back = decode_model(payload)
     >>> back == h, list(tensors)
     (True, ['0.weight', '0.bias', '2.weight', '2.bias'])

@@ -21,7 +21,7 @@ complete one.  Only the chunks of groups whose devices changed are written
 again, so a checkpoint costs what changed, not the size of the partition.
 
 Encoding: safetensors payloads (tensors + a JSON header in the metadata)
-with a sha256 over both, like :mod:`learners.codec`.  Authenticity (a
+with a sha256 over both, like :mod:`wire.models`.  Authenticity (a
 signature) is added by the caller (:mod:`pipeline.worker_core` seals chunks
 and manifests with the worker's Ed25519 key, and the manifest pins each
 chunk's sealed bytes by sha256); this module stays free of keys and brokers.
@@ -41,7 +41,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from learners.codec import _header_digest, _metadata, tensor_digest
+from metastream_edge.codec import header_digest, read_metadata
+from wire.models import tensor_digest
 
 CHUNK_SCHEMA = "metastream.checkpoint-chunk/1"
 MANIFEST_SCHEMA = "metastream.checkpoint-manifest/1"
@@ -89,19 +90,17 @@ def split_export(
 
     Examples
     --------
-    >>> from learners.config import LearnerConfig
-    >>> from learners.fleet import FleetLearner
-    >>> import numpy as np
-    >>> fleet = FleetLearner(LearnerConfig(n_features=2, hidden=(4,), buffer_size=4, adapt_after=2))
-    >>> _ = fleet.learn_predict(["a", "b"], np.ones((2, 2)), np.array([1.0, 2.0]))
-    >>> worker, records = split_export(*fleet.export_devices(["a", "b"]))
-    >>> sorted(records), record_device(records["b"]), sorted(worker.info)[:2]
-    (['a', 'b'], 'b', ['error_scale', 'meta_bounds'])
+    >>> tensors = {"theta.w": torch.ones(3), "param.w": torch.arange(6.0).reshape(2, 3),
+    ...            "buffer.x": torch.zeros(2, 4, 2)}
+    >>> info = {"device_ids": ["a", "b"], "meta_version": 5, "pending": [True, False]}
+    >>> worker, records = split_export(tensors, info)
+    >>> sorted(records), record_device(records["b"]), worker.info, worker.device_fields
+    (['a', 'b'], 'b', {'meta_version': 5}, ['device_ids', 'pending'])
     >>> tensors, info = merge_records(worker, [records["b"]])
-    >>> info["device_ids"], tuple(tensors["buffer.x"].shape)
-    (['b'], (1, 4, 2))
-    >>> torch.equal(tensors["param.0.weight"][0], fleet.device_params("b")["0.weight"])
-    True
+    >>> info["device_ids"], info["pending"], tuple(tensors["buffer.x"].shape)
+    (['b'], [False], (1, 4, 2))
+    >>> tensors["param.w"].tolist(), tensors["theta.w"].tolist()
+    ([[3.0, 4.0, 5.0]], [1.0, 1.0, 1.0])
     """
     ids = [str(d) for d in info["device_ids"]]
     n = len(ids)
@@ -241,20 +240,20 @@ class Manifest:
 
 def _encode(schema: str, tensors: dict[str, Tensor], header: dict[str, Any]) -> bytes:
     meta = {"schema": schema, "header": json.dumps(header, allow_nan=False)}
-    meta["sha256"] = tensor_digest(tensors) + ":" + _header_digest(meta)
+    meta["sha256"] = tensor_digest(tensors) + ":" + header_digest(meta)
     return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
 
 
 def _decode(schema: str, payload: bytes) -> tuple[dict[str, Tensor], dict[str, Any]]:
     try:
         tensors = load(payload)
-        meta = _metadata(payload)
+        meta = read_metadata(payload)
     except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"not a checkpoint payload: {exc}") from exc
     if meta.get("schema") != schema:
         raise CheckpointError(f"unknown checkpoint schema {meta.get('schema')!r}; expected {schema}")
     digest = meta.pop("sha256", "")
-    if digest != tensor_digest(tensors) + ":" + _header_digest(meta):
+    if digest != tensor_digest(tensors) + ":" + header_digest(meta):
         raise CheckpointError("checkpoint sha256 mismatch: payload was altered")
     try:
         return tensors, dict(json.loads(meta["header"]))
@@ -274,7 +273,7 @@ def encode_chunk(chunk: Chunk) -> bytes:
     >>> decode_chunk(encode_chunk(chunk).replace(b"xyz", b"xyy", 1))
     Traceback (most recent call last):
     ...
-    learners.checkpoint.CheckpointError: checkpoint sha256 mismatch: payload was altered
+    wire.checkpoint.CheckpointError: checkpoint sha256 mismatch: payload was altered
     """
     ids = list(chunk.records)
     data = b"".join(chunk.records[d] for d in ids)
@@ -378,7 +377,7 @@ class Checkpoint:
     >>> assemble(manifest, {}, decode_chunk)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    learners.checkpoint.CheckpointError: incomplete checkpoint of partition 2 (seq 1): ... missing
+    wire.checkpoint.CheckpointError: incomplete checkpoint of partition 2 (seq 1): ... missing
     """
 
     manifest: Manifest
