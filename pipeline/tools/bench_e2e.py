@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from learners.synthetic import make_fleet_stream
 
 from connectors.admin import ensure_topics
 from connectors.edge import EdgeSubscriber
 from connectors.settings import Settings
-from pipeline.demo import running_worker, say, scratch_settings
+from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker, say, scratch_settings
 from pipeline.tools.produce import run_producer
 from wire.readings import Reading
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
-from learners.synthetic import make_fleet_stream
 
 from connectors.edge import EdgeSubscriber
 from connectors.settings import Settings
+from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.brokers import start_broker
 from pipeline.tools.produce import run_producer
 from pipeline.tools.scratch import running_worker, say, scratch_settings

@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
-from learners.synthetic import make_fleet_stream
 
 from connectors.admin import admin_client
 from connectors.settings import Settings
 from connectors.signing import Signer
-from pipeline.demo import running_worker
+from learners.evaluation.synthetic import make_fleet_stream
 from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools.demo import running_worker
 from pipeline.tools.produce import run_producer
 from wire.readings import Reading
 
