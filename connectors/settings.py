@@ -1,6 +1,7 @@
 """Deployment settings: broker, topics, partitions, security, learner.
 
-Read from environment variables (``METASTREAM_<FIELD>``, upper case) and/or
+Read from environment variables (``METASTREAM_<FIELD>``, upper case, parsed by
+pydantic-settings in :mod:`connectors.settings_env`) and/or
 a JSON file; explicit keyword arguments win, then the file, then the
 environment, then the defaults here.
 """
@@ -13,9 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from connectors.settings_env import ENV_PREFIX, read_environment
 from learners.config import LearnerConfig
-
-ENV_PREFIX = "METASTREAM_"
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 """Values of ``security_protocol`` (Kafka's names; lower case is accepted)."""
@@ -240,11 +240,7 @@ class Settings:
     ) -> Settings:
         """Defaults ← environment ← JSON file ← ``overrides``."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _parse(f.name, f.type, raw)
+        values: dict[str, Any] = read_environment(cls, env)
         if path is not None:
             data = json.loads(Path(path).read_text())
             unknown = set(data) - {f.name for f in fields(cls)}
@@ -253,17 +249,3 @@ class Settings:
             values.update(data)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
-
-
-def _parse(name: str, typ: Any, raw: str) -> Any:
-    kind = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind.startswith("dict"):
-            return json.loads(raw)
-    except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected {kind.split('[')[0]}, got {raw!r}") from exc
-    return raw

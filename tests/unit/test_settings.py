@@ -133,3 +133,52 @@ def test_tls_files_are_ignored_without_tls(pki: LocalPki) -> None:
 
     assert "ssl_cafile" not in s.kafka_python_security()
     assert aiokafka_security(s)["ssl_context"] is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "message"),
+    [
+        ("METASTREAM_PARTITIONS", "many", "METASTREAM_PARTITIONS: expected int, got 'many'"),
+        ("METASTREAM_PARTITIONS", "4.5", "METASTREAM_PARTITIONS: expected int, got '4.5'"),
+        (
+            "METASTREAM_CHECKPOINT_INTERVAL_S",
+            "soon",
+            "METASTREAM_CHECKPOINT_INTERVAL_S: expected float, got 'soon'",
+        ),
+        (
+            "METASTREAM_LEARNER",
+            "{inner_steps: 3",
+            "METASTREAM_LEARNER: expected a JSON object, got '{inner_steps: 3'",
+        ),
+        ("METASTREAM_LEARNER", "[3]", "METASTREAM_LEARNER: expected dict, got '[3]'"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable_and_the_value(
+    variable: str, raw: str, message: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        Settings.load(environ={variable: raw, "METASTREAM_APP_ID": "fine"})
+
+    assert str(caught.value) == message
+
+
+def test_environment_values_are_typed_and_unset_ones_keep_their_defaults() -> None:
+    env = {
+        "METASTREAM_PARTITIONS": "12",
+        "METASTREAM_CHECKPOINT_INTERVAL_S": "2.5",
+        "METASTREAM_LEARNER": '{"inner_steps": 3}',
+        "METASTREAM_APP_ID": "plant-7",
+        "metastream_replication": "3",  # names are upper case, as documented
+        "METASTREAM_NOT_A_SETTING": "x",
+    }
+
+    s = Settings.load(environ=env)
+
+    assert (s.partitions, s.checkpoint_interval_s, s.learner, s.app_id) == (
+        12,
+        2.5,
+        {"inner_steps": 3},
+        "plant-7",
+    )
+    assert s.replication == Settings().replication == 1
+    assert s.max_devices == 50_000
