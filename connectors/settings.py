@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,13 @@ class Settings:
     n_classes: int = 2
     max_abs_value: float = 1e9
     """Readings with a feature or target beyond this magnitude are dead-lettered (``out_of_range``)."""
-    micro_batch: int = 1000
+    poll_max_messages: int = 1000
+    """Most messages a worker takes from the readings topic at once (acked together)."""
+    core_batch_readings: int = 1000
+    """Readings per call into the learner core (gateway messages pack many readings)."""
+    micro_batch: int = 0
+    """Deprecated: if set (not 0), sets ``poll_max_messages``, ``core_batch_readings``
+    and ``learner["learn_slice"]``."""
     batch_window_s: float = 0.05
     signing_key: str = ""
     """PEM Ed25519 private key (worker); empty: an ephemeral key (demo/tests only)."""
@@ -147,6 +154,27 @@ class Settings:
         object.__setattr__(self, "sasl_mechanism", mechanism)
         if self.max_devices < 1:
             raise ValueError(f"max_devices must be >= 1, got {self.max_devices}")
+        for name in ("poll_max_messages", "core_batch_readings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch:
+            self._fold_micro_batch(self.micro_batch)
+
+    def _fold_micro_batch(self, size: int) -> None:
+        """``micro_batch`` meant three sizes at once; it still sets each of them, with a warning."""
+        warnings.warn(
+            "micro_batch (METASTREAM_MICRO_BATCH) is deprecated: set poll_max_messages, "
+            'core_batch_readings and learner["learn_slice"] instead',
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        if size < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {size}")
+        object.__setattr__(self, "poll_max_messages", size)
+        object.__setattr__(self, "core_batch_readings", size)
+        object.__setattr__(self, "learner", {"learn_slice": size, **self.learner})
+        # Folded once: ``dataclasses.replace`` of these settings must not undo a later change.
+        object.__setattr__(self, "micro_batch", 0)
 
     @property
     def uses_tls(self) -> bool:

@@ -404,9 +404,9 @@ def create_app(
     async def on_readings(stream: StreamT[bytes]) -> None:
         """Batches of raw reading messages through the learner core, at least once.
 
-        A batch (up to ``micro_batch`` messages or ``batch_window_s``) is acked,
+        A batch (up to ``poll_max_messages`` messages or ``batch_window_s``) is acked,
         and so committed, only after the broker has acked everything it produced.
-        Inside a batch the core gets chunks of about ``micro_batch`` *readings*
+        Inside a batch the core gets chunks of about ``core_batch_readings`` readings
         (gateway messages pack many), and each chunk's outputs are sent as soon
         as it is done, so a drift is published without waiting for the batch.
 
@@ -419,7 +419,7 @@ def create_app(
     async def learn_readings(stream: StreamT[bytes]) -> None:
         per_message = ReadingsPerMessage()
         # take_events (unlike take) keeps partition and offset; StreamT's stub lacks it, Stream has it.
-        batches = cast(Stream, stream).take_events(settings.micro_batch, within=settings.batch_window_s)
+        batches = cast(Stream, stream).take_events(settings.poll_max_messages, within=settings.batch_window_s)
         async for events in batches:
             batch = [_raw(e) for e in events]
             # Committable only once a checkpoint covers them (see pipeline.checkpoints).
@@ -428,7 +428,7 @@ def create_app(
             pending: list[Awaitable[Any]] = []
             start = 0
             while start < len(batch):
-                chunk = batch[start : start + per_message.chunk(settings.micro_batch)]
+                chunk = batch[start : start + per_message.chunk(settings.core_batch_readings)]
                 start += len(chunk)
                 # Never learn a partition whose state is not restored yet (during a rebalance).
                 await state.restored.wait()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
+import warnings
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,36 @@ def test_environment_values_are_typed_and_unset_ones_keep_their_defaults() -> No
     )
     assert s.replication == Settings().replication == 1
     assert s.max_devices == 50_000
+
+
+def test_the_three_batch_sizes_are_separate_settings() -> None:
+    env = {
+        "METASTREAM_POLL_MAX_MESSAGES": "300",
+        "METASTREAM_CORE_BATCH_READINGS": "2000",
+        "METASTREAM_LEARNER": '{"learn_slice": 500}',
+    }
+
+    s = Settings.load(environ=env)
+
+    assert (s.poll_max_messages, s.core_batch_readings, s.learner_config().learn_slice) == (300, 2000, 500)
+    assert Settings().learner_config().learn_slice == 1000
+
+
+def test_micro_batch_still_sets_all_three_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="micro_batch .*deprecated"):
+        s = Settings.load(environ={"METASTREAM_MICRO_BATCH": "250"})
+    with pytest.warns(DeprecationWarning):
+        kept = Settings(micro_batch=100, learner={"learn_slice": 40})
+
+    assert (s.poll_max_messages, s.core_batch_readings, s.learner_config().learn_slice) == (250, 250, 250)
+    assert (kept.core_batch_readings, kept.learner_config().learn_slice) == (100, 40)
+    # Folded once: a later replace changes only what it names.
+    assert dataclasses.replace(s, poll_max_messages=7).core_batch_readings == 250
+    assert dataclasses.replace(s, poll_max_messages=7).poll_max_messages == 7
+
+
+@pytest.mark.parametrize("name", ["poll_max_messages", "core_batch_readings", "micro_batch"])
+def test_batch_sizes_below_one_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be >= 1, got -1"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        Settings(**{name: -1})
