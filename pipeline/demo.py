@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
+from connectors import kafka_python_fix
 from connectors.admin import ensure_topics
 from connectors.brokers import start_broker
 from connectors.edge import EdgeSubscriber
@@ -48,6 +49,7 @@ class EventTally(threading.Thread):
 
     def run(self) -> None:
         s = self.settings
+        kafka_python_fix.apply()
         consumer = KafkaConsumer(
             bootstrap_servers=s.bootstrap, enable_auto_commit=False, **s.kafka_python_security()
         )

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .. import kafka_python_fix
 from ..closing import ClosesOnExit
 from .certificates import LocalPki, make_local_pki
 
@@ -183,6 +184,7 @@ def wait_for_broker(
         try:
             # Cheap port probe first: the admin client logs noisily when refused.
             socket.create_connection((host, int(port)), timeout=1).close()
+            kafka_python_fix.apply()
             admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap,
                 request_timeout_ms=5000,
