@@ -15,6 +15,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+from connectors import kafka_python_fix
 from connectors.connection_check import check_connection
 from connectors.settings import Settings
 from metastream_edge.subscriber import partition_for as partition_for  # one partitioner, workers and devices
@@ -93,6 +94,7 @@ def admin_client(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClien
     """
     check_connection(settings, timeout_s)
     ms = int(timeout_s * 1000)
+    kafka_python_fix.apply()
     return KafkaAdminClient(
         bootstrap_servers=settings.bootstrap,
         client_id=f"{settings.app_id}-admin",

@@ -41,6 +41,7 @@ from kafka.net.compat import KafkaNetClient
 from kafka.net.manager import KafkaConnectionManager
 from kafka.net.selector import NetworkSelector
 
+from connectors import kafka_python_fix
 from connectors.settings import Settings
 
 _checked: set[tuple[str, ...]] = set()
@@ -247,6 +248,7 @@ def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     def probe() -> None:
         try:
             ms = int(timeout_s * 1000)
+            kafka_python_fix.apply()
             admin = KafkaAdminClient(
                 bootstrap_servers=settings.bootstrap,
                 client_id=client_id,

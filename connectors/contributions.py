@@ -102,7 +102,7 @@ class DeviceKeys:
         for path in sorted(self.directory.glob("*.pem")):
             verifier = Verifier.from_files(path)
             device = path.name[: -len(".pem")]
-            (kid,) = verifier._keys  # one key per file
+            (kid,) = verifier.key_ids  # one key per file
             by_id[kid] = (device, verifier)
         self._by_id, self._stamp = by_id, stamp
 

@@ -10,7 +10,9 @@ password could look like an unreachable broker for a whole bootstrap timeout.
 :func:`apply` replaces the transport's read loop with one that hands the
 bytes to the protocol first and closes the connection one event-loop turn
 later, once the protocol has acted on them, so the client fails with the
-broker's own reason (``SaslAuthenticationFailedError``).  Upstream's read loop
+broker's own reason (``SaslAuthenticationFailedError``).  Every place that
+makes a kafka-python client calls :func:`apply` first (it is idempotent);
+importing this module changes nothing.  Upstream's read loop
 (after 3.0.12) also delivers the bytes first, but closes at once.
 """
 
@@ -44,16 +46,19 @@ async def _read_from_sock(self: Any) -> None:
 
 
 def apply() -> bool:
-    """Install the fixed read loop on kafka-python 3.0.x; return whether it was installed.
+    """Install the fixed read loop on kafka-python 3.0.x; return whether it is installed.
+
+    Calling it again changes nothing.
 
     Examples
     --------
-    >>> apply()
-    True
+    >>> apply(), apply()
+    (True, True)
     >>> KafkaTCPTransport._read_from_sock is _read_from_sock
     True
     """
     if not kafka.__version__.startswith("3.0."):
         return False
-    KafkaTCPTransport._read_from_sock = _read_from_sock
+    if KafkaTCPTransport._read_from_sock is not _read_from_sock:
+        KafkaTCPTransport._read_from_sock = _read_from_sock
     return True

@@ -30,6 +30,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.future import Future
 
+from connectors import kafka_python_fix
 from connectors.admin import partition_for
 from connectors.closing import ClosesOnExit
 from connectors.connection_check import check_connection
@@ -196,6 +197,7 @@ class SensorProducer(ClosesOnExit):
         self._n_partitions: int | None = None
         if client is None:
             check_connection(settings)  # a refused password or CA: a clear error now
+            kafka_python_fix.apply()
             client = KafkaProducer(
                 bootstrap_servers=settings.bootstrap,
                 client_id=f"{settings.app_id}-producer",

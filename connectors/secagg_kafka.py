@@ -34,6 +34,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from connectors import kafka_python_fix
 from connectors.admin import admin_client
 from connectors.settings import Settings
 from metastream_edge.secagg import (
@@ -88,10 +89,12 @@ def ensure_secagg_topics(settings: Settings, topics: SecAggTopics) -> None:
 
 
 def _producer(settings: Settings) -> KafkaProducer:
+    kafka_python_fix.apply()
     return KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", **settings.kafka_python_security())
 
 
 def _consumer_at_end(settings: Settings, topics: Iterable[str]) -> KafkaConsumer:
+    kafka_python_fix.apply()
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap, enable_auto_commit=False, **settings.kafka_python_security()
     )

@@ -1,6 +1,7 @@
 """Deployment settings: broker, topics, partitions, security, learner.
 
-Read from environment variables (``METASTREAM_<FIELD>``, upper case) and/or
+Read from environment variables (``METASTREAM_<FIELD>``, upper case, parsed by
+pydantic-settings in :mod:`connectors.settings_env`) and/or
 a JSON file; explicit keyword arguments win, then the file, then the
 environment, then the defaults here.
 """
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from connectors.kafka_security import kafka_python_options
+from connectors.settings_env import ENV_PREFIX, read_environment
 from learners.config import LearnerConfig
-
-ENV_PREFIX = "METASTREAM_"
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 """Values of ``security_protocol`` (Kafka's names; lower case is accepted)."""
@@ -75,7 +76,13 @@ class Settings:
     n_classes: int = 2
     max_abs_value: float = 1e9
     """Readings with a feature or target beyond this magnitude are dead-lettered (``out_of_range``)."""
-    micro_batch: int = 1000
+    poll_max_messages: int = 1000
+    """Most messages a worker takes from the readings topic at once (acked together)."""
+    core_batch_readings: int = 1000
+    """Readings per call into the learner core (gateway messages pack many readings)."""
+    micro_batch: int = 0
+    """Deprecated: if set (not 0), sets ``poll_max_messages``, ``core_batch_readings``
+    and ``learner["learn_slice"]``."""
     batch_window_s: float = 0.05
     signing_key: str = ""
     """PEM Ed25519 private key (worker); empty: an ephemeral key (demo/tests only)."""
@@ -148,6 +155,27 @@ class Settings:
         object.__setattr__(self, "sasl_mechanism", mechanism)
         if self.max_devices < 1:
             raise ValueError(f"max_devices must be >= 1, got {self.max_devices}")
+        for name in ("poll_max_messages", "core_batch_readings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch:
+            self._fold_micro_batch(self.micro_batch)
+
+    def _fold_micro_batch(self, size: int) -> None:
+        """``micro_batch`` meant three sizes at once; it still sets each of them, with a warning."""
+        warnings.warn(
+            "micro_batch (METASTREAM_MICRO_BATCH) is deprecated: set poll_max_messages, "
+            'core_batch_readings and learner["learn_slice"] instead',
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        if size < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {size}")
+        object.__setattr__(self, "poll_max_messages", size)
+        object.__setattr__(self, "core_batch_readings", size)
+        object.__setattr__(self, "learner", {"learn_slice": size, **self.learner})
+        # Folded once: ``dataclasses.replace`` of these settings must not undo a later change.
+        object.__setattr__(self, "micro_batch", 0)
 
     @property
     def uses_tls(self) -> bool:
@@ -233,11 +261,7 @@ class Settings:
     ) -> Settings:
         """Defaults ← environment ← JSON file ← ``overrides``."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _parse(f.name, f.type, raw)
+        values: dict[str, Any] = read_environment(cls, env)
         if path is not None:
             data = json.loads(Path(path).read_text())
             unknown = set(data) - {f.name for f in fields(cls)}
@@ -246,17 +270,3 @@ class Settings:
             values.update(data)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
-
-
-def _parse(name: str, typ: Any, raw: str) -> Any:
-    kind = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind.startswith("dict"):
-            return json.loads(raw)
-    except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected {kind.split('[')[0]}, got {raw!r}") from exc
-    return raw

@@ -83,6 +83,41 @@ class DeviceBuffers:
         """Forget all but the ``keep`` newest readings of each of ``slots``."""
         self.count[slots] = np.minimum(self.count[slots], keep)
 
+    def state_dict(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Copies of what the buffers hold for ``slots``: readings, counts and ring positions.
+
+        Examples
+        --------
+        >>> buf = DeviceBuffers(n_features=1, size=2)
+        >>> buf.push(np.array([0, 0, 0]), np.arange(3.0)[:, None], np.arange(3.0))
+        >>> other = DeviceBuffers(n_features=1, size=2)
+        >>> other.load_state_dict(np.array([4]), buf.state_dict(np.array([0])))
+        >>> other.recent(np.array([4]), 2)[1].tolist() == buf.recent(np.array([0]), 2)[1].tolist()
+        True
+        """
+        return {
+            "x": self.x[slots].copy(),
+            "y": self.y[slots].copy(),
+            "count": self.count[slots].copy(),
+            "next": self._next[slots].copy(),
+        }
+
+    def load_state_dict(self, slots: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        """Put :meth:`state_dict` output into ``slots`` (growing as needed)."""
+        if len(slots):
+            self.ensure(int(np.max(slots)) + 1)
+        self.x[slots] = state["x"]
+        self.y[slots] = state["y"]
+        self.count[slots] = np.asarray(state["count"], dtype=np.int64)
+        self._next[slots] = np.asarray(state["next"], dtype=np.int64)
+
+    def retain(self, keep: np.ndarray, n: int) -> None:
+        """Move slots ``keep`` (ascending) down to ``0 … len(keep)-1`` and clear the rest up to ``n``."""
+        k = len(keep)
+        for a in (self.x, self.y, self.count, self._next):
+            a[:k] = a[keep]
+            a[k:n] = 0
+
     def recent(self, slots: np.ndarray, m: int) -> tuple[Tensor, Tensor, Tensor]:
         """The newest ``m`` readings of each slot, newest first, padded with mask 0."""
         m = min(m, self.size)

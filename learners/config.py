@@ -58,6 +58,9 @@ class LearnerConfig:
         Each update's claimed weight (readings behind it) is capped at
         ``weight_multiple`` times the median of recently accepted weights,
         never above ``weight_max``.  ``weight_multiple=0`` turns it off.
+    learn_slice
+        Most readings the worker's core learns in one stacked step; a larger
+        call is learned in slices of this size, which bounds a step's memory.
     seed
         Seeds weight initialisation and every other random choice.
 
@@ -94,6 +97,7 @@ class LearnerConfig:
     clip_max: float = 10.0
     weight_multiple: float = 2.0
     weight_max: float = 1000.0
+    learn_slice: int = 1000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -106,6 +110,7 @@ class LearnerConfig:
             "meta_batch": (self.meta_batch, 1),
             "cooldown": (self.cooldown, 0),
             "guard_min_holdout": (self.guard_min_holdout, 0),
+            "learn_slice": (self.learn_slice, 1),
         }
         for name, (value, low) in checks.items():
             if value < low:

@@ -10,6 +10,7 @@ from river import base, drift
 
 from learners.config import DetectorName
 from learners.grouping import DeviceGroups
+from learners.river_adapter import detector_state, fast_window, load_detector_state
 
 DETECTORS: tuple[DetectorName, ...] = ("adwin", "page_hinkley", "kswin")
 
@@ -332,25 +333,23 @@ class DriftMonitor:
         det = make_detector(self.detector, self.seed + slot)
         # For ADWIN, its compiled window is updated directly: River's Python
         # wrapper around it costs as much per reading as the window itself.
-        return det, det._helper if self.detector == "adwin" else None  # type: ignore[attr-defined]
+        return det, fast_window(det)
 
     # -- checkpoints (plain state, no pickle) ------------------------------------------
 
     def export_slots(self, slots: Sequence[int]) -> tuple[list[dict[str, Any]], list[bytes]]:
         """Plain state of the detectors of ``slots``: JSON-able dicts plus one binary blob each.
 
-        ADWIN's window lives in River's Rust extension, whose own state
-        encoding (plain bytes, not pickle) is the blob; PageHinkley and KSWIN
-        are plain attributes (KSWIN with its random generator's state), and
-        their blob is empty.  :meth:`import_slots` gives back detectors that
-        behave identically on the following errors.
+        The detector part comes from :func:`learners.river_adapter.detector_state`
+        (ADWIN's window is the blob).  :meth:`import_slots` gives back
+        detectors that behave identically on the following errors.
         """
         states: list[dict[str, Any]] = []
         blobs: list[bytes] = []
         for slot in slots:
             if slot < len(self._detectors):
                 det = self._detectors[slot]
-                state = {
+                state: dict[str, Any] = {
                     "seen": int(self._seen[slot]),
                     "quiet_until": self._quiet_until[slot],
                     "cut_n": int(self._cut_n[slot]),
@@ -359,9 +358,8 @@ class DriftMonitor:
                     "fresh": self.fresh.get(slot),
                     "scale": float(self._scale[slot]),
                     "scaled_n": int(self._scaled_n[slot]),
-                    "detector": _detector_state(det),
                 }
-                blob = det._helper.__getstate__() if self.detector == "adwin" else b""  # type: ignore[attr-defined]
+                state["detector"], blob = detector_state(det)
             else:  # a device that never had a finite error: nothing to keep
                 state, blob = {}, b""
             states.append(state)
@@ -382,7 +380,7 @@ class DriftMonitor:
             self._slow[slot] = self._scale[slot] = self._scaled_n[slot] = 0
             if not state:
                 continue
-            _load_detector(self._detectors[slot], state["detector"], blob)
+            load_detector_state(self._detectors[slot], state["detector"], blob)
             self._seen[slot] = int(state["seen"])
             self._quiet_until[slot] = int(state["quiet_until"])
             self._cut_n[slot] = int(state["cut_n"])
@@ -417,39 +415,3 @@ def _running_sum(start: float, values: np.ndarray) -> float:
     for v in values.tolist():
         total += v
     return total
-
-
-def _detector_state(det: base.DriftDetector) -> dict[str, Any]:
-    """A detector's learned state as plain JSON values (its settings come from :func:`make_detector`)."""
-    state: dict[str, Any] = {"drift_detected": bool(det.drift_detected)}
-    if isinstance(det, drift.PageHinkley):
-        state |= {
-            "mean_n": det._x_mean.n,
-            "mean": det._x_mean._mean,
-            "sums": [det._sum_increase, det._sum_decrease, det._min_increase, det._max_decrease],
-        }
-    elif isinstance(det, drift.KSWIN):
-        version, internal, gauss = det._rng.getstate()
-        state |= {
-            "n": det.n,
-            "p_value": det.p_value,
-            "window": list(det.window),
-            "rng": [version, list(internal), gauss],
-        }
-    return state
-
-
-def _load_detector(det: base.DriftDetector, state: dict[str, Any], blob: bytes) -> None:
-    det._drift_detected = bool(state["drift_detected"])
-    if isinstance(det, drift.ADWIN):
-        det._helper.__setstate__(bytes(blob))
-    elif isinstance(det, drift.PageHinkley):
-        det._x_mean.n, det._x_mean._mean = float(state["mean_n"]), float(state["mean"])
-        s = [float(v) for v in state["sums"]]
-        det._sum_increase, det._sum_decrease, det._min_increase, det._max_decrease = s
-    elif isinstance(det, drift.KSWIN):
-        det.n, det.p_value = int(state["n"]), state["p_value"]
-        det.window.clear()
-        det.window.extend(float(v) for v in state["window"])
-        version, internal, gauss = state["rng"]
-        det._rng.setstate((int(version), tuple(int(v) for v in internal), gauss))

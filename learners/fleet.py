@@ -516,28 +516,31 @@ class FleetLearner:
         idx = torch.from_numpy(slots)
         tensors = {f"param.{k}": v[idx] for k, v in self.params.items()}  # indexing copies
         tensors |= {f"published.{k}": v[idx] for k, v in self.published.items()}
-        tensors["buffer.x"] = torch.from_numpy(self.buffers.x[slots].copy())
-        tensors["buffer.y"] = torch.from_numpy(self.buffers.y[slots].copy())
+        buffered = self.buffers.state_dict(slots)
+        tensors["buffer.x"] = torch.from_numpy(buffered["x"])
+        tensors["buffer.y"] = torch.from_numpy(buffered["y"])
         states, blobs = self.monitor.export_slots(slots.tolist())
         tensors["detector.blobs"] = torch.frombuffer(bytearray(b"".join(blobs) or b"\0"), dtype=torch.uint8)
+        scaler_counts = []
         for name, sc in (("x", self.scaler.x), ("y", self.scaler.y)):
-            for part in ("shift", "s1", "s2"):
-                tensors[f"scaler.{name}.{part}"] = torch.from_numpy(getattr(sc, part).copy())
+            count, sums = sc.state_dict()
+            scaler_counts.append(count)
+            tensors |= {f"scaler.{name}.{part}": torch.from_numpy(v) for part, v in sums.items()}
         for k, v in self.theta.items():
             tensors[f"theta.{k}"] = v.detach().clone()
         source_tensors, source_state = self.source.export_state()
         tensors |= source_tensors
         info: dict[str, Any] = {
             "device_ids": list(device_ids),
-            "buffer_count": self.buffers.count[slots].tolist(),
-            "buffer_next": self.buffers._next[slots].tolist(),
+            "buffer_count": buffered["count"].tolist(),
+            "buffer_next": buffered["next"].tolist(),
             "pending": self._pending[slots].tolist(),
             "since_meta": self._since_meta[slots].tolist(),
             "has_model": self._has_model[slots].tolist(),
             "guard_retries": self._retries[slots].tolist(),
             "detectors": states,
             "blob_sizes": [len(b) for b in blobs],
-            "scaler_counts": [self.scaler.x.count, self.scaler.y.count],
+            "scaler_counts": scaler_counts,
             "error_scale": self.monitor.fleet_scale,
             "processed": self.processed,
             "meta_version": self.meta_version,
@@ -562,11 +565,10 @@ class FleetLearner:
             for v in p.values():
                 v[:k] = v[idx]  # index_select copies before the write
                 v[k:n] = 0
-        b = self.buffers
-        per_slot = (self._pending, self._has_model, self._retries, self._since_meta)
-        for a in (*per_slot, b.x, b.y, b.count, b._next):
+        for a in (self._pending, self._has_model, self._retries, self._since_meta):
             a[:k] = a[keep]
             a[k:n] = 0
+        self.buffers.retain(keep, n)
         self.monitor.retain(keep)
         self.devices.retain(keep)
         return keep
@@ -617,10 +619,9 @@ class FleetLearner:
             for k, v in self.params.items():
                 v[idx] = tensors[f"param.{k}"].to(v.dtype)
                 self.published[k][idx] = tensors[f"published.{k}"].to(v.dtype)
-            self.buffers.x[slots] = tensors["buffer.x"].numpy()
-            self.buffers.y[slots] = tensors["buffer.y"].numpy()
-            self.buffers.count[slots] = np.asarray(info["buffer_count"], dtype=np.int64)
-            self.buffers._next[slots] = np.asarray(info["buffer_next"], dtype=np.int64)
+            buffered = {"x": tensors["buffer.x"].numpy(), "y": tensors["buffer.y"].numpy()}
+            buffered |= {"count": info["buffer_count"], "next": info["buffer_next"]}
+            self.buffers.load_state_dict(slots, buffered)
             self._pending[slots] = np.asarray(info["pending"], dtype=bool)
             self._since_meta[slots] = np.asarray(info["since_meta"], dtype=np.int64)
             self._has_model[slots] = np.asarray(info["has_model"], dtype=bool)
@@ -632,9 +633,8 @@ class FleetLearner:
         )
         if worker_wide:
             for i, (name, sc) in enumerate((("x", self.scaler.x), ("y", self.scaler.y))):
-                sc.count = int(info["scaler_counts"][i])
-                for part in ("shift", "s1", "s2"):
-                    setattr(sc, part, tensors[f"scaler.{name}.{part}"].numpy().astype(np.float64).copy())
+                sums = {part: tensors[f"scaler.{name}.{part}"].numpy() for part in ("shift", "s1", "s2")}
+                sc.load_state_dict(int(info["scaler_counts"][i]), sums)
             self.monitor.fleet_scale = float(info["error_scale"])
             self.processed = int(info["processed"])
         return ids

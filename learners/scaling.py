@@ -42,6 +42,15 @@ class CumulativeMoments:
         self.s1 = np.zeros(n_columns)
         self.s2 = np.zeros(n_columns)
 
+    def state_dict(self) -> tuple[int, dict[str, np.ndarray]]:
+        """The reading count and copies of the running sums (``shift``, ``s1``, ``s2``)."""
+        return self.count, {"shift": self.shift.copy(), "s1": self.s1.copy(), "s2": self.s2.copy()}
+
+    def load_state_dict(self, count: int, sums: dict[str, np.ndarray]) -> None:
+        """Take over :meth:`state_dict` output."""
+        self.count = int(count)
+        self.shift, self.s1, self.s2 = (np.asarray(sums[k], np.float64).copy() for k in ("shift", "s1", "s2"))
+
     @property
     def mean(self) -> np.ndarray:
         """Mean of every reading so far (0 before the first)."""

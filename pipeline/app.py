@@ -222,10 +222,10 @@ def _install_agents(
     async def on_readings(stream: StreamT[bytes]) -> None:
         """Batches of raw reading messages through the learner core, at least once.
 
-        A batch (up to ``micro_batch`` messages or ``batch_window_s``) is acked,
+        A batch (up to ``poll_max_messages`` messages or ``batch_window_s``) is acked,
         and so committed, only after the broker has acked everything it produced
         and a checkpoint covers it (:mod:`pipeline.handover`).  Inside a batch
-        the core gets chunks of about ``micro_batch`` *readings* (gateway
+        the core gets chunks of about ``core_batch_readings`` readings (gateway
         messages pack many), and each chunk's outputs are sent as soon as it is
         done, so a drift is published without waiting for the batch.
         """
@@ -233,7 +233,7 @@ def _install_agents(
 
     async def learn_readings(stream: StreamT[bytes]) -> None:
         # take_events (unlike take) keeps partition and offset; StreamT's stub lacks it, Stream has it.
-        batches = cast(Stream, stream).take_events(settings.micro_batch, within=settings.batch_window_s)
+        batches = cast(Stream, stream).take_events(settings.poll_max_messages, within=settings.batch_window_s)
         async for events in batches:
             batch = [_raw(e) for e in events]
             for e in events:
@@ -241,7 +241,7 @@ def _install_agents(
             pending: list[Awaitable[Any]] = []
             start = 0
             while start < len(batch):
-                chunk = batch[start : start + per_message.chunk(settings.micro_batch)]
+                chunk = batch[start : start + per_message.chunk(settings.core_batch_readings)]
                 start += len(chunk)
                 # Never learns a partition whose state is not restored yet (during a rebalance).
                 pending += await handover.learn(chunk)

@@ -42,6 +42,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from connectors import kafka_python_fix
 from connectors.admin import ensure_topics
 from connectors.closing import ClosesOnExit
 from connectors.mqtt_edge import QOS, MqttAddress, device_topic, make_client
@@ -154,6 +155,7 @@ class MqttBridge(ClosesOnExit):
         self._newest: dict[str, bytes | None] = {}
         ensure_topics(settings)
         security = settings.kafka_python_security()
+        kafka_python_fix.apply()
         self._producer = KafkaProducer(
             bootstrap_servers=settings.bootstrap,
             client_id=f"{settings.app_id}-mqtt-bridge",

@@ -234,8 +234,8 @@ class WorkerCore:
             for r in bad:
                 out.append(DeadLetter.of(r, s.topic_readings, partition, offset))
                 letters += 1
-        for start in range(0, len(good), s.micro_batch):
-            out += self._learn(good[start : start + s.micro_batch])
+        for start in range(0, len(good), self.cfg.learn_slice):
+            out += self._learn(good[start : start + self.cfg.learn_slice])
         for partition, offset in seen.items():
             self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
             self._dirty.add(partition)

@@ -112,6 +112,11 @@ class Verifier:
             keys.append(key)
         return cls(keys)
 
+    @property
+    def key_ids(self) -> tuple[bytes, ...]:
+        """The ids (:func:`key_id`) of the trusted keys, in the order they were given."""
+        return tuple(self._keys)
+
     def open(self, envelope: bytes) -> bytes:
         """The payload, or :class:`SignatureError` if anything is wrong."""
         if len(envelope) < _HEAD or not envelope.startswith(MAGIC):

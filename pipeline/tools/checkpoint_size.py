@@ -39,8 +39,9 @@ def measure(devices: int, readings: int, settings: Settings, seed: int = 0) -> d
         x = rng.normal(size=(devices, nf)).tolist()
         y = rng.normal(size=devices).tolist()
         batch = [Reading(d, tuple(xi), yi) for d, xi, yi in zip(ids, x, y, strict=True)]
-        for start in range(0, devices, settings.micro_batch):
-            core.on_readings([(encode_readings(batch[start : start + settings.micro_batch]), 0, offset)])
+        step = settings.core_batch_readings
+        for start in range(0, devices, step):
+            core.on_readings([(encode_readings(batch[start : start + step]), 0, offset)])
             offset += 1
     began = time.perf_counter()
     taken = core.checkpoint()

@@ -10,16 +10,21 @@ import importlib
 import json
 import sys
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from learners.config import LearnerConfig
 from pipeline.tools.learner_options import add_learner_args, format_value, learner_config
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from learners.config import Task
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from learners.evaluation.replay import default_batch_size, replay
-    from learners.strategies import make_strategy, resolve
+    from learners.evaluation.replay import default_batch_size
+    from learners.strategies import resolve
     from pipeline.tools.csv_source import load_readings_csv
-    from pipeline.tools.progress import Progress
 
     names = resolve(args.strategy or ["reptile"])
     table = load_readings_csv(
@@ -45,19 +50,36 @@ def cmd_replay(args: argparse.Namespace) -> int:
     n_classes = max(len(table.classes), 2)
     cfg = learner_config(args, n_features=table.x.shape[1], task=table.task, n_classes=n_classes)
     batch = args.batch_size or default_batch_size(len(set(table.device_ids)))
+    replay_strategies(names, cfg, table.device_ids, table.x, table.y, table.task, batch, args.json)
+    return 0
+
+
+def replay_strategies(
+    names: list[str],
+    cfg: LearnerConfig,
+    device_ids: Sequence[str],
+    x: np.ndarray,
+    y: np.ndarray,
+    task: Task,
+    batch: int,
+    as_json: bool,
+) -> list[dict[str, Any]]:
+    """Replay the readings through each strategy; print a JSON line per strategy or one table."""
+    from learners.evaluation.replay import replay
+    from learners.strategies import make_strategy
+    from pipeline.tools.progress import Progress
+
     results = []
     for name in names:
-        bar = Progress(len(table), f"{name:>12}")
-        out = replay(
-            make_strategy(name, cfg), table.device_ids, table.x, table.y, table.task, batch, bar.update
-        )
+        bar = Progress(len(device_ids), f"{name:>12}")
+        out = replay(make_strategy(name, cfg), device_ids, x, y, task, batch, bar.update)
         bar.close()
         results.append(out)
-        if args.json:
+        if as_json:
             print(json.dumps(out), flush=True)
-    if not args.json:
-        print(format_table(results, table.task))
-    return 0
+    if not as_json:
+        print(format_table(results, task))
+    return results
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -108,25 +130,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary = run_demo(args.duration, args.devices, args.rate, args.edges, args.broker_kind, args.seed)
         print(json.dumps(summary) if args.json else format_summary(summary))
         return 0
-    import tempfile
-    from pathlib import Path
+    from learners.evaluation.replay import default_batch_size
+    from learners.evaluation.synthetic import make_fleet_stream
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "fleet.csv"
-        cmd_generate(build_parser().parse_args(["generate", "--out", str(path), "--seed", str(args.seed)]))
-        names = ["reptile", "fomaml", "scratch", "finetune", "global", "river-linear"]
-        replay_args = [
-            "replay",
-            str(path),
-            "--device-col",
-            "device",
-            "--target-col",
-            "target",
-            "--time-col",
-            "time",
-            *(arg for n in names for arg in ("--strategy", n)),
-        ]
-        return cmd_replay(build_parser().parse_args(replay_args))
+    # The fleet `metastream generate` writes by default, replayed in memory.
+    fleet = make_fleet_stream(n_devices=100, n_readings=60_000, n_features=8, seed=args.seed)
+    names = ["reptile", "fomaml", "scratch", "finetune", "global", "river-linear"]
+    cfg = LearnerConfig(n_features=fleet.x.shape[1], task="regression")
+    batch = default_batch_size(len(set(fleet.device_ids)))
+    replay_strategies(names, cfg, fleet.device_ids, fleet.x, fleet.y, "regression", batch, as_json=False)
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
+from connectors import kafka_python_fix
 from connectors.edge import EdgeSubscriber
 from connectors.settings import Settings
 from learners.evaluation.synthetic import make_fleet_stream
@@ -40,6 +41,7 @@ class EventTally(threading.Thread):
 
     def run(self) -> None:
         s = self.settings
+        kafka_python_fix.apply()
         consumer = KafkaConsumer(
             bootstrap_servers=s.bootstrap, enable_auto_commit=False, **s.kafka_python_security()
         )

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from connectors import kafka_python_fix
 from connectors.edge import EdgeState, trusted_verifier
 from connectors.settings import Settings
 from wire.models import NORM_KEYS, ModelHeader, decode_model
@@ -155,6 +156,7 @@ def newest_envelope_from_topic(
 
     from connectors.admin import partition_for
 
+    kafka_python_fix.apply()
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap,
         client_id=f"{settings.app_id}-export",

@@ -121,7 +121,7 @@ def run_producer(
     producer = SensorProducer(settings, gateway_size, client)
     # A bar on a terminal when the total is known, unless ``show_progress`` says otherwise.
     enabled = show_progress if show_progress is not None else (None if total else False)
-    progress = Progress(total or 0, "produce", enabled=enabled, clock=clock)
+    progress = Progress(total or 0, "produce", enabled=enabled)
     start = clock()
     done = 0
     try:

@@ -1,15 +1,18 @@
-"""A dependency-free progress bar for long runs, shown only on a terminal."""
+"""A progress bar for long runs (tqdm), shown only on a terminal."""
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
+
+from tqdm import tqdm
 
 
 class Progress:
-    """Redraws ``label [####    ] 40% 1,234/s`` at most every ``interval`` seconds.
+    """A tqdm bar on stderr that takes the running total of items done.
 
+    Callers (replay, evaluate, the producer) report how many items are done
+    so far, while tqdm counts increments; this wrapper turns one into the other.
     Silent unless ``stream`` is a terminal (or ``enabled=True``), so piped
     output and CI logs stay clean.
 
@@ -17,11 +20,15 @@ class Progress:
     --------
     >>> import io
     >>> out = io.StringIO()
-    >>> ticks = iter([0.0, 1.0, 2.0]).__next__
-    >>> p = Progress(10, "replay", stream=out, enabled=True, interval=0.0, clock=ticks)
+    >>> p = Progress(10, "replay", stream=out, enabled=True, interval=0.0)
     >>> p.update(5); p.close()
     >>> "replay" in out.getvalue() and "50%" in out.getvalue()
     True
+    >>> quiet = io.StringIO()  # not a terminal: nothing is drawn
+    >>> q = Progress(10, "replay", stream=quiet)
+    >>> q.update(5); q.close()
+    >>> quiet.getvalue()
+    ''
     """
 
     def __init__(
@@ -31,36 +38,24 @@ class Progress:
         stream: TextIO | None = None,
         enabled: bool | None = None,
         interval: float = 0.2,
-        clock: object = time.monotonic,
     ) -> None:
-        self.total = max(total, 1)
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.interval = interval
-        self._clock = clock
-        self._start = self._now()
-        self._last = -1e9
-
-    def _now(self) -> float:
-        return float(self._clock())  # type: ignore[operator]
+        out = stream if stream is not None else sys.stderr
+        # tqdm's ``disable=None`` means "draw only on a terminal".
+        self._bar = tqdm(
+            total=max(total, 1),
+            desc=label,
+            file=out,
+            disable=None if enabled is None else not enabled,
+            mininterval=interval,
+            unit_scale=True,
+            dynamic_ncols=True,
+        )
 
     def update(self, done: int) -> None:
         """Report ``done`` items finished so far."""
-        if not self.enabled:
-            return
-        now = self._now()
-        if now - self._last < self.interval and done < self.total:
-            return
-        self._last = now
-        frac = min(done / self.total, 1.0)
-        rate = done / max(now - self._start, 1e-9)
-        bar = "#" * int(30 * frac)
-        self.stream.write(f"\r{self.label} [{bar:<30}] {frac:4.0%} {rate:,.0f}/s")
-        self.stream.flush()
+        if done > self._bar.n:
+            self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
-        """End the line the bar was drawn on."""
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        """Draw the last state and end the line the bar was drawn on."""
+        self._bar.close()

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
+from connectors import kafka_python_fix
 from connectors.admin import admin_client
 from connectors.settings import Settings
 from connectors.signing import Signer
@@ -98,6 +99,7 @@ class LagProbe:
         self.settings = settings
         self.group = settings.app_id  # Faust's consumer group is the app id
         self.admin = admin_client(settings)
+        kafka_python_fix.apply()
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap, group_id=None, **settings.kafka_python_security()
         )

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from connectors import kafka_python_fix
 from connectors.settings import Settings
 from connectors.signing import MAGIC, SignatureError, Verifier
 
@@ -185,6 +186,7 @@ def run_tail(
     from kafka import KafkaConsumer, TopicPartition
 
     topic = topic_of(settings, kind)
+    kafka_python_fix.apply()
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap,
         client_id=f"{settings.app_id}-tail",

@@ -126,7 +126,7 @@ def test_worker_producer_and_edge_survive_a_broker_restart(broker: ApacheKafkaBr
         assert (producer.readings_sent, producer.readings_acked, producer.failed) == (total, total, 0)
         assert producer.resent >= 1
         print(f"restart: sent {total}, resent {producer.resent} messages, worker learned {stats['readings']}")
-        assert total <= stats["readings"] <= total + producer.resent * 10 + settings.micro_batch * 10
+        assert total <= stats["readings"] <= total + producer.resent * 10 + settings.core_batch_readings * 10
         assert stats["dead_letters"] == 0
         new_models = {r.decision.device_id: r.received_at for r in edge.received if r.decision.accepted}
         assert all(new_models[d] > times["up"] for d in devices if d.startswith("b-")), (new_models, times)

@@ -237,7 +237,7 @@ def test_a_flood_of_new_devices_is_survived_checkpointed_and_restored(
     assert (
         stats["readings"] == sum(produced.values()) - len(parts[2]) and stats["devices_known"] == FLOOD + GOOD
     )
-    assert stats["devices"] <= MAX_DEVICES + s.micro_batch and stats["evicted"] >= FLOOD - MAX_DEVICES
+    assert stats["devices"] <= MAX_DEVICES + s.core_batch_readings and stats["evicted"] >= FLOOD - MAX_DEVICES
     assert stats["devices"] + stats["devices_stored"] == FLOOD + GOOD
     # Memory: all 50,000 flood devices resident grew the worker by about 250 MB; bounded, far less.
     assert peak["VmHWM"] - before_flood["VmRSS"] < MEMORY_BOUND_MB * 1024, (before_flood, peak)
@@ -245,7 +245,7 @@ def test_a_flood_of_new_devices_is_survived_checkpointed_and_restored(
     # redelivered from a commit that lagged its checkpoint are skipped as already learned).
     assert after["readings"] == len(parts[2])
     assert after["devices"] + after["devices_stored"] == FLOOD + GOOD
-    assert after["devices"] <= MAX_DEVICES + s.micro_batch
+    assert after["devices"] <= MAX_DEVICES + s.core_batch_readings
     # Every reading is in its device's checkpointed state exactly once, across the flood and the restart.
     learned: Counter[str] = Counter()
     for ck in final.values():

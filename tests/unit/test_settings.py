@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
+import warnings
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,85 @@ def test_tls_files_are_ignored_without_tls(pki: LocalPki) -> None:
 
     assert "ssl_cafile" not in s.kafka_python_security()
     assert aiokafka_options(s)["ssl_context"] is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "message"),
+    [
+        ("METASTREAM_PARTITIONS", "many", "METASTREAM_PARTITIONS: expected int, got 'many'"),
+        ("METASTREAM_PARTITIONS", "4.5", "METASTREAM_PARTITIONS: expected int, got '4.5'"),
+        (
+            "METASTREAM_CHECKPOINT_INTERVAL_S",
+            "soon",
+            "METASTREAM_CHECKPOINT_INTERVAL_S: expected float, got 'soon'",
+        ),
+        (
+            "METASTREAM_LEARNER",
+            "{inner_steps: 3",
+            "METASTREAM_LEARNER: expected a JSON object, got '{inner_steps: 3'",
+        ),
+        ("METASTREAM_LEARNER", "[3]", "METASTREAM_LEARNER: expected dict, got '[3]'"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable_and_the_value(
+    variable: str, raw: str, message: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        Settings.load(environ={variable: raw, "METASTREAM_APP_ID": "fine"})
+
+    assert str(caught.value) == message
+
+
+def test_environment_values_are_typed_and_unset_ones_keep_their_defaults() -> None:
+    env = {
+        "METASTREAM_PARTITIONS": "12",
+        "METASTREAM_CHECKPOINT_INTERVAL_S": "2.5",
+        "METASTREAM_LEARNER": '{"inner_steps": 3}',
+        "METASTREAM_APP_ID": "plant-7",
+        "metastream_replication": "3",  # names are upper case, as documented
+        "METASTREAM_NOT_A_SETTING": "x",
+    }
+
+    s = Settings.load(environ=env)
+
+    assert (s.partitions, s.checkpoint_interval_s, s.learner, s.app_id) == (
+        12,
+        2.5,
+        {"inner_steps": 3},
+        "plant-7",
+    )
+    assert s.replication == Settings().replication == 1
+    assert s.max_devices == 50_000
+
+
+def test_the_three_batch_sizes_are_separate_settings() -> None:
+    env = {
+        "METASTREAM_POLL_MAX_MESSAGES": "300",
+        "METASTREAM_CORE_BATCH_READINGS": "2000",
+        "METASTREAM_LEARNER": '{"learn_slice": 500}',
+    }
+
+    s = Settings.load(environ=env)
+
+    assert (s.poll_max_messages, s.core_batch_readings, s.learner_config().learn_slice) == (300, 2000, 500)
+    assert Settings().learner_config().learn_slice == 1000
+
+
+def test_micro_batch_still_sets_all_three_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="micro_batch .*deprecated"):
+        s = Settings.load(environ={"METASTREAM_MICRO_BATCH": "250"})
+    with pytest.warns(DeprecationWarning):
+        kept = Settings(micro_batch=100, learner={"learn_slice": 40})
+
+    assert (s.poll_max_messages, s.core_batch_readings, s.learner_config().learn_slice) == (250, 250, 250)
+    assert (kept.core_batch_readings, kept.learner_config().learn_slice) == (100, 40)
+    # Folded once: a later replace changes only what it names.
+    assert dataclasses.replace(s, poll_max_messages=7).core_batch_readings == 250
+    assert dataclasses.replace(s, poll_max_messages=7).poll_max_messages == 7
+
+
+@pytest.mark.parametrize("name", ["poll_max_messages", "core_batch_readings", "micro_batch"])
+def test_batch_sizes_below_one_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be >= 1, got -1"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        Settings(**{name: -1})

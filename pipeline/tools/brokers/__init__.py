@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Protocol
 
-from .apache_kafka import KAFKA_VERSION, ApacheKafkaBroker, BrokerStartError, ensure_jars
+from .apache_kafka import KAFKA_VERSION, ApacheKafkaBroker, ensure_jars
 from .embedded import EmbeddedBroker
+from .process import BrokerStartError
 
 __all__ = [
     "KAFKA_VERSION",

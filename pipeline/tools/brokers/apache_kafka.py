@@ -13,25 +13,21 @@ listener stays PLAINTEXT on loopback; clients never use it.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from connectors.closing import ClosesOnExit
 from connectors.kafka_security import kafka_python_spelling
 
 from .certificates import LocalPki, make_local_pki
+from .process import BrokerProcess, BrokerStartError, free_port
 
 KAFKA_VERSION = "4.1.1"
 """Default Apache Kafka version (``kafka_2.13`` artifact on Maven Central)."""
@@ -59,10 +55,6 @@ SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 """SASL mechanisms of its ``SASL_SSL`` listener."""
 
 _BROKER_USER = "broker"  # the broker's own SASL identity on its inter-broker (= client) listener
-
-
-class BrokerStartError(RuntimeError):
-    """Raised when a broker process does not become ready."""
 
 
 def cache_root() -> Path:
@@ -131,94 +123,7 @@ def ensure_jars(version: str = KAFKA_VERSION, cache_dir: Path | None = None) -> 
     return libs
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _log_tail(path: Path, lines: int = 40) -> str:
-    """Return the last ``lines`` lines of a log file (empty if missing)."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def wait_for_broker(
-    bootstrap: str,
-    proc: subprocess.Popen[bytes],
-    log: Path,
-    timeout: float,
-    client_options: dict[str, Any] | None = None,
-) -> None:
-    """Block until a broker accepts connections and answers a metadata request.
-
-    Parameters
-    ----------
-    bootstrap : str
-        ``"host:port"`` of the broker.
-    proc : subprocess.Popen
-        The broker process; failing early when it dies.
-    log : Path
-        Broker log file, quoted in the error message.
-    timeout : float
-        Seconds to wait.
-    client_options : dict, optional
-        kafka-python TLS/SASL options for the probe (:meth:`Settings.kafka_python_security` spelling).
-
-    Raises
-    ------
-    BrokerStartError
-        If the process exits or the broker is not ready within ``timeout``.
-    """
-    from kafka import KafkaAdminClient  # heavy import, only needed here
-    from kafka.errors import KafkaConfigurationError
-
-    host, port = bootstrap.rsplit(":", 1)
-    deadline = time.monotonic() + timeout
-    error: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BrokerStartError(f"broker exited with code {proc.returncode}; log tail:\n{_log_tail(log)}")
-        try:
-            # Cheap port probe first: the admin client logs noisily when refused.
-            socket.create_connection((host, int(port)), timeout=1).close()
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap,
-                request_timeout_ms=5000,
-                bootstrap_timeout_ms=5000,
-                **(client_options or {}),
-            )
-            try:
-                admin.list_topics()
-                return
-            finally:
-                admin.close()
-        except KafkaConfigurationError:
-            raise  # a bug on our side, not a broker that is still starting
-        except Exception as exc:  # any other failure means "not ready yet"
-            error = exc
-            time.sleep(0.5)
-    raise BrokerStartError(
-        f"broker at {bootstrap} not ready after {timeout:.0f}s ({error!r}); log tail:\n{_log_tail(log)}"
-    )
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    """Stop a process with SIGTERM, then SIGKILL if it lingers past ``timeout`` seconds."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-class ApacheKafkaBroker(ClosesOnExit):
+class ApacheKafkaBroker(BrokerProcess):
     """A single-node Apache Kafka broker+controller (KRaft) on loopback.
 
     Ports and the data directory are fixed at the first :meth:`start`, so
@@ -248,6 +153,9 @@ class ApacheKafkaBroker(ClosesOnExit):
     username, password : str
         The client user of a ``SASL_SSL`` listener (password: random if empty).
 
+    :meth:`stop` keeps data, ports and config, so :meth:`start` brings the same
+    broker back; :meth:`close` also removes a temporary ``work_dir``.
+
     Examples
     --------
     >>> with ApacheKafkaBroker() as broker:  # doctest: +SKIP
@@ -256,6 +164,9 @@ class ApacheKafkaBroker(ClosesOnExit):
     ...     settings = Settings(broker=broker.bootstrap, **broker.client_security)
     ...     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, **settings.kafka_python_security())
     """
+
+    stop_timeout = 30.0
+    """Seconds a graceful stop may take (the JVM flushes its logs) before the broker is killed."""
 
     def __init__(
         self,
@@ -280,29 +191,22 @@ class ApacheKafkaBroker(ClosesOnExit):
             # Both end up inside a JAAS config string or a --add-scram argument.
             if any(c in value for c in "\"'=[],;\n"):
                 raise ValueError(f"{what} must not contain quotes, '=', brackets, ',' or ';'")
+        own_dir = work_dir is None
+        super().__init__(
+            Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="metastream-kafka-")),
+            own_dir,
+            startup_timeout,
+        )
         self.version = version
         self.heap = heap
-        self.startup_timeout = startup_timeout
         self.security_protocol = security_protocol
         self.sasl_mechanism = sasl_mechanism
         self.username = username
         self.password = password or secrets.token_urlsafe(16)
         self._broker_password = secrets.token_urlsafe(16)
         self.pki: LocalPki | None = None
-        self._own_dir = work_dir is None
-        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="metastream-kafka-"))
-        self.port: int | None = None
         self.controller_port: int | None = None
         self._wanted_port = port
-        self._proc: subprocess.Popen[bytes] | None = None
-        atexit.register(self.close)  # never leave a JVM behind if the caller forgets
-
-    @property
-    def bootstrap(self) -> str:
-        """``"127.0.0.1:PORT"`` for ``bootstrap_servers``; valid after :meth:`start`."""
-        if self.port is None:
-            raise RuntimeError("broker not started")
-        return f"127.0.0.1:{self.port}"
 
     @property
     def client_security(self) -> dict[str, str]:
@@ -328,16 +232,6 @@ class ApacheKafkaBroker(ClosesOnExit):
     def client_options(self) -> dict[str, Any]:
         """:attr:`client_security` in kafka-python's spelling (for ``KafkaProducer(**...)`` etc.)."""
         return kafka_python_spelling(self.client_security)
-
-    @property
-    def log_path(self) -> Path:
-        """Broker log file (appended to across restarts)."""
-        return self.work_dir / "broker.log"
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the broker process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     def _write_config(self) -> Path:
         """Write ``server.properties`` and the log4j2 config; return the former."""
@@ -430,21 +324,14 @@ class ApacheKafkaBroker(ClosesOnExit):
             *args,
         ]
 
-    def start(self) -> ApacheKafkaBroker:
-        """Start the broker (formatting storage on first start) and wait until it is ready.
-
-        Returns
-        -------
-        ApacheKafkaBroker
-            ``self``, for chaining.
+    def _command(self) -> list[str]:
+        """Format storage on the first start (ports and config fixed then); the ``kafka.Kafka`` command.
 
         Raises
         ------
         BrokerStartError
-            If formatting fails or the broker is not ready in time.
+            If formatting fails.
         """
-        if self.is_running:
-            return self
         libs = ensure_jars(self.version)
         saved = self._saved_ports()
         if self.port is None and saved is not None:
@@ -476,21 +363,10 @@ class ApacheKafkaBroker(ClosesOnExit):
             if fmt.returncode != 0:
                 raise BrokerStartError(f"kafka storage format failed:\n{(fmt.stdout + fmt.stderr)[-3000:]}")
             self._save_ports()
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                self._java(libs, "kafka.Kafka", str(self.work_dir / "server.properties")),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        try:
-            wait_for_broker(
-                self.bootstrap, self._proc, self.log_path, self.startup_timeout, self.client_options()
-            )
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return self._java(libs, "kafka.Kafka", str(self.work_dir / "server.properties"))
+
+    def _probe_options(self) -> dict[str, Any]:
+        return self.client_options()
 
     @property
     def _ports_file(self) -> Path:
@@ -507,25 +383,3 @@ class ApacheKafkaBroker(ClosesOnExit):
 
     def _save_ports(self) -> None:
         self._ports_file.write_text(json.dumps({"port": self.port, "controller_port": self.controller_port}))
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the broker gracefully (SIGTERM), killing it after ``timeout`` seconds.
-
-        Data, ports and config are kept so :meth:`start` can bring it back.
-        """
-        stop_process(self._proc, timeout)
-        self._proc = None
-
-    def restart(self) -> None:
-        """Stop and start again on the same ports with the same data."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop the broker and delete its work dir if it was a temporary one."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-
-    def __enter__(self) -> ApacheKafkaBroker:
-        return self.start()
