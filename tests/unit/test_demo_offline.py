@@ -7,7 +7,7 @@ import functools
 import pytest
 
 import learners.evaluation.synthetic
-from pipeline import cli
+from pipeline.tools import cli
 
 
 def test_demo_offline_replays_every_strategy_without_parsing_a_command_line(
