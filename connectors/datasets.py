@@ -53,7 +53,7 @@ import numpy as np
 from connectors.csv_source import ReadingsTable, load_readings_csv
 from learners.config import Task
 
-DATASETS = ("air", "wind", "watch", "actigraphy", "colorado", "synthetic")
+DATASETS = ("air", "wind", "watch", "actigraphy", "colorado", "synthetic", "synthetic-clusters")
 FETCH_HINT = "run scripts/fetch_datasets.sh (or make datasets) first"
 
 
@@ -377,11 +377,25 @@ def load_colorado(min_months: int = 480) -> Dataset:
     )
 
 
-def load_synthetic(seed: int = 0, n_devices: int = 100, n_readings: int = 60_000) -> Dataset:
-    """The seeded synthetic fleet of :mod:`learners.synthetic` (the demo's)."""
+def load_synthetic(
+    seed: int = 0, n_devices: int = 100, n_readings: int = 60_000, clusters: int = 0
+) -> Dataset:
+    """The seeded synthetic fleet of :mod:`learners.synthetic` (the demo's; ``clusters`` kinds of devices)."""
     from learners.synthetic import make_fleet_stream
 
-    s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed)
+    s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed, clusters=clusters)
+    if clusters:
+        return Dataset(
+            s.device_ids,
+            s.x,
+            s.y,
+            s.task,
+            s.feature_names(),
+            time=s.time,
+            name="synthetic-clusters",
+            description=f"seeded synthetic fleet of {clusters} kinds of devices: {n_devices} devices, "
+            "a drift moves a device to another kind",
+        )
     return Dataset(
         s.device_ids,
         s.x,
@@ -429,6 +443,8 @@ def load_dataset(
         return load_colorado()
     if name == "synthetic":
         return load_synthetic(seed)
+    if name == "synthetic-clusters":
+        return load_synthetic(seed, clusters=4)
     if device_col is None or target_col is None:
         if not name.endswith(".csv") and not Path(name).exists():
             raise ValueError(f"unknown data set {name!r}; choose {', '.join(DATASETS)} or a CSV path")
