@@ -41,7 +41,7 @@ def test_delays_count_readings_from_the_change_to_the_reporting_batch() -> None:
     # a: a false alarm before the change, then one 4 readings in; b: never after its change
     strategy = ReportsAt({"a": {5, 15}, "b": {3}})
     # Execute: batches of 6 readings = 2 readings per device
-    delays = detection_delays(strategy, stream, batch_size=6)  # type: ignore[arg-type]
+    delays = detection_delays(strategy, stream, batch_size=6)
     # Assert: a's 15th reading ends a batch at 16 seen readings → 16 - 11 = 5
     assert delays == [5, None]
     assert share_within(delays, within=5) == 0.5 and share_within(delays, within=4) == 0.0
