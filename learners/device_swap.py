@@ -6,10 +6,11 @@ number ``at``, ``at + 1``, … ; b keeps its own stream too).  The change
 point is known exactly, and the new concept is real data.  A's readings
 past the end of b's are dropped, so a is never swapped back.
 
-*Recovery* of a swap: the number of a's readings after the swap until the
-mean prequential error of a's last ``window`` readings is back within
-``tolerance`` × a's mean error over the ``baseline`` readings before the
-swap.  A swap whose error never comes back before a's stream ends is
+*Recovery* of a swap: the number ``i`` of a's readings after the swap
+until the mean prequential error of a's last ``min(i, window)`` readings is
+back within ``tolerance`` × a's mean error over the ``baseline`` readings
+before the swap (1: the first reading after the swap was already fine).
+A swap whose error never comes back before a's stream ends is
 *censored*: its recovery is the number of readings a had left.
 """
 
@@ -127,18 +128,21 @@ def recovery(
     >>> e = np.r_[np.ones(50), np.full(20, 5.0), np.ones(30)]
     >>> recovery(e, 50, window=10, baseline=50)   # the last 10 of the first 29 average 1.4
     (29, True)
+    >>> recovery(np.r_[np.ones(50), 1.2, np.full(9, 5.0)], 50)   # fine at once
+    (1, True)
     >>> recovery(np.r_[np.ones(50), np.full(30, 5.0)], 50)
     (30, False)
     """
     level = tolerance * float(np.mean(errors[max(0, at - baseline) : at]))
     after = errors[at:]
-    if len(after) < window:
-        return len(after), False
-    rolling = np.convolve(after, np.ones(window) / window, mode="valid")  # rolling[i]: after[i : i+window]
-    ok = np.flatnonzero(rolling <= level)
+    # mean of the last min(i, window) readings after the swap, for i = 1, 2, …
+    sums = np.cumsum(np.r_[0.0, after])
+    i = np.arange(1, len(after) + 1)
+    lo = np.maximum(i - window, 0)
+    ok = np.flatnonzero((sums[i] - sums[lo]) / (i - lo) <= level)
     if ok.size == 0:
         return len(after), False
-    return int(ok[0] + window), True
+    return int(ok[0] + 1), True
 
 
 def swap_recoveries(

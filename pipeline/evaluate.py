@@ -437,8 +437,9 @@ def format_swaps(results: dict[str, Any]) -> str:
         for r in rs
     ]
     note = (
-        f"device swaps: readings after the swap until the device's mean error over {WINDOW} readings is back "
-        f"within {TOLERANCE}x its mean over the {BASELINE} before (unrecovered: readings left)"
+        f"device swaps: readings i after the swap until the device's mean error over its last "
+        f"min(i, {WINDOW}) is back within {TOLERANCE}x its mean over the {BASELINE} before "
+        "(unrecovered: readings left)"
     )
     return "\n" + _table(head, table) + "\n" + note
 

@@ -84,4 +84,4 @@ def test_evaluate_reports_swap_recovery_per_strategy(
     assert code == 0 and [r["strategy"] for r in rows] == ["reptile", "finetune"]
     for r in rows:
         assert r["swaps"] == 2 and 0 <= r["swap_recovered"] <= 2
-        assert r["swap_recovery_median"] >= 10
+        assert r["swap_recovery_median"] >= 1
