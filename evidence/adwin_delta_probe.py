@@ -1,23 +1,35 @@
-# Exploratory probe (not a test): the share of abrupt drifts detected within 30 readings with ADWIN(clock=8, delta=argv[1]).
-import sys, torch
-from river import drift
-import learners.drift as ld
+"""Exploratory probe, not a test: share of abrupt drifts detected within 30 readings with ADWIN's ``delta``.
 
-delta = float(sys.argv[1])
-orig = ld.make_detector
-ld.make_detector = lambda name, seed=0: (
-    drift.ADWIN(clock=8, delta=delta) if name == "adwin" else orig(name, seed)
-)
-from learners.config import LearnerConfig
+Usage: ``PYTHONPATH=edge .venv/bin/python evidence/adwin_delta_probe.py DELTA`` (reptile, seed 0,
+clustered fleet of 4 kinds and the default fleet).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from river import base, drift
+
+import learners.drift as ld
+from learners.config import DetectorName, LearnerConfig
+from learners.drift_delay import detection_delays, share_within
+from learners.replay import default_batch_size
 from learners.strategies import make_strategy
 from learners.synthetic import make_fleet_stream
-from learners.replay import default_batch_size
-from learners.drift_delay import detection_delays, share_within
 
+DELTA = float(sys.argv[1])
+_original = ld.make_detector
+
+
+def _detector(name: DetectorName, seed: int = 0) -> base.DriftDetector:
+    return drift.ADWIN(clock=8, delta=DELTA) if name == "adwin" else _original(name, seed)
+
+
+ld.make_detector = _detector
 torch.set_num_threads(1)
 for clusters in (4, 0):
     s = make_fleet_stream(n_devices=50, n_readings=30000, gradual_share=0.0, seed=0, clusters=clusters)
-    L = make_strategy("reptile", LearnerConfig(n_features=s.x.shape[1], seed=0))
-    d = detection_delays(L, s, default_batch_size(50))
-    fa = 0
-    print(delta, clusters, share_within(d), sum(x is not None for x in d))
+    learner = make_strategy("reptile", LearnerConfig(n_features=s.x.shape[1], seed=0))
+    delays = detection_delays(learner, s, default_batch_size(50))
+    print(DELTA, clusters, share_within(delays), sum(d is not None for d in delays))
