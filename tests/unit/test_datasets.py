@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.tools.datasets import Dataset, DatasetMissing, lag_readings, load_dataset
+from pipeline.tools.datasets import Dataset, DatasetMissing, lag_readings, load_dataset, read_awd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,13 @@ def _load(name: str) -> Dataset:
 
 @pytest.mark.parametrize(
     ("name", "task", "devices", "features"),
-    [("air", "regression", 70, 9), ("wind", "regression", 12, 9), ("watch", "classification", 10, 12)],
+    [
+        ("air", "regression", 70, 9),
+        ("wind", "regression", 12, 9),
+        ("watch", "classification", 10, 12),
+        ("actigraphy", "regression", 11, 8),
+        ("colorado", "regression", 159, 4),
+    ],
 )
 def test_loader_gives_many_devices_in_time_order(name: str, task: str, devices: int, features: int) -> None:
     # Execute
@@ -76,7 +82,7 @@ def test_missing_data_fails_with_the_fetch_hint(monkeypatch: pytest.MonkeyPatch,
     # Prepare
     monkeypatch.setenv("METASTREAM_CACHE", str(tmp_path))
     # Execute / Assert
-    for name in ("air", "wind", "watch"):
+    for name in ("air", "wind", "watch", "actigraphy", "colorado"):
         with pytest.raises(DatasetMissing, match=r"scripts/fetch_datasets\.sh"):
             load_dataset(name)
 
@@ -86,3 +92,35 @@ def test_fetch_script_is_valid_bash() -> None:
     result = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "fetch_datasets.sh")], capture_output=True)
     # Assert
     assert result.returncode == 0, result.stderr
+
+
+def test_actigraphy_readings_are_the_recordings_summed_per_epoch() -> None:
+    # Execute
+    d = _load("actigraphy")
+    # Assert: 5-minute sums on the log1p scale, lag1 is the epoch before, clock on the circle
+    ids = np.array(d.device_ids)
+    first = d.y[ids == "example_01"]
+    lag1 = d.x[ids == "example_01", 0]
+    assert np.array_equal(lag1[1:], first[:-1])
+    assert (d.y >= 0).all() and np.allclose(d.x[:, 6] ** 2 + d.x[:, 7] ** 2, 1.0)
+
+
+def test_colorado_minimum_is_below_maximum() -> None:
+    # Execute
+    d = _load("colorado")
+    # Assert: a month's mean daily minimum never exceeds its mean daily maximum
+    assert (d.y <= d.x[:, 0]).all()
+    assert min(list(d.device_ids).count(s) for s in set(d.device_ids)) >= 480
+
+
+def test_read_awd_parses_counts_and_rejects_other_epochs(tmp_path: Path) -> None:
+    # Prepare: a one-minute file with a light column, and a 30-second one
+    header = ["subject", "23-Jan-1918", "13:58", " 4 ", "00", "V1", "X"]
+    (tmp_path / "a.AWD").write_text("\r\n".join([*header, "3 , 0.5", "0 , 1.0", "12"]) + "\r\n")
+    (tmp_path / "b.AWD").write_text("\n".join([*header[:3], "2", *header[4:], "1"]))
+    # Execute
+    start, counts = read_awd(tmp_path / "a.AWD")
+    # Assert
+    assert str(start) == "1918-01-23T13:58" and counts.tolist() == [3.0, 0.0, 12.0]
+    with pytest.raises(ValueError, match="one-minute epochs"):
+        read_awd(tmp_path / "b.AWD")
