@@ -42,7 +42,7 @@ def test_one_theta_message_is_opened_once_and_feeds_fleet_and_aggregator() -> No
     )
 
     # Execute
-    _adopt(state, theta.value)
+    _adopt(state, theta.payload)
 
     # Assert
     assert verifier.opened == 1
