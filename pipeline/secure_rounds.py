@@ -81,7 +81,9 @@ class SecureRounds:
     def _screen(self, devices: Sequence[str]) -> tuple[list[str], list[str], list[Outgoing]]:
         if self.aggregator.privacy is None:
             return list(devices), [], []
-        admitted, over, events = [], [], []
+        admitted: list[str] = []
+        over: list[str] = []
+        events: list[Outgoing] = []
         for device in devices:
             ok, budget_events = self.aggregator.privacy.screen(EDGE_PREFIX + device)
             (admitted if ok else over).append(device)
