@@ -48,6 +48,8 @@ class RoundOutcome:
     over_budget: tuple[str, ...]
     result: AggregateResult | None
     outgoing: list[Outgoing]
+    refused: str | None = None
+    """Why θ did not take the result (:func:`learners.bounds.check_secure_sum`), if it did not."""
 
 
 class SecureRounds:
@@ -64,6 +66,9 @@ class SecureRounds:
         How long each phase waits for devices before it closes without them.
     clock
         Monotonic seconds; it sets the phase deadlines.
+    clip, max_weight
+        The rules devices follow before masking (clip their update, cap
+        their weight); ``None`` skips that check of the sum.
     """
 
     def __init__(
@@ -72,8 +77,12 @@ class SecureRounds:
         topics: SecAggTopics | None = None,
         phase_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        clip: float | None = None,
+        max_weight: float | None = None,
     ) -> None:
         self.aggregator = aggregator
+        self.clip = clip
+        self.max_weight = max_weight
         self.topics = topics or SecAggTopics()
         self.phase_timeout_s = phase_timeout_s
         self.clock = clock

@@ -70,7 +70,14 @@ log = logging.getLogger(__name__)
 
 META_KEY = "__meta__"
 
-AGGREGATOR_COUNTS = ("theta_refused", "theta_unchecked", "rows_clipped", "weights_capped", "privacy_refused")
+AGGREGATOR_COUNTS = (
+    "theta_refused",
+    "theta_unchecked",
+    "rows_clipped",
+    "weights_capped",
+    "privacy_refused",
+    "secure_rounds_refused",
+)
 """Counters of :attr:`MetaAggregator.counts` (worker stats and /metrics)."""
 
 

@@ -49,6 +49,16 @@ def test_issue_12_forgery_ruins_the_plain_mean_but_the_default_bounds_hold(
     assert forged["adaptive"]["none"] <= 1.01 * clean  # the default bounds cost honest devices nothing here
 
 
+def test_secure_aggregation_refuses_a_round_with_an_inflated_claim_and_keeps_theta() -> None:
+    # Prepare / Execute
+    out = run_poison(SMALL, aggregators=("mean", "secagg", "capped"), attacks=("none", "inflated"))
+    error = out["error"]
+    # Assert: the sum shows the inflated total weight, so θ never moves; capping needs no refusal
+    assert error["secagg"]["inflated"] == out["untrained"]
+    assert error["secagg"]["none"] <= 1.01 * error["mean"]["none"]  # honest devices' own clip costs little
+    assert error["capped"]["inflated"] <= 1.01 * error["capped"]["none"]
+
+
 def test_the_experiment_is_seeded() -> None:
     setup = PoisonSetup(honest=3, attackers=1, held_out=2, rounds=2, trim=0.25, query=20)
     first = run_poison(setup, aggregators=("trim",), attacks=("sign_flip",))
