@@ -30,7 +30,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -83,6 +83,10 @@ noise to that sum."""
 
 _SUMMED = ("capped", "dp", "secagg", "secagg+dp")
 
+if TYPE_CHECKING:
+    from connectors.csv_source import ReadingsTable
+    from learners.synthetic import FleetStream
+
 
 @dataclass(frozen=True)
 class PoisonSetup:
@@ -131,26 +135,44 @@ class PoisonSetup:
 
 
 class Fleet:
-    """Every device's readings in its own order, cut from one synthetic stream."""
+    """Every device's readings in its own order, cut from one synthetic stream or a real table.
 
-    def __init__(self, setup: PoisonSetup) -> None:
+    With a ``table`` (e.g. :func:`connectors.datasets.load_dataset`), the devices
+    are its devices with enough readings, drawn at random (seeded); ``setup.cfg``
+    must have the table's number of features.
+    """
+
+    def __init__(self, setup: PoisonSetup, table: ReadingsTable | None = None) -> None:
         n_devices = setup.honest + setup.attackers + setup.held_out
         per_device = max(setup.rounds * setup.cfg.adapt_after, setup.cfg.adapt_after + setup.query)
-        stream = make_fleet_stream(
-            n_devices=n_devices,
-            n_readings=int(n_devices * per_device * 1.5),
-            n_features=setup.cfg.n_features,
-            drifts_per_device=0,
-            late_joiners=0.0,
-            seed=setup.seed,
-        )
-        ids = np.asarray(stream.device_ids)
-        self.devices = sorted(set(stream.device_ids))
-        self.x = {d: stream.x[ids == d] for d in self.devices}
-        self.y = {d: stream.y[ids == d] for d in self.devices}
-        short = [d for d in self.devices if len(self.y[d]) < per_device]
-        if short:
-            raise ValueError(f"{len(short)} devices have fewer than {per_device} readings; lower rounds")
+        source: ReadingsTable | FleetStream
+        if table is None:
+            source = make_fleet_stream(
+                n_devices=n_devices,
+                n_readings=int(n_devices * per_device * 1.5),
+                n_features=setup.cfg.n_features,
+                drifts_per_device=0,
+                late_joiners=0.0,
+                seed=setup.seed,
+            )
+        elif table.task != "regression":
+            raise ValueError(f"the federated experiments need a regression data set, not {table.task}")
+        else:
+            source = table
+        ids = np.asarray(source.device_ids)
+        everyone = sorted(set(source.device_ids))
+        self.x = {d: source.x[ids == d] for d in everyone}
+        self.y = {d: source.y[ids == d] for d in everyone}
+        long_enough = [d for d in everyone if len(self.y[d]) >= per_device]
+        if len(long_enough) < n_devices:
+            raise ValueError(
+                f"{n_devices} devices with {per_device} readings each are needed; "
+                f"{len(long_enough)} have that many: lower --rounds or the number of devices"
+            )
+        if len(long_enough) > n_devices:  # a real table: a seeded draw of its devices
+            drawn = np.random.default_rng([setup.seed, 2]).permutation(len(long_enough))[:n_devices]
+            long_enough = [long_enough[i] for i in sorted(drawn)]
+        self.devices = long_enough
         rng = np.random.default_rng(setup.seed)
         order = [self.devices[i] for i in rng.permutation(len(self.devices))]
         self.honest = order[: setup.honest]
