@@ -64,6 +64,8 @@ class EdgeSubscriber(_Subscriber):
         Also follow θ on the meta topic.
     log_size : int
         How many recent messages :attr:`received` keeps.
+    root : Verifier, optional
+        The root key that signs key sets (rotation and revocation of ``verifier``'s keys).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class EdgeSubscriber(_Subscriber):
         verifier: Verifier | None = None,
         follow_meta: bool = False,
         log_size: int = 10_000,
+        root: Verifier | None = None,
     ) -> None:
         self.settings = settings
         devices = list(devices)
@@ -89,6 +92,7 @@ class EdgeSubscriber(_Subscriber):
             log_size=log_size,
             client_id=f"{settings.app_id}-edge",
             security=settings.kafka_python_security(),
+            root=root,
         )
 
 
@@ -102,7 +106,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
     """
     settings = Settings.load(args.settings, broker=args.broker)
     verifier = trusted_verifier(settings, args.trusted_key or ())
-    with EdgeSubscriber(settings, args.device, verifier, follow_meta=args.follow_meta) as sub:
+    root = Verifier.from_files(*args.root_key) if args.root_key else None
+    with EdgeSubscriber(settings, args.device, verifier, follow_meta=args.follow_meta, root=root) as sub:
         return follow(sub, args.duration, follow_meta=args.follow_meta)
 
 
@@ -114,6 +119,12 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--device", action="append", required=True, help="device id to follow; repeatable")
     p.add_argument(
         "--trusted-key", action="append", help="PEM public key to trust; repeatable (default: settings)"
+    )
+    p.add_argument(
+        "--root-key",
+        action="append",
+        default=[],
+        help="PEM public key that signs key sets (rotation and revocation of trusted keys); repeatable",
     )
     p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C or SIGTERM)")
     p.add_argument("--follow-meta", action="store_true", help="also follow θ on the meta topic")

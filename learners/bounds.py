@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -201,3 +202,34 @@ class ContributionBounds:
 
 
 __all__ = ["MIN_CLIP", "MIN_HISTORY", "WINDOW", "Bounded", "ContributionBounds", "RunningBound"]
+
+
+def check_secure_sum(
+    mean: np.ndarray, total_weight: float, n_survivors: int, clip: float | None, max_weight: float | None
+) -> str | None:
+    """Why a round's result cannot come from devices that kept the rules, or ``None`` if it can.
+
+    The aggregator never sees one device's update, so it checks what the sum
+    still shows: a weighted mean of updates clipped to ``clip`` has a norm of
+    at most ``clip``, and weights capped at ``max_weight`` add up to at most
+    ``n_survivors · max_weight``.  A longer mean or a larger total means that
+    some device skipped its clip or inflated its claim; the round is refused
+    as a whole (nobody can tell which device did it).
+
+    Examples
+    --------
+    >>> check_secure_sum(np.array([0.6, 0.8]), 3.0, 3, clip=1.0, max_weight=1.0) is None
+    True
+    >>> check_secure_sum(np.array([6.0, 8.0]), 3.0, 3, clip=1.0, max_weight=1.0)
+    'mean norm 10 > clip 1'
+    >>> check_secure_sum(np.array([0.6, 0.8]), 30.0, 3, clip=1.0, max_weight=1.0)
+    'total weight 30 > 3 survivors x 1'
+    """
+    # Fixed-point rounding in the protocol lengthens a mean by far less than this.
+    slack = 1e-6
+    norm = float(np.linalg.norm(mean))
+    if clip is not None and not norm <= clip * (1 + slack) + slack:
+        return f"mean norm {norm:.4g} > clip {clip:g}"
+    if max_weight is not None and not total_weight <= n_survivors * max_weight * (1 + slack):
+        return f"total weight {total_weight:.4g} > {n_survivors} survivors x {max_weight:g}"
+    return None

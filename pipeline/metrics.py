@@ -95,6 +95,14 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "metastream_contribution_weights_capped",
         "Contribution rows whose claimed weight was capped.",
     ),
+    "privacy_refused": (
+        "metastream_privacy_refused",
+        "Federated devices' contributions refused because they spent their privacy budget.",
+    ),
+    "secure_rounds_refused": (
+        "metastream_secure_rounds_refused",
+        "Secure-aggregation rounds whose sum showed a skipped clip or an inflated weight.",
+    ),
     "rejected": (
         "metastream_guard_rejections",
         "Adaptations the regression guard refused (the device kept its model; nothing published).",

@@ -6,7 +6,7 @@ noise multiplier (:mod:`metastream_edge.dp`).  The account composes them
 with Rényi DP (``dp_accounting.rdp.RdpAccountant``, Google's maintained
 library) and converts to ε at the policy's δ.  A device whose next
 contribution would take it past the budget is refused from then on, and one
-:class:`BudgetExhausted` event says so.
+:class:`~wire.events.PrivacyBudgetExhausted` event says so.
 
 θ is released after every round; under add/remove-one-device adjacency a
 round a device sat out costs it nothing, so θ's ε with respect to any one
@@ -17,7 +17,7 @@ the budget however long the stream runs.
 Wiring (the meta agent): :class:`PrivacyGate` is the hook.  In
 ``MetaAggregator.on_delta``, after decoding, call ``gate.screen(header.source)``;
 when it says no, skip ``meta.step`` for that message (count it as refused);
-either way send the :class:`~pipeline.outgoing.Outgoing` events it returns.
+either way send the typed events it returns.
 
 Examples
 --------
@@ -32,19 +32,16 @@ Examples
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
 import dp_accounting
 from dp_accounting.rdp import RdpAccountant
 
-from pipeline.outgoing import Outgoing
-
-EVENT_TYPE = "privacy_budget_exhausted"
+from wire.events import PrivacyBudgetExhausted
 
 
 @dataclass(frozen=True)
@@ -78,22 +75,6 @@ class PrivacyPolicy:
             raise ValueError(f"epsilon_budget must be > 0; got {self.epsilon_budget}")
         if self.mode not in ("local", "central"):
             raise ValueError(f"mode must be 'local' or 'central'; got {self.mode!r}")
-
-
-@dataclass(frozen=True)
-class BudgetExhausted:
-    """Event: a device's next contribution would exceed its budget, so it contributes no more."""
-
-    device_id: str
-    contributions: int
-    epsilon: float
-    budget: float
-    delta: float
-    type: str = field(default=EVENT_TYPE)
-
-    def to_json(self) -> bytes:
-        """The event as it goes on the events topic."""
-        return json.dumps(asdict(self), sort_keys=True).encode()
 
 
 def gaussian_epsilon(
@@ -149,7 +130,7 @@ class PrivacyLedger:
         self.policy = policy
         self._counts: dict[str, int] = {}
         self._refused: set[str] = set()
-        self._events: list[BudgetExhausted] = []
+        self._events: list[PrivacyBudgetExhausted] = []
         self._epsilon = lru_cache(maxsize=4096)(self._epsilon_uncached)
 
     def _epsilon_uncached(self, count: int) -> float:
@@ -178,7 +159,7 @@ class PrivacyLedger:
     def admit(self, device_id: str) -> bool:
         """Record one contribution of ``device_id`` if it stays within budget; ``False`` refuses it.
 
-        The first refusal of a device queues a :class:`BudgetExhausted` event.
+        The first refusal of a device queues a :class:`~wire.events.PrivacyBudgetExhausted` event.
         """
         if device_id in self._refused:
             return False
@@ -186,13 +167,15 @@ class PrivacyLedger:
         if self.epsilon(n + 1) > self.policy.epsilon_budget:
             self._refused.add(device_id)
             self._events.append(
-                BudgetExhausted(device_id, n, self.epsilon(n), self.policy.epsilon_budget, self.policy.delta)
+                PrivacyBudgetExhausted(
+                    device_id, n, self.epsilon(n), self.policy.epsilon_budget, self.policy.delta
+                )
             )
             return False
         self._counts[device_id] = n + 1
         return True
 
-    def drain_events(self) -> list[BudgetExhausted]:
+    def drain_events(self) -> list[PrivacyBudgetExhausted]:
         """Events queued since the last call (each device's exhaustion once)."""
         out, self._events = self._events, []
         return out
@@ -211,27 +194,22 @@ class PrivacyGate:
 
     Examples
     --------
-    >>> gate = PrivacyGate(PrivacyLedger(PrivacyPolicy(3.0, epsilon_budget=1.5)), "metastream.events")
+    >>> gate = PrivacyGate(PrivacyLedger(PrivacyPolicy(3.0, epsilon_budget=1.5)))
     >>> gate.screen("edge:dev-9")
     (True, [])
     >>> ok, events = gate.screen("edge:dev-9")
-    >>> ok, events[0].topic, events[0].key, json.loads(events[0].value)["contributions"]
-    (False, 'metastream.events', b'dev-9', 1)
+    >>> ok, events[0].device_id, events[0].contributions
+    (False, 'dev-9', 1)
     >>> gate.screen("worker-1")
     (True, [])
     """
 
-    def __init__(self, ledger: PrivacyLedger, events_topic: str) -> None:
+    def __init__(self, ledger: PrivacyLedger) -> None:
         self.ledger = ledger
-        self.events_topic = events_topic
 
-    def screen(self, source: str) -> tuple[bool, list[Outgoing]]:
+    def screen(self, source: str) -> tuple[bool, list[PrivacyBudgetExhausted]]:
         """``(admitted, events to send)`` for one contribution from ``source``."""
         if not source.startswith(EDGE_PREFIX):
             return True, []
         admitted = self.ledger.admit(source[len(EDGE_PREFIX) :])
-        events = [
-            Outgoing(self.events_topic, e.device_id.encode(), e.to_json(), [("type", EVENT_TYPE.encode())])
-            for e in self.ledger.drain_events()
-        ]
-        return admitted, events
+        return admitted, self.ledger.drain_events()

@@ -17,8 +17,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from connectors.contributions import ContributionGate, ContributionRefused, DeviceKeys
 from connectors.settings import Settings
@@ -53,7 +55,14 @@ from wire.checkpoint import (
     payload_digest,
     split_export,
 )
-from wire.events import AdaptationRejected, AdaptationResult, Adapted, Drift, Evicted, ThetaRefused
+from wire.events import (
+    AdaptationRejected,
+    AdaptationResult,
+    Adapted,
+    Drift,
+    Evicted,
+    ThetaRefused,
+)
 from wire.messages import Contribution, Message, ModelUpdate, ThetaVersion
 from wire.models import (
     META_KEY,
@@ -64,9 +73,20 @@ from wire.models import (
 )
 from wire.readings import DeadLetter, Reading, Rejected, decode_readings, device_named_in
 
+if TYPE_CHECKING:
+    from metastream_edge.secagg import AggregateResult
+    from pipeline.privacy import PrivacyGate
+
 log = logging.getLogger(__name__)
 
-AGGREGATOR_COUNTS = ("theta_refused", "theta_unchecked", "rows_clipped", "weights_capped")
+AGGREGATOR_COUNTS = (
+    "theta_refused",
+    "theta_unchecked",
+    "rows_clipped",
+    "weights_capped",
+    "privacy_refused",
+    "secure_rounds_refused",
+)
 """Counters of :attr:`MetaAggregator.counts` (worker stats and /metrics)."""
 
 
@@ -603,10 +623,12 @@ class MetaAggregator:
         fleet: FleetLearner | None = None,
         device_keys: DeviceKeys | None = None,
         clock: Callable[[], float] = time.time,
+        privacy: PrivacyGate | None = None,
     ) -> None:
         self.settings = settings
         cfg = settings.learner_config()
         self.signer = signer
+        self.privacy = privacy
         self.clock = clock
         # θ₀ is the fleet's when the aggregator runs inside a worker: built once.
         self.meta = MetaLearner.from_config(fleet.theta if fleet is not None else init_params(cfg), cfg)
@@ -639,13 +661,38 @@ class MetaAggregator:
         """θ as it is now, as the message to publish (at start, and after every step)."""
         return [theta_message(self.settings, self.signer, self.meta.theta, self.meta.version)]
 
-    def on_delta(self, value: bytes) -> list[ThetaVersion | ThetaRefused]:
+    def on_delta(self, value: bytes) -> list[Message]:
         """Apply one contribution message; returns the new θ version to publish (or a refusal event)."""
         try:
             c = self.gate.open(value)
         except ContributionRefused:
             return []  # counted and logged by the gate
-        proposal = self.meta.propose(c.deltas, c.weights)
+        if self.privacy is not None:
+            admitted, budget_events = self.privacy.screen(c.header.source)
+            if not admitted:
+                self.counts["privacy_refused"] += 1
+                return list[Message](budget_events)
+        return self._apply(c.deltas, c.weights, c.header.source)
+
+    def on_secure_round(self, result: AggregateResult) -> list[Message]:
+        """Apply a secure-aggregation round's weighted mean as one contribution of its total weight.
+
+        The aggregator never saw a device's own Δ, only the round's sum, so
+        the mean goes through the same bounds and θ check as any contribution.
+        Devices over their privacy budget must be left out of the round
+        before it starts (:mod:`pipeline.secure_rounds`): a masked input cannot
+        be taken out of a sum afterwards.
+        """
+        if result.mean.shape != (self.n_params,):
+            raise ValueError(
+                f"round {result.round_id}: mean has shape {result.mean.shape}, θ has {self.n_params}"
+            )
+        deltas = torch.as_tensor(result.mean, dtype=torch.float32).reshape(1, -1)
+        weights = torch.tensor([result.total_weight], dtype=torch.float32)
+        return self._apply(deltas, weights, f"secagg:{result.round_id}")
+
+    def _apply(self, deltas: torch.Tensor, weights: torch.Tensor, source: str) -> list[Message]:
+        proposal = self.meta.propose(deltas, weights)
         self.counts["rows_clipped"] += proposal.bounded.clipped
         self.counts["weights_capped"] += proposal.bounded.capped
         held = None
@@ -659,7 +706,7 @@ class MetaAggregator:
                 check.reason,
                 check.current_loss,
                 check.candidate_loss,
-                c.header.source,
+                source,
             )
             refused = ThetaRefused(
                 reason=check.reason,
@@ -667,7 +714,7 @@ class MetaAggregator:
                 candidate_loss=check.candidate_loss,
                 devices=check.devices,
                 held_back=check.readings,
-                source=c.header.source,
+                source=source,
                 meta_version=self.meta.version,
                 ts=self.clock(),
             )

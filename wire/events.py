@@ -113,11 +113,34 @@ class ThetaRefused:
     ts: float
 
 
-Event = Drift | Adapted | AdaptationResult | AdaptationRejected | Evicted | ThetaRefused
+@dataclass(frozen=True)
+class PrivacyBudgetExhausted:
+    """A federated device's next contribution would pass its ε budget, so it contributes no more."""
+
+    kind: ClassVar[str] = "privacy_budget_exhausted"
+    device_id: str
+    contributions: int
+    epsilon: float
+    budget: float
+    delta: float
+
+
+Event = (
+    Drift | Adapted | AdaptationResult | AdaptationRejected | Evicted | ThetaRefused | PrivacyBudgetExhausted
+)
 """Every event the worker core and the meta agent report."""
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (Drift, Adapted, AdaptationResult, AdaptationRejected, Evicted, ThetaRefused)
+    cls.kind: cls
+    for cls in (
+        Drift,
+        Adapted,
+        AdaptationResult,
+        AdaptationRejected,
+        Evicted,
+        ThetaRefused,
+        PrivacyBudgetExhausted,
+    )
 }
 """Event class by its wire ``type``."""
 

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", required=True, help="host:port[,host:port] (a kafka:// prefix is allowed)")
     p.add_argument("--device", action="append", default=[], help="device id to follow; repeatable")
     p.add_argument("--trusted-key", action="append", required=True, help="PEM public key; repeatable")
+    p.add_argument(
+        "--root-key",
+        action="append",
+        default=[],
+        help="PEM public key that signs key sets (rotation and revocation of --trusted-key); repeatable",
+    )
     p.add_argument("--topic-prefix", default="metastream", help="topics <prefix>.models / .meta / .deltas")
     p.add_argument("--follow-meta", action="store_true", help="also follow θ on the meta topic")
     p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C or SIGTERM)")
@@ -101,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Topics.with_prefix(args.topic_prefix),
         follow_meta=args.follow_meta,
         security=security,
+        root=Verifier.from_files(*args.root_key) if args.root_key else None,
     ) as sub:
         return follow(sub, args.duration, follow_meta=args.follow_meta)
 

@@ -3,11 +3,15 @@
 Envelope layout: ``b"MSG1"`` · 8-byte key id · 64-byte signature · payload.
 The key id is the first 8 bytes of sha256 of the raw public key, so a
 verifier holding several trusted keys (key rotation) knows which to use.
+The trusted set can change while running (:meth:`Verifier.replace`, driven
+by root-signed key sets, :mod:`metastream_edge.keyset`); a revoked key id
+is refused for good.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -16,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 MAGIC = b"MSG1"
 _HEAD = len(MAGIC) + 8 + 64
+HEADER_BYTES = _HEAD
+"""Bytes before the payload in an envelope."""
 
 
 class SignatureError(ValueError):
@@ -26,6 +32,28 @@ def key_id(public: Ed25519PublicKey) -> bytes:
     """First 8 bytes of sha256 over the raw public key."""
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).digest()[:8]
+
+
+def envelope_key_id(envelope: bytes) -> bytes | None:
+    """The key id an envelope claims (unverified), ``None`` if it is no envelope.
+
+    Examples
+    --------
+    >>> signer = Signer.generate()
+    >>> envelope_key_id(signer.seal(b"m")) == key_id(signer.public_key), envelope_key_id(b"plain")
+    (True, None)
+    """
+    if len(envelope) < _HEAD or not envelope.startswith(MAGIC):
+        return None
+    return envelope[len(MAGIC) : len(MAGIC) + 8]
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file; :class:`ValueError` for any other kind of key."""
+    key = serialization.load_pem_public_key(Path(path).read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path} is not an Ed25519 public key")
+    return key
 
 
 class Signer:
@@ -94,23 +122,41 @@ class Verifier:
     Traceback (most recent call last):
     ...
     metastream_edge.signing.SignatureError: unsigned: no signature envelope
+    >>> verifier.replace([new.public_key], revoked=[key_id(old.public_key)])
+    >>> verifier.open(old.seal(b"v3"))
+    Traceback (most recent call last):
+    ...
+    metastream_edge.signing.SignatureError: signed by a revoked key
     """
 
     def __init__(self, public_keys: list[Ed25519PublicKey]) -> None:
         if not public_keys:
             raise ValueError("a verifier needs at least one trusted public key")
         self._keys = {key_id(k): k for k in public_keys}
+        self._revoked: set[bytes] = set()
+
+    @property
+    def revoked(self) -> frozenset[bytes]:
+        """Ids of the keys refused for good."""
+        return frozenset(self._revoked)
+
+    def replace(self, public_keys: Iterable[Ed25519PublicKey], revoked: Iterable[bytes] = ()) -> None:
+        """Trust exactly ``public_keys`` from now on; add ``revoked`` to the ids refused for good.
+
+        A revoked id stays revoked even if a later call lists its key as trusted:
+        revocation answers a leaked key, so nothing may quietly undo it.
+        """
+        revoked_now = self._revoked | set(revoked)
+        keys = {key_id(k): k for k in public_keys}
+        keys = {kid: k for kid, k in keys.items() if kid not in revoked_now}
+        if not keys:
+            raise ValueError("a verifier needs at least one trusted, unrevoked public key")
+        self._keys, self._revoked = keys, revoked_now
 
     @classmethod
     def from_files(cls, *paths: str | Path) -> Verifier:
         """Trust the PEM public keys in ``paths``."""
-        keys = []
-        for p in paths:
-            key = serialization.load_pem_public_key(Path(p).read_bytes())
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError(f"{p} is not an Ed25519 public key")
-            keys.append(key)
-        return cls(keys)
+        return cls([load_public_key(p) for p in paths])
 
     @property
     def key_ids(self) -> tuple[bytes, ...]:
@@ -122,6 +168,8 @@ class Verifier:
         if len(envelope) < _HEAD or not envelope.startswith(MAGIC):
             raise SignatureError("unsigned: no signature envelope")
         kid, sig, payload = envelope[4:12], envelope[12:_HEAD], envelope[_HEAD:]
+        if kid in self._revoked:
+            raise SignatureError("signed by a revoked key")
         key = self._keys.get(kid)
         if key is None:
             raise SignatureError("signed by an unknown key")

@@ -2,8 +2,10 @@
 
 Models arrive as :class:`~metastream_edge.signing.Signer` envelopes around
 :mod:`metastream_edge.codec` payloads, keyed by device id; θ versions come
-under the key :data:`META_KEY`.  :class:`EdgeState` verifies each offer and
-hot-swaps what it accepts; every refusal has a reason from :data:`REFUSALS`.
+under the key :data:`META_KEY`, and root-signed key sets under
+:data:`~metastream_edge.keyset.KEYSET_KEY`.  :class:`EdgeState` verifies each
+offer and hot-swaps what it accepts; every refusal has a reason from
+:data:`REFUSALS`.
 """
 
 from __future__ import annotations
@@ -15,18 +17,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from metastream_edge.codec import META_KEY, Arrays, CodecError, ModelHeader, decode_model
+from metastream_edge.keyset import KEYSET_KEY, KeySetError, KeySetFollower
 from metastream_edge.model import EdgeModel
 from metastream_edge.signing import SignatureError, Verifier
 
 REFUSALS = (
     "unsigned",
     "unknown_key",
+    "revoked_key",
     "bad_signature",
     "bad_payload",
     "wrong_device",
     "stale_version",
     "shape_mismatch",
     "not_subscribed",
+    "no_root_key",
+    "not_root_signed",
+    "bad_keyset",
 )
 """Every reason :meth:`EdgeState.offer` can refuse with."""
 
@@ -73,6 +80,8 @@ def _signature_reason(exc: SignatureError) -> str:
     text = str(exc)
     if text.startswith("unsigned"):
         return "unsigned"
+    if "revoked key" in text:
+        return "revoked_key"
     return "unknown_key" if "unknown key" in text else "bad_signature"
 
 
@@ -92,6 +101,13 @@ class EdgeState:
         Device ids this edge runs models for (θ under ``"__meta__"`` is always allowed).
     log_size : int
         How many recent decisions :attr:`log` keeps.
+    root : Verifier, optional
+        The root key that signs key sets.  Without it, key sets are refused
+        (``no_root_key``) and the trusted keys never change.
+
+    A model refused for an ``unknown_key`` is kept (the latest per device)
+    and offered again once a key set is applied: after a key rotation, a new
+    model can arrive before the key set that trusts its key.
 
     Examples
     --------
@@ -115,20 +131,55 @@ class EdgeState:
     (2, (1,))
     """
 
-    def __init__(self, verifier: Verifier, devices: Iterable[str], log_size: int = 1000) -> None:
+    def __init__(
+        self, verifier: Verifier, devices: Iterable[str], log_size: int = 1000, root: Verifier | None = None
+    ) -> None:
         self.verifier = verifier
         self.devices = frozenset(devices)
         self.log: deque[Decision] = deque(maxlen=log_size)
         self.counts: Counter[str] = Counter()
+        self.keysets = None if root is None else KeySetFollower(root, verifier)
         self._models: dict[str, EdgeModel] = {}
         self._theta: tuple[Arrays, ModelHeader] | None = None
+        self._parked: dict[str, bytes] = {}
 
     def offer(self, device_id: str, envelope: bytes) -> Decision:
-        """Verify ``envelope`` (received under key ``device_id``) and hot-swap it in if acceptable."""
-        decision = self._decide(device_id, envelope)
+        """Verify ``envelope`` (received under key ``device_id``) and hot-swap it in if acceptable.
+
+        An accepted key set also re-offers the parked models; their decisions
+        follow it in :attr:`log` (see :meth:`offer_all` to get them back).
+        """
+        return self.offer_all(device_id, envelope)[0]
+
+    def offer_all(self, device_id: str, envelope: bytes) -> list[Decision]:
+        """Like :meth:`offer`, with the decisions on re-offered parked models after the first."""
+        if device_id == KEYSET_KEY:
+            decisions = [self._apply_keyset(envelope)]
+            if decisions[0].accepted:
+                parked, self._parked = self._parked, {}
+                decisions += [self._record(d, self._decide(d, env), env) for d, env in sorted(parked.items())]
+            return decisions
+        return [self._record(device_id, self._decide(device_id, envelope), envelope)]
+
+    def _record(self, device_id: str, decision: Decision, envelope: bytes | None = None) -> Decision:
+        if decision.reason == "unknown_key" and envelope is not None:
+            self._parked[device_id] = envelope
+        elif decision.accepted:
+            self._parked.pop(device_id, None)
         self.log.append(decision)
         self.counts[decision.reason] += 1
         return decision
+
+    def _apply_keyset(self, envelope: bytes) -> Decision:
+        if self.keysets is None:
+            decision = Decision(KEYSET_KEY, None, False, "no_root_key", "this edge trusts no root key")
+        else:
+            try:
+                applied = self.keysets.apply(envelope)
+                decision = Decision(KEYSET_KEY, applied.version, True, "accepted")
+            except KeySetError as exc:
+                decision = Decision(KEYSET_KEY, exc.version, False, exc.reason, exc.detail)
+        return self._record(KEYSET_KEY, decision)
 
     def _decide(self, device_id: str, envelope: bytes) -> Decision:
         def refuse(reason: str, detail: str, version: int | None = None) -> Decision:

@@ -2,7 +2,8 @@
 
 The consumer is assigned exactly the partitions of the models topic that hold
 its devices' keys and reads them from the beginning, so it starts with the
-latest compacted model of each device; θ versions come from the meta topic.
+latest compacted model of each device; θ versions and root-signed key sets
+come from the meta topic.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
+from metastream_edge.keyset import KEYSET_KEY
 from metastream_edge.signing import Verifier
 from metastream_edge.state import META_KEY, Decision, EdgeState
 
@@ -95,6 +97,9 @@ class EdgeSubscriber:
         Shown in the broker's logs.
     security : mapping
         TLS/SASL options in kafka-python's spelling (``security_protocol``, ``ssl_cafile``, …).
+    root : Verifier, optional
+        The root key that signs key sets; with it, the subscriber also reads
+        the meta topic's key sets and rotates or revokes ``verifier``'s keys.
     """
 
     def __init__(
@@ -107,11 +112,15 @@ class EdgeSubscriber:
         log_size: int = 10_000,
         client_id: str = "metastream-edge",
         security: Mapping[str, Any] | None = None,
+        root: Verifier | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics or Topics()
         self.follow_meta = follow_meta
-        self.state = EdgeState(verifier, devices, log_size)
+        self.state = EdgeState(verifier, devices, log_size, root=root)
+        self._meta_keys = {META_KEY} if follow_meta else set()
+        if root is not None:
+            self._meta_keys.add(KEYSET_KEY)
         if not self.state.devices and not follow_meta:
             raise ValueError("an edge subscriber needs at least one device (or follow_meta=True)")
         self.received: deque[Received] = deque(maxlen=log_size)
@@ -139,11 +148,44 @@ class EdgeSubscriber:
         models = self.topics.models
         n = len(self._partitions(models)) if self.state.devices else 0
         wanted = {TopicPartition(models, partition_for(d, n)) for d in self.state.devices}
-        if self.follow_meta:
-            meta = self.topics.meta
-            wanted |= {TopicPartition(meta, p) for p in self._partitions(meta)}
-        self._consumer.assign(sorted(wanted))
-        self._consumer.seek_to_beginning(*wanted)
+        meta = set()
+        if self._meta_keys:
+            meta = {TopicPartition(self.topics.meta, p) for p in self._partitions(self.topics.meta)}
+        if KEYSET_KEY in self._meta_keys:
+            # Trust first: the key sets (and θ) already on the meta topic, then the models.
+            read_to = self._read_up_to_end(meta)
+            self._consumer.assign(sorted(wanted | meta))
+            for tp, offset in read_to.items():
+                self._consumer.seek(tp, offset)
+        else:
+            self._consumer.assign(sorted(wanted | meta))
+            self._consumer.seek_to_beginning(*meta)
+        if wanted:
+            self._consumer.seek_to_beginning(*wanted)
+
+    def _read_up_to_end(
+        self, partitions: set[TopicPartition], timeout_s: float = 30.0
+    ) -> dict[TopicPartition, int]:
+        """Offer what the meta topic holds now, before any model; returns the offsets reached.
+
+        Otherwise a model signed by a key revoked since could be read (and
+        accepted) before the key set that revokes it.
+        """
+        self._consumer.assign(sorted(partitions))
+        self._consumer.seek_to_beginning(*partitions)
+        end: dict[TopicPartition, int] = self._consumer.end_offsets(list(partitions))
+        deadline = time.monotonic() + timeout_s
+        while any(self._consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"could not read the key sets on {self.topics.meta!r} within {timeout_s:.0f} s"
+                )
+            for records in self._consumer.poll(timeout_ms=200).values():
+                for r in records:
+                    key = r.key.decode("utf-8", "replace") if r.key is not None else ""
+                    if key in self._meta_keys and r.value is not None:
+                        self.state.offer_all(key, r.value)
+        return {tp: self._consumer.position(tp) for tp in partitions}
 
     def poll_once(self, timeout_ms: int = 500) -> list[Decision]:
         """Fetch what arrived (waiting up to ``timeout_ms``), offer it to the state, return the decisions."""
@@ -155,15 +197,15 @@ class EdgeSubscriber:
             for r in records:
                 key = r.key.decode("utf-8", "replace") if r.key is not None else ""
                 # Partitions are shared with other devices: skip theirs without verifying.
-                if (key != META_KEY) if is_meta else (key not in self.state.devices):
+                if (key not in self._meta_keys) if is_meta else (key not in self.state.devices):
                     continue
                 if r.value is None:
                     continue  # a tombstone: keep running the last good model
-                decision = self.state.offer(key, r.value)
                 sent_at = r.timestamp / 1000 if r.timestamp is not None and r.timestamp >= 0 else None
                 headers = {k: v for k, v in (r.headers or [])}
-                self.received.append(Received(decision, now, sent_at, r.partition, r.offset, headers))
-                decisions.append(decision)
+                for decision in self.state.offer_all(key, r.value):
+                    self.received.append(Received(decision, now, sent_at, r.partition, r.offset, headers))
+                    decisions.append(decision)
         return decisions
 
     def run(

@@ -11,6 +11,8 @@ the device (``local``) or once on the sum (``central``,
 with exactly its budget spent.  θ is scored as in ``metastream poison``:
 held-out devices adapt it on their first ``adapt_after`` readings, MAE on
 the readings that follow; each figure is the mean over ``seeds``.
+``--dataset air`` (or ``wind``, or a CSV) runs the same on a real data set's
+devices instead of the synthetic fleet.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +30,9 @@ from learners.federated import FederatedDevice, update_all
 from learners.meta import MetaLearner
 from learners.nets import Params, init_params
 from pipeline.tools.poison import Fleet, PoisonSetup, kshot_error
+
+if TYPE_CHECKING:
+    from pipeline.tools.csv_source import ReadingsTable
 
 EPSILONS = (1.0, 4.0, 8.0)
 
@@ -72,8 +77,11 @@ def run_dp_utility(
     modes: tuple[str, ...] = ("central", "local"),
     delta: float = 1e-5,
     seeds: int = 3,
+    table: ReadingsTable | None = None,
 ) -> dict[str, Any]:
     """k-shot MAE without DP, with clipping alone, and with DP at each ε (mean over ``seeds``).
+
+    With ``table``, the devices are drawn from it (seeded) instead of the synthetic fleet.
 
     Examples
     --------
@@ -96,7 +104,7 @@ def run_dp_utility(
         runs |= {mode: {str(eps): [] for eps in epsilons} for mode in modes}
         for s in range(seeds):
             seeded = replace(setup, seed=setup.seed + s)
-            fleet = Fleet(seeded)
+            fleet = Fleet(seeded, table)
             rng = np.random.default_rng([seeded.seed, 1])
             runs["untrained"]["-"].append(kshot_error(seeded, fleet, init_params(seeded.cfg, seeded.seed)))
             for mode in ("none", "clip"):
@@ -111,6 +119,7 @@ def run_dp_utility(
         "setup": {
             k: v for k, v in asdict(setup).items() if k not in ("cfg", "attackers", "weight_inflation")
         },
+        "data": "synthetic" if table is None else getattr(table, "name", "table"),
         "delta": delta,
         "seeds": seeds,
         "noise_multiplier": {str(eps): round(z[eps], 4) for eps in epsilons},
@@ -128,8 +137,9 @@ def format_table(result: dict[str, Any]) -> str:
     s, err = result["setup"], result["error"]
     eps = list(result["noise_multiplier"])
     lines = [
-        f"θ's k-shot MAE on {s['held_out']} held-out devices after {s['rounds']} rounds of {s['honest']} "
-        f"devices, clip={s['clip']:g}, δ={result['delta']:g}, mean of {result['seeds']} seeds",
+        f"θ's k-shot MAE on {s['held_out']} held-out devices of {result['data']} after {s['rounds']} "
+        f"rounds of {s['honest']} devices, clip={s['clip']:g}, δ={result['delta']:g}, "
+        f"mean of {result['seeds']} seeds",
         f"untrained θ: {err['untrained']['-']:.4f}   no DP: {err['none']['-']:.4f}   "
         f"clipping only: {err['clip']['-']:.4f}",
         "  ".join(["mode".ljust(8), *(f"ε={e}".rjust(9) for e in eps)]),
@@ -151,7 +161,13 @@ def cmd_dp_utility(args: argparse.Namespace) -> int:
         clip=args.clip,
         seed=args.seed,
     )
-    result = run_dp_utility(setup, tuple(args.epsilon), tuple(args.modes), args.delta, args.seeds)
+    table = None
+    if args.dataset is not None:
+        from pipeline.tools.datasets import load_dataset
+
+        table = load_dataset(args.dataset)
+        setup = replace(setup, cfg=replace(setup.cfg, n_features=table.x.shape[1]))
+    result = run_dp_utility(setup, tuple(args.epsilon), tuple(args.modes), args.delta, args.seeds, table)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -170,6 +186,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--modes", nargs="+", choices=("central", "local"), default=["central", "local"])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--dataset", help="a real regression data set (air, wind or a CSV) instead of the synthetic fleet"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dp_utility)

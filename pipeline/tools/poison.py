@@ -30,25 +30,62 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from learners.bounds import check_secure_sum
 from learners.config import LearnerConfig
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.federated import FederatedDevice, update_all
 from learners.meta import MetaLearner
 from learners.nets import Params, init_params
+from metastream_edge.dp import capped_weights, central_privatise, clip_to_norm, noise_on_sum
 
-ATTACKS: dict[str, float | None] = {"none": None, "sign_flip": -10.0, "scaled": 100.0, "forged": None}
-"""Attack name → factor the attackers multiply their honest delta by (``forged``: see :data:`FORGED`)."""
+ATTACKS: dict[str, float | None] = {
+    "none": None,
+    "inflated": 1.0,
+    "sign_flip": -10.0,
+    "scaled": 100.0,
+    "forged": None,
+}
+"""Attack name → factor the attackers multiply their honest delta by (``forged``: see :data:`FORGED`).
+
+Every attack but ``none`` also inflates the claimed reading count (``inflated`` does only that)."""
 
 FORGED = (1e4, 1e30)
 """Issue #12's forged contribution: every delta coordinate, and the claimed weight."""
 
-AGGREGATORS = ("mean", "clip", "trim", "clip+trim", "adaptive", "adaptive+trim")
-"""``adaptive`` is what the meta agent does by default (:meth:`MetaLearner.from_config`)."""
+AGGREGATORS = (
+    "mean",
+    "clip",
+    "trim",
+    "clip+trim",
+    "capped",
+    "adaptive",
+    "adaptive+trim",
+    "dp",
+    "secagg",
+    "secagg+dp",
+)
+"""How the meta agent combines the round's updates.
+
+``adaptive`` is what it does by default (:meth:`MetaLearner.from_config`);
+``capped`` caps each claimed weight at a real round's reading count;
+``dp`` is central differential privacy (clip, capped weights, Gaussian
+noise on the sum); ``secagg`` is what a secure-aggregation round yields:
+only the sum of what devices send, so the clip and cap are each device's
+own (an attacker skips them), and the meta agent refuses a round whose sum
+shows a skipped clip or an inflated weight
+(:func:`learners.bounds.check_secure_sum`); ``secagg+dp`` adds the
+noise to that sum."""
+
+_SUMMED = ("capped", "dp", "secagg", "secagg+dp")
+
+if TYPE_CHECKING:
+    from learners.evaluation.synthetic import FleetStream
+    from pipeline.tools.csv_source import ReadingsTable
 
 
 @dataclass(frozen=True)
@@ -72,6 +109,8 @@ class PoisonSetup:
         drop all of them.
     query
         Readings each held-out device is scored on after its support set.
+    dp_noise
+        Noise multiplier z of the ``dp`` aggregators: σ = z · clip on the sum.
     seed
         Seeds the fleet, θ and everything else.
     """
@@ -84,6 +123,7 @@ class PoisonSetup:
     clip: float = 1.0
     trim: float = 0.2
     query: int = 100
+    dp_noise: float = 1.0
     seed: int = 0
     cfg: LearnerConfig = field(
         default_factory=lambda: LearnerConfig(n_features=8, adapt_after=16, buffer_size=16, meta_lr=0.5)
@@ -95,26 +135,44 @@ class PoisonSetup:
 
 
 class Fleet:
-    """Every device's readings in its own order, cut from one synthetic stream."""
+    """Every device's readings in its own order, cut from one synthetic stream or a real table.
 
-    def __init__(self, setup: PoisonSetup) -> None:
+    With a ``table`` (e.g. :func:`pipeline.tools.datasets.load_dataset`), the devices
+    are its devices with enough readings, drawn at random (seeded); ``setup.cfg``
+    must have the table's number of features.
+    """
+
+    def __init__(self, setup: PoisonSetup, table: ReadingsTable | None = None) -> None:
         n_devices = setup.honest + setup.attackers + setup.held_out
         per_device = max(setup.rounds * setup.cfg.adapt_after, setup.cfg.adapt_after + setup.query)
-        stream = make_fleet_stream(
-            n_devices=n_devices,
-            n_readings=int(n_devices * per_device * 1.5),
-            n_features=setup.cfg.n_features,
-            drifts_per_device=0,
-            late_joiners=0.0,
-            seed=setup.seed,
-        )
-        ids = np.asarray(stream.device_ids)
-        self.devices = sorted(set(stream.device_ids))
-        self.x = {d: stream.x[ids == d] for d in self.devices}
-        self.y = {d: stream.y[ids == d] for d in self.devices}
-        short = [d for d in self.devices if len(self.y[d]) < per_device]
-        if short:
-            raise ValueError(f"{len(short)} devices have fewer than {per_device} readings; lower rounds")
+        source: ReadingsTable | FleetStream
+        if table is None:
+            source = make_fleet_stream(
+                n_devices=n_devices,
+                n_readings=int(n_devices * per_device * 1.5),
+                n_features=setup.cfg.n_features,
+                drifts_per_device=0,
+                late_joiners=0.0,
+                seed=setup.seed,
+            )
+        elif table.task != "regression":
+            raise ValueError(f"the federated experiments need a regression data set, not {table.task}")
+        else:
+            source = table
+        ids = np.asarray(source.device_ids)
+        everyone = sorted(set(source.device_ids))
+        self.x = {d: source.x[ids == d] for d in everyone}
+        self.y = {d: source.y[ids == d] for d in everyone}
+        long_enough = [d for d in everyone if len(self.y[d]) >= per_device]
+        if len(long_enough) < n_devices:
+            raise ValueError(
+                f"{n_devices} devices with {per_device} readings each are needed; "
+                f"{len(long_enough)} have that many: lower --rounds or the number of devices"
+            )
+        if len(long_enough) > n_devices:  # a real table: a seeded draw of its devices
+            drawn = np.random.default_rng([setup.seed, 2]).permutation(len(long_enough))[:n_devices]
+            long_enough = [long_enough[i] for i in sorted(drawn)]
+        self.devices = long_enough
         rng = np.random.default_rng(setup.seed)
         order = [self.devices[i] for i in rng.permutation(len(self.devices))]
         self.honest = order[: setup.honest]
@@ -126,6 +184,8 @@ def meta_learner(setup: PoisonSetup, aggregator: str) -> MetaLearner:
     """θ's meta-learner under one aggregator (``mean`` has no bounds at all)."""
     trim = setup.trim if "trim" in aggregator else 0.0
     theta = init_params(setup.cfg, setup.seed)
+    if aggregator in _SUMMED:  # aggregated outside; θ takes the one summed row as is
+        return MetaLearner(theta, setup.cfg.meta_lr, None, 0.0)
     if aggregator.startswith("adaptive"):
         return MetaLearner.from_config(theta, replace(setup.cfg, trim=trim))
     clip = setup.clip if "clip" in aggregator else None
@@ -135,6 +195,7 @@ def meta_learner(setup: PoisonSetup, aggregator: str) -> MetaLearner:
 def train_theta(setup: PoisonSetup, fleet: Fleet, aggregator: str, attack: str) -> Params:
     """θ after ``rounds`` federated rounds under one aggregator and one attack."""
     meta = meta_learner(setup, aggregator)
+    rng = np.random.default_rng(setup.seed)
     factor = ATTACKS[attack]
     senders = fleet.honest + (fleet.attackers if attack != "none" else [])
     devices = {d: FederatedDevice(setup.cfg) for d in senders}
@@ -155,8 +216,46 @@ def train_theta(setup: PoisonSetup, fleet: Fleet, aggregator: str, attack: str) 
                 delta, weight = delta * factor, weight * setup.weight_inflation
             deltas.append(delta)
             weights.append(weight)
-        meta.step(torch.stack(deltas), torch.tensor(weights))
+        if aggregator in _SUMMED:
+            meta.step(_summed(setup, aggregator, deltas, weights, senders, fleet, rng), torch.ones(1))
+        else:
+            meta.step(torch.stack(deltas), torch.tensor(weights))
     return meta.theta
+
+
+def _summed(
+    setup: PoisonSetup,
+    aggregator: str,
+    deltas: list[torch.Tensor],
+    weights: list[float],
+    senders: list[str],
+    fleet: Fleet,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """The round's aggregated update ``[1, P]`` for the aggregators that only see (or make) one sum."""
+    u = torch.stack(deltas).double().numpy()
+    w = capped_weights(np.asarray(weights), float(setup.cfg.adapt_after))
+    if aggregator == "capped":
+        mean = (w[:, None] * u).sum(axis=0) / w.sum()
+    elif aggregator == "dp":
+        total, w_sum = central_privatise(u, w, setup.clip, setup.dp_noise, rng)
+        mean = total / w_sum
+    else:  # secure aggregation: honest devices clip and cap their own update, attackers do not
+        attacker = np.array([d in fleet.attackers for d in senders])
+        own_w = np.where(attacker, np.asarray(weights) / setup.cfg.adapt_after, w)
+        own_u = np.stack(
+            [row if bad else clip_to_norm(row, setup.clip) for row, bad in zip(u, attacker, strict=True)]
+        )
+        total = (own_w[:, None] * own_u).sum(axis=0)
+        if (
+            check_secure_sum(total / own_w.sum(), float(own_w.sum()), len(senders), setup.clip, 1.0)
+            is not None
+        ):
+            return torch.zeros(1, u.shape[1])  # the meta agent refuses the round: θ stays
+        if aggregator == "secagg+dp":
+            total = noise_on_sum(total, setup.clip, setup.dp_noise, rng)
+        mean = total / own_w.sum()
+    return torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1)
 
 
 def kshot_error(setup: PoisonSetup, fleet: Fleet, theta: Params) -> float:
@@ -229,7 +328,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"θ's k-shot MAE on {s['held_out']} held-out devices after {s['rounds']} rounds: "
         f"{s['honest']} honest devices, {s['attackers']} attackers (weight ×{s['weight_inflation']:g}); "
-        f"clip={s['clip']:g}, trim={s['trim']:g}",
+        f"clip={s['clip']:g}, trim={s['trim']:g}, dp noise z={s['dp_noise']:g}",
         f"untrained θ: {result['untrained']:.4f}",
         "  ".join(["aggregator".ljust(13), *(a.rjust(10) for a in attacks)]),
     ]
@@ -258,6 +357,7 @@ def cmd_poison(args: argparse.Namespace) -> int:
         weight_inflation=args.weight_inflation,
         clip=args.clip,
         trim=args.trim,
+        dp_noise=args.dp_noise,
         seed=args.seed,
     )
     result = run_poison(setup)
@@ -276,6 +376,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--weight-inflation", type=float, default=d.weight_inflation)
     p.add_argument("--clip", type=float, default=d.clip, help="L2 norm bound per update")
     p.add_argument("--trim", type=float, default=d.trim, help="fraction trimmed at each end per coordinate")
+    p.add_argument("--dp-noise", type=float, default=d.dp_noise, help="noise multiplier of the dp rows")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_poison)

@@ -12,9 +12,15 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+from kafka import KafkaProducer
 
+from connectors.admin import ensure_topics
+from connectors.edge import EdgeSubscriber
 from connectors.settings import Settings
+from connectors.signing import Signer, Verifier
+from metastream_edge.codec import ModelHeader, encode_model
 from pipeline.tools.brokers import ApacheKafkaBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,6 +45,17 @@ def settings_file(kafka_broker: ApacheKafkaBroker, tmp_path: Path) -> Path:
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(asdict(settings)))
     return path
+
+
+def model(device: str, version: int) -> bytes:
+    """An unsigned model payload of ``device`` (4 features, one small hidden layer)."""
+    header = ModelHeader(device, version, 0, "regression", 4, 1, (4,))
+    arrays = {k: np.full(s, 0.1, np.float32) for k, s in header.param_shapes().items()}
+    arrays |= {
+        f"norm.{k}": np.full(n, v, np.float32)
+        for k, n, v in [("x_mean", 4, 0.0), ("x_std", 4, 1.0), ("y_mean", 1, 0.0), ("y_std", 1, 1.0)]
+    }
+    return encode_model(arrays, header)
 
 
 def metastream(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -111,3 +128,76 @@ def test_generated_keys_sign_at_the_worker_and_verify_at_the_edge(
     kinds = [json.loads(ln) for ln in events.stdout.splitlines()]
     assert kinds and {e["device_id"] for e in kinds} == {"dev-0001"}, events
     assert "adapted" in {e["type"] for e in kinds}
+
+
+def test_root_signed_key_sets_rotate_and_revoke_the_edges_keys(
+    kafka_broker: ApacheKafkaBroker, tmp_path: Path
+) -> None:
+    # Prepare: a root pair (signs key sets only), the worker key in use and the one rotated in
+    keys = tmp_path / "keys"
+    for name in ("root", "old", "new"):
+        assert metastream("keys", "generate", "--out-dir", str(keys), "--name", name).returncode == 0
+    settings_path = settings_file(kafka_broker, tmp_path)
+    settings = Settings.load(str(settings_path))
+    ensure_topics(settings)
+    old, new = (Signer.from_file(keys / f"{n}.key.pem") for n in ("old", "new"))
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+
+    def publish_model(signer: Signer, version: int) -> None:
+        producer.send(settings.topic_models, key=b"dev-1", value=signer.seal(model("dev-1", version))).get(30)
+
+    def sign_and_publish(version: int, *extra: str) -> None:
+        out = tmp_path / f"keyset-v{version}.bin"
+        signed = metastream(
+            "keys",
+            "sign-set",
+            "--root-key",
+            str(keys / "root.key.pem"),
+            "--version",
+            str(version),
+            "--out",
+            str(out),
+            *extra,
+        )
+        assert signed.returncode == 0, signed.stderr
+        published = metastream("keys", "publish-set", str(out), "--settings", str(settings_path))
+        assert published.returncode == 0, published.stderr
+
+    publish_model(old, 1)
+    publish_model(new, 2)  # the rotated-in key's model, before any key set trusts it
+    sign_and_publish(1, "--trust", str(keys / "old.pub.pem"), "--trust", str(keys / "new.pub.pem"))
+    forged = tmp_path / "forged.bin"  # signed by the worker key, not the root
+    made = metastream(
+        "keys",
+        "sign-set",
+        "--root-key",
+        str(keys / "old.key.pem"),
+        "--version",
+        "9",
+        "--trust",
+        str(keys / "old.pub.pem"),
+        "--out",
+        str(forged),
+    )
+    assert made.returncode == 0, made.stderr
+    assert metastream("keys", "publish-set", str(forged), "--settings", str(settings_path)).returncode == 0
+    # Execute: an edge that trusts only the old key and the root
+    verifier = Verifier.from_files(keys / "old.pub.pem")
+    root = Verifier.from_files(keys / "root.pub.pem")
+    with EdgeSubscriber(settings, ["dev-1"], verifier, root=root) as sub:
+        sub.run(until=lambda: sub.current_version("dev-1") == 2, timeout_s=30)
+        rotated_in = sub.current_version("dev-1")
+        sign_and_publish(2, "--trust", str(keys / "new.pub.pem"), "--revoke", str(keys / "old.pub.pem"))
+        sub.run(until=lambda: sub.state.keysets is not None and sub.state.keysets.version == 2, timeout_s=30)
+        publish_model(old, 3)
+        publish_model(new, 4)
+        sub.run(until=lambda: sub.current_version("dev-1") == 4, timeout_s=30)
+        log = [str(d) for d in sub.state.log]
+    producer.close()
+    # Assert
+    assert rotated_in == 2
+    assert "__keyset__ v? refused not_root_signed" in log, log
+    assert log.count("__keyset__ v? refused not_root_signed") == 1, log  # read once, before any model
+    # A revoked key's envelope is refused before its payload is read: no version is shown.
+    assert log[-2:] == ["dev-1 v? refused revoked_key", "dev-1 v4 accepted"], log
+    assert sub.state.keysets is not None and sub.state.keysets.version == 2

@@ -17,6 +17,7 @@ from wire.events import (
     Event,
     EventError,
     Evicted,
+    PrivacyBudgetExhausted,
     ThetaRefused,
     decode_event,
     encode_event,
@@ -77,6 +78,11 @@ EXAMPLES: list[tuple[Event, bytes]] = [
         b'{"v":1,"type":"theta_refused","reason":"worse_on_held_back","current_loss":0.25,'
         b'"candidate_loss":0.5,"devices":4,"held_back":48,"source":"edge:greenhouse-7","meta_version":9,'
         b'"ts":1732540003.0}',
+    ),
+    (
+        PrivacyBudgetExhausted("dev-9", contributions=4, epsilon=1.5, budget=2.0, delta=1e-05),
+        b'{"v":1,"type":"privacy_budget_exhausted","device_id":"dev-9","contributions":4,"epsilon":1.5,'
+        b'"budget":2.0,"delta":1e-05}',
     ),
 ]
 

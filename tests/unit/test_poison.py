@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
 from pipeline.tools.cli import main
-from pipeline.tools.poison import PoisonSetup, run_poison
+from pipeline.tools.csv_source import ReadingsTable
+from pipeline.tools.poison import Fleet, PoisonSetup, run_poison
 
 SMALL = PoisonSetup(honest=8, attackers=2, held_out=8, rounds=10, trim=0.2, seed=0)
 
@@ -49,6 +53,16 @@ def test_issue_12_forgery_ruins_the_plain_mean_but_the_default_bounds_hold(
     assert forged["adaptive"]["none"] <= 1.01 * clean  # the default bounds cost honest devices nothing here
 
 
+def test_secure_aggregation_refuses_a_round_with_an_inflated_claim_and_keeps_theta() -> None:
+    # Prepare / Execute
+    out = run_poison(SMALL, aggregators=("mean", "secagg", "capped"), attacks=("none", "inflated"))
+    error = out["error"]
+    # Assert: the sum shows the inflated total weight, so θ never moves; capping needs no refusal
+    assert error["secagg"]["inflated"] == out["untrained"]
+    assert error["secagg"]["none"] <= 1.01 * error["mean"]["none"]  # honest devices' own clip costs little
+    assert error["capped"]["inflated"] <= 1.01 * error["capped"]["none"]
+
+
 def test_the_experiment_is_seeded() -> None:
     setup = PoisonSetup(honest=3, attackers=1, held_out=2, rounds=2, trim=0.25, query=20)
     first = run_poison(setup, aggregators=("trim",), attacks=("sign_flip",))
@@ -68,3 +82,25 @@ def test_poison_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> 
 def test_bad_setup_is_refused() -> None:
     with pytest.raises(ValueError, match="honest"):
         PoisonSetup(honest=0)
+
+
+def test_a_real_table_gives_a_seeded_draw_of_its_long_enough_devices() -> None:
+    # Prepare: six devices with 2 features; dev-5 has too few readings for 2 rounds of 16 + a query of 20
+    setup = PoisonSetup(honest=3, attackers=0, held_out=1, rounds=2, query=20)
+    setup = replace(setup, cfg=replace(setup.cfg, n_features=2))
+    rng = np.random.default_rng(0)
+    counts = {f"dev-{i}": 40 for i in range(5)} | {"dev-5": 10}
+    ids = [d for d, n in counts.items() for _ in range(n)]
+    table = ReadingsTable(
+        ids, rng.normal(size=(len(ids), 2)), rng.normal(size=len(ids)), "regression", ["a", "b"]
+    )
+    # Execute
+    first, again = Fleet(setup, table), Fleet(setup, table)
+    # Assert
+    assert len(first.devices) == 4 and "dev-5" not in first.devices
+    assert first.devices == again.devices and first.held_out == again.held_out
+    assert sorted(first.honest + first.held_out) == first.devices
+    with pytest.raises(ValueError, match="6 devices with 36 readings each are needed; 5 have"):
+        Fleet(replace(setup, honest=5), table)
+    with pytest.raises(ValueError, match="regression data set"):
+        Fleet(setup, replace(table, task="classification"))

@@ -10,12 +10,12 @@ import pytest
 
 from metastream_edge.dp import capped_weights, central_privatise, clip_to_norm, local_privatise
 from pipeline.privacy import (
-    BudgetExhausted,
     PrivacyLedger,
     PrivacyPolicy,
     gaussian_epsilon,
     noise_for_epsilon,
 )
+from wire.events import PrivacyBudgetExhausted, encode_event
 
 
 def test_epsilon_of_a_gaussian_matches_the_library_reference() -> None:
@@ -57,8 +57,8 @@ def test_a_device_over_budget_stops_contributing_and_one_event_says_so() -> None
     assert ledger.contributions("dev-a") == 1 and ledger.exhausted("dev-a") and not ledger.exhausted("dev-b")
     assert len(events) == 1
     event = events[0]
-    assert event == BudgetExhausted("dev-a", 1, pytest.approx(1.386, abs=1e-3), 2.0, 1e-5)  # type: ignore[arg-type]
-    assert json.loads(event.to_json())["type"] == "privacy_budget_exhausted"
+    assert event == PrivacyBudgetExhausted("dev-a", 1, pytest.approx(1.386, abs=1e-3), 2.0, 1e-5)  # type: ignore[arg-type]
+    assert json.loads(encode_event(event))["type"] == "privacy_budget_exhausted"
     assert ledger.theta_epsilon() == ledger.device_epsilon("dev-a") <= 2.0
     assert ledger.drain_events() == []
 
