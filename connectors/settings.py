@@ -94,6 +94,17 @@ class Settings:
     The meta agent applies a contribution from ``edge:<device_id>`` only if
     that device's key signed it; empty: every federated contribution is refused.
     """
+    dp_epsilon_budget: float = 0.0
+    """Privacy budget ε of each federated device; 0: no budget is kept or enforced.
+
+    When positive, the meta agent counts each device's contributions and refuses
+    the one that would spend more than this ε at ``dp_delta`` (a
+    ``privacy_budget_exhausted`` event names the device once).
+    """
+    dp_noise_multiplier: float = 0.0
+    """Noise multiplier z of the Gaussian noise federated devices add (local DP); needed with a budget."""
+    dp_delta: float = 1e-5
+    """δ at which ε is accounted."""
     security_protocol: str = "PLAINTEXT"
     """``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``, for every Kafka client."""
     ssl_cafile: str = ""
@@ -155,6 +166,10 @@ class Settings:
         object.__setattr__(self, "sasl_mechanism", mechanism)
         if self.max_devices < 1:
             raise ValueError(f"max_devices must be >= 1, got {self.max_devices}")
+        if self.dp_epsilon_budget < 0 or self.dp_noise_multiplier < 0 or not 0 < self.dp_delta < 1:
+            raise ValueError("dp_epsilon_budget and dp_noise_multiplier must be >= 0, dp_delta in (0, 1)")
+        if self.dp_epsilon_budget > 0 and self.dp_noise_multiplier == 0:
+            raise ValueError("dp_epsilon_budget needs dp_noise_multiplier: the noise the devices add")
         for name in ("poll_max_messages", "core_batch_readings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -54,6 +54,7 @@ from pipeline.faust_app import Tuning as Tuning
 from pipeline.faust_app import faust_app
 from pipeline.handover import Handover
 from pipeline.outputs import Outputs
+from pipeline.privacy import gate_from_settings
 from pipeline.rebalance import Learned, Raw
 from pipeline.state import PipelineState
 from pipeline.suspects import encode_suspects
@@ -141,7 +142,8 @@ def create_app(
         settings=settings,
         core=core,
         # θ is checked on a few of this worker's devices' recent readings before it is published.
-        aggregator=aggregator or MetaAggregator(settings, signer, fleet=core.fleet),
+        aggregator=aggregator
+        or MetaAggregator(settings, signer, fleet=core.fleet, privacy=gate_from_settings(settings)),
         verifier=Verifier([signer.public_key]),
         worker_id=wid,
         executor=ThreadPoolExecutor(1, thread_name_prefix="learner") if tune.offload else None,

@@ -123,6 +123,14 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
 }
 GAUGES: dict[str, tuple[str, str]] = {
+    "privacy_theta_epsilon": (
+        "metastream_privacy_theta_epsilon",
+        "θ's ε (at dp_delta) with respect to any one federated device: the most any device has spent.",
+    ),
+    "privacy_devices_exhausted": (
+        "metastream_privacy_devices_exhausted",
+        "Federated devices that spent their privacy budget and contribute no more.",
+    ),
     "meta_version": ("metastream_meta_version", "θ version this worker's learners start from."),
     "aggregator_version": ("metastream_aggregator_version", "θ version of this worker's meta aggregator."),
     "uptime_s": ("metastream_uptime_seconds", "Seconds since the worker started."),

@@ -41,6 +41,7 @@ from typing import Literal
 import dp_accounting
 from dp_accounting.rdp import RdpAccountant
 
+from connectors.settings import Settings
 from wire.events import PrivacyBudgetExhausted
 
 
@@ -156,6 +157,10 @@ class PrivacyLedger:
         """Whether ``device_id`` has been refused for its budget."""
         return device_id in self._refused
 
+    def exhausted_count(self) -> int:
+        """Devices refused for their budget so far."""
+        return len(self._refused)
+
     def admit(self, device_id: str) -> bool:
         """Record one contribution of ``device_id`` if it stays within budget; ``False`` refuses it.
 
@@ -213,3 +218,22 @@ class PrivacyGate:
             return True, []
         admitted = self.ledger.admit(source[len(EDGE_PREFIX) :])
         return admitted, self.ledger.drain_events()
+
+
+def gate_from_settings(settings: Settings) -> PrivacyGate | None:
+    """The meta agent's privacy gate for ``settings``, or ``None`` without a budget.
+
+    Examples
+    --------
+    >>> gate_from_settings(Settings()) is None
+    True
+    >>> gate = gate_from_settings(Settings(dp_epsilon_budget=4.0, dp_noise_multiplier=2.0))
+    >>> gate.ledger.policy.epsilon_budget, gate.ledger.policy.noise_multiplier
+    (4.0, 2.0)
+    """
+    if settings.dp_epsilon_budget <= 0:
+        return None
+    policy = PrivacyPolicy(
+        settings.dp_noise_multiplier, settings.dp_delta, settings.dp_epsilon_budget, mode="local"
+    )
+    return PrivacyGate(PrivacyLedger(policy))

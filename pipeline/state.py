@@ -87,6 +87,7 @@ class PipelineState:
             "aggregator_version": self.aggregator.version,
             "contributions_rejected": self.aggregator.rejected,
             **{k: self.aggregator.counts[k] for k in AGGREGATOR_COUNTS},
+            **self.aggregator.privacy_stats(),
             "assigned": self.assigned,
             "checkpointed": {str(p): o for p, o in sorted(self.checkpointed.items())},
             "devices_known": len(self.core.device_readings),  # resident and evicted

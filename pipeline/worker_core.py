@@ -674,6 +674,16 @@ class MetaAggregator:
                 return list[Message](budget_events)
         return self._apply(c.deltas, c.weights, c.header.source)
 
+    def privacy_stats(self) -> dict[str, float]:
+        """θ's ε with respect to any one device and the devices out of budget (empty without a budget)."""
+        if self.privacy is None:
+            return {}
+        ledger = self.privacy.ledger
+        return {
+            "privacy_theta_epsilon": ledger.theta_epsilon(),
+            "privacy_devices_exhausted": float(ledger.exhausted_count()),
+        }
+
     def on_secure_round(self, result: AggregateResult) -> list[Message]:
         """Apply a secure-aggregation round's weighted mean as one contribution of its total weight.
 

@@ -8,13 +8,18 @@ import math
 import numpy as np
 import pytest
 
+from connectors.settings import Settings
+from connectors.signing import Signer
 from metastream_edge.dp import capped_weights, central_privatise, clip_to_norm, local_privatise
+from pipeline.metrics import MetricsReading, render
 from pipeline.privacy import (
     PrivacyLedger,
     PrivacyPolicy,
+    gate_from_settings,
     gaussian_epsilon,
     noise_for_epsilon,
 )
+from pipeline.worker_core import MetaAggregator
 from wire.events import PrivacyBudgetExhausted, encode_event
 
 
@@ -123,3 +128,25 @@ def test_noise_on_a_secure_sum_matches_central_noise_on_the_same_updates() -> No
 
     # Assert: the same release either way.
     np.testing.assert_allclose(on_sum, central, rtol=0, atol=1e-12)
+
+
+def test_a_budget_setting_gates_the_meta_agent_and_shows_on_metrics() -> None:
+    # Prepare: a budget of one contribution per device (z = 3, ε after one ≈ 1.386 ≤ 1.5)
+    settings = Settings(n_features=2, dp_epsilon_budget=1.5, dp_noise_multiplier=3.0)
+    aggregator = MetaAggregator(settings, Signer.generate(), privacy=gate_from_settings(settings))
+    assert aggregator.privacy is not None
+    # Execute
+    first = aggregator.privacy.screen("edge:dev-1")
+    second = aggregator.privacy.screen("edge:dev-1")
+    stats = aggregator.privacy_stats()
+    text = render(MetricsReading("w", "app", stats=stats)).decode()
+    # Assert
+    assert first == (True, []) and second[0] is False
+    assert stats == {
+        "privacy_theta_epsilon": pytest.approx(1.386, abs=1e-3),
+        "privacy_devices_exhausted": 1.0,
+    }
+    assert "metastream_privacy_devices_exhausted 1.0" in text
+    assert MetaAggregator(Settings(n_features=2), Signer.generate()).privacy_stats() == {}
+    with pytest.raises(ValueError, match="dp_epsilon_budget needs dp_noise_multiplier"):
+        Settings(dp_epsilon_budget=1.0)
