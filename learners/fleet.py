@@ -26,6 +26,7 @@ from learners.nets import FunctionalNet, Params, init_params, stack
 from learners.registry import DeviceIndex
 from learners.scaling import PrequentialScaler
 from learners.shared_model import GlobalModel
+from learners.stepper import FlatLayout, ReadingStepper
 
 GUARD_RETRIES = 3
 """Rejected adaptations of one device in a row that are retried a few readings later."""
@@ -91,6 +92,7 @@ class FleetLearner:
         """``(position, version)`` of every θ adopted from the meta agent: the reading it took effect at."""
         self.devices = DeviceIndex()
         self.params: Params = stack(theta, 64)
+        self._layout = FlatLayout(self.params)
         self.published: Params = stack(theta, 64)
         """Each device's weights as last adapted, i.e. the model its edge runs."""
         self.buffers = DeviceBuffers(cfg.n_features, cfg.buffer_size)
@@ -287,7 +289,8 @@ class FleetLearner:
 
         Devices are ordered by their number of readings here, most first, so
         the devices with a ``j``-th reading are the first rows of the
-        gathered weights: step ``j`` works on a prefix (views, no gather).
+        gathered weights (one flat row per device, :class:`ReadingStepper`):
+        step ``j`` works on a prefix, in place (views, no gather).
         With ``full`` every step also buffers the readings, feeds the
         detectors and adapts where a drift was accepted or a device is ready.
         Returns each reading's slot and prediction (standardised), and the
@@ -311,7 +314,7 @@ class FleetLearner:
         # Devices with a j-th reading: counts is descending, so they are rows 0 … active[j]-1.
         active = np.searchsorted(-counts, -np.arange(int(counts[0])), side="left")
         uniq = torch.from_numpy(dev_slots)
-        sub = {k: v.index_select(0, uniq) for k, v in self.params.items()}
+        stepper = ReadingStepper(self.net, self._layout.gather(self.params, uniq), self._layout)
         # Readings laid out [position j, row, …] once, so step j takes a contiguous slice.
         xp, yp = xs[table.T], ys[table.T]
         xt, yt = torch.from_numpy(xp), torch.from_numpy(yp)
@@ -320,11 +323,7 @@ class FleetLearner:
         adapted_at: list[np.ndarray] = []
         for j, u in enumerate(active.tolist()):
             idx = table[:u, j]
-            w = {k: v[:u] for k, v in sub.items()}
-            step, out = self.net.reading_step(w, xt[j, :u], yt[j, :u])
-            for k, v in w.items():
-                v -= lr * step[k]
-            p = self.net.predict(out).numpy().astype(np.float64)
+            p = stepper.step(u, xt[j, :u], yt[j, :u], lr).numpy().astype(np.float64)
             pred[idx] = p
             if not full:
                 continue
@@ -347,11 +346,9 @@ class FleetLearner:
                 if len(got):
                     rows = np.flatnonzero(np.isin(s_j, got))
                     r, g = torch.from_numpy(rows), torch.from_numpy(s_j[rows])
-                    for k, v in sub.items():
-                        v[r] = self.params[k][g]
+                    stepper.flat[r] = self._layout.gather(self.params, g)
                     adapted_at.append(idx[rows])
-        for k, v in self.params.items():
-            v[uniq] = sub[k]
+        self._layout.scatter(stepper.flat, self.params, uniq)
         if full:
             self._since_meta[groups.slots] += groups.counts
         if self._pooled is not None:
