@@ -175,8 +175,9 @@ class ReadingStepper:
 
     def _step_autograd(self, u: int, x: Tensor, y: Tensor, lr: float) -> Tensor:
         """Classification: :meth:`FunctionalNet.reading_step` on views of the prefix."""
-        sub = {k: v[:u] for k, v in self.params.items()}
+        # Contiguous copies: BLAS's products depend on the layout (see ``_SMALL_BMM``).
+        sub = {k: v[:u].contiguous() for k, v in self.params.items()}
         step, out = self.net.reading_step(sub, x, y)
-        for k, v in sub.items():
-            v -= lr * step[k]
+        for k, v in self.params.items():
+            v[:u] -= lr * step[k]
         return self.net.predict(out)
