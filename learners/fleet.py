@@ -321,33 +321,36 @@ class FleetLearner:
         lr = self.cfg.online_lr
         drift_at: list[np.ndarray] = []
         adapted_at: list[np.ndarray] = []
-        for j, u in enumerate(active.tolist()):
-            idx = table[:u, j]
-            p = stepper.step(u, xt[j, :u], yt[j, :u], lr).numpy().astype(np.float64)
-            pred[idx] = p
-            if not full:
-                continue
-            s_j = dev_slots[:u]
-            self.buffers.push_each(s_j, xp[j, :u], yp[j, :u])
-            errors = reading_errors(self.cfg.task, yp[j, :u].astype(np.float64), p)
-            hits = self.monitor.update_each(s_j, errors)
-            if hits:
-                drifted = s_j[hits]
-                fresh = np.array([self.monitor.fresh.get(int(d), 0) for d in drifted])
-                # Adapt only on readings after the change point: ADWIN estimates
-                # where it was; with other detectors, wait for fresh readings.
-                self.buffers.keep_newest(drifted, fresh)
-                self._pending[drifted] = True
-                self.n_drifts += len(hits)
-                drift_at.append(idx[hits])
-            ready = self._pending[s_j] & (self.buffers.count[s_j] >= self.cfg.adapt_after)
-            if ready.any():
-                got = self._adapt(s_j[ready])
-                if len(got):
-                    rows = np.flatnonzero(np.isin(s_j, got))
-                    r, g = torch.from_numpy(rows), torch.from_numpy(s_j[rows])
-                    stepper.flat[r] = self._layout.gather(self.params, g)
-                    adapted_at.append(idx[rows])
+        # Regression steps need no autograd: inference mode skips its bookkeeping on every op
+        # (nothing made in here outlives the segment but values written into existing tensors).
+        with torch.inference_mode(self.cfg.task == "regression"):
+            for j, u in enumerate(active.tolist()):
+                idx = table[:u, j]
+                p = stepper.step(u, xt[j, :u], yt[j, :u], lr).numpy().astype(np.float64)
+                pred[idx] = p
+                if not full:
+                    continue
+                s_j = dev_slots[:u]
+                self.buffers.push_each(s_j, xp[j, :u], yp[j, :u])
+                errors = reading_errors(self.cfg.task, yp[j, :u].astype(np.float64), p)
+                hits = self.monitor.update_each(s_j, errors)
+                if hits:
+                    drifted = s_j[hits]
+                    fresh = np.array([self.monitor.fresh.get(int(d), 0) for d in drifted])
+                    # Adapt only on readings after the change point: ADWIN estimates
+                    # where it was; with other detectors, wait for fresh readings.
+                    self.buffers.keep_newest(drifted, fresh)
+                    self._pending[drifted] = True
+                    self.n_drifts += len(hits)
+                    drift_at.append(idx[hits])
+                ready = self._pending[s_j] & (self.buffers.count[s_j] >= self.cfg.adapt_after)
+                if ready.any():
+                    got = self._adapt(s_j[ready])
+                    if len(got):
+                        rows = np.flatnonzero(np.isin(s_j, got))
+                        r, g = torch.from_numpy(rows), torch.from_numpy(s_j[rows])
+                        stepper.flat[r] = self._layout.gather(self.params, g)
+                        adapted_at.append(idx[rows])
         self._layout.scatter(stepper.flat, self.params, uniq)
         if full:
             self._since_meta[groups.slots] += groups.counts
