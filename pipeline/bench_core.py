@@ -12,6 +12,10 @@ is timed after a warm-up of 50 readings per device (every device joined):
   the same work as the torch loop below;
 - a one-sample-at-a-time torch loop (one ``nn.Module`` + SGD per device);
 - River's per-device ``StandardScaler | LinearRegression``.
+
+Then, in the same run, the rows of :mod:`pipeline.bench_scale`: the full-work
+learner on large fleets (``--scale-devices``: readings/s and peak RSS) and the
+meta aggregator's contributions/s (``--meta-deltas``).
 """
 
 from __future__ import annotations
