@@ -102,6 +102,9 @@ def clip_grad(step: Params, max_norm: float, stacked: bool) -> Params:
     return {k: v * scale.view(-1, *([1] * (v.dim() - 1))) for k, v in step.items()}
 
 
+_threshold_backward = torch.ops.aten.threshold_backward.default  # what ReLU's backward runs
+
+
 def _readings(mask: Tensor) -> Tensor:
     """Readings per device of a ``[D, n]`` mask, at least 1: what its mean loss divides by."""
     return mask.sum(1).clamp(min=1.0)
@@ -327,9 +330,13 @@ class FunctionalNet:
             phi[k] = store[d * a : d * b].view(shape)
             phi[k].copy_(theta[k].unsqueeze(0).expand(shape))
             grads[k] = grad_store[d * a : d * b].view(shape)
-        squares_at = [(d * a, d * b) for a, b in self._blocks.values()]
+        square_store = torch.empty_like(store)
+        squares = [square_store[d * a : d * b].view(d, -1) for a, b in self._blocks.values()]
         readings = _readings(mask)
-        weights = (torch.ones_like(readings) / readings).unsqueeze(1) * mask
+        # Shaped [d, n, 1] like the outputs, so the loss's gradient needs no reshaping per step.
+        weights = ((torch.ones_like(readings) / readings).unsqueeze(1) * mask).unsqueeze(-1)
+        y = y.unsqueeze(-1)
+        x_t = x.transpose(1, 2)
         # Per linear layer: weight transposed, bias [d, 1, out], weight, and their gradients' views.
         layers = [
             (
@@ -350,17 +357,17 @@ class FunctionalNet:
                 h = torch.baddbmm(bias, h, wt)
                 if relu:
                     h = torch.relu(h)
-            g = (weights * (2.0 * (h.squeeze(-1) - y))).unsqueeze(-1)
+            g = weights * (2.0 * (h - y))
             for i in range(len(layers) - 1, -1, -1):
                 _, _, weight, gw_t, gb = layers[i]
                 torch.sum(g, 1, keepdim=True, out=gb)
-                gw_t.copy_(inputs[i].transpose(1, 2).bmm(g))
+                gw_t.copy_((inputs[i].transpose(1, 2) if i else x_t).bmm(g))
                 if i > 0:
                     g = g.bmm(weight)
                     if relu_after[i - 1]:
-                        g = torch.ops.aten.threshold_backward(g, inputs[i], 0)
-            squares = grad_store.pow(2)
-            parts = [squares[a:b].view(d, -1).sum(1) for a, b in squares_at]
+                        g = _threshold_backward(g, inputs[i], 0)
+            torch.pow(grad_store, 2, out=square_store)
+            parts = [v.sum(1) for v in squares]
             sq = parts[0]
             for part in parts[1:]:
                 sq = sq + part
