@@ -24,6 +24,7 @@ from learners.guard import GuardCheck, accept, split_holdout
 from learners.nets import FunctionalNet, Params, stack
 from learners.registry import DeviceIndex
 from learners.scaling import PrequentialScaler
+from learners.stepper import FlatLayout, ReadingStepper
 from learners.theta_source import Tasks, ThetaSource, theta_source
 from wire.models import ModelHeader, encode_model
 
@@ -86,6 +87,7 @@ class FleetLearner:
         """``(position, version)`` of every θ adopted from the meta agent: the reading it took effect at."""
         self.devices = DeviceIndex()
         self.params: Params = stack(theta, 64)
+        self._layout = FlatLayout(self.params)
         self.published: Params = stack(theta, 64)
         """Each device's weights as last adapted, i.e. the model its edge runs."""
         self.buffers = DeviceBuffers(cfg.n_features, cfg.buffer_size)
@@ -289,7 +291,8 @@ class FleetLearner:
 
         Devices are ordered by their number of readings here, most first, so
         the devices with a ``j``-th reading are the first rows of the
-        gathered weights: step ``j`` works on a prefix (views, no gather).
+        gathered weights (one flat row per device, :class:`ReadingStepper`):
+        step ``j`` works on a prefix, in place (views, no gather).
         With ``full`` every step also buffers the readings, feeds the
         detectors and adapts where a drift was accepted or a device is ready.
         Returns each reading's slot and prediction (standardised), and the
@@ -313,47 +316,44 @@ class FleetLearner:
         # Devices with a j-th reading: counts is descending, so they are rows 0 … active[j]-1.
         active = np.searchsorted(-counts, -np.arange(int(counts[0])), side="left")
         uniq = torch.from_numpy(dev_slots)
-        sub = {k: v.index_select(0, uniq) for k, v in self.params.items()}
+        stepper = ReadingStepper(self.net, self._layout.gather(self.params, uniq), self._layout)
         # Readings laid out [position j, row, …] once, so step j takes a contiguous slice.
         xp, yp = xs[table.T], ys[table.T]
         xt, yt = torch.from_numpy(xp), torch.from_numpy(yp)
         lr = self.cfg.online_lr
         drift_at: list[np.ndarray] = []
         adapted_at: list[np.ndarray] = []
-        for j, u in enumerate(active.tolist()):
-            idx = table[:u, j]
-            w = {k: v[:u] for k, v in sub.items()}
-            step, out = self.net.reading_step(w, xt[j, :u], yt[j, :u])
-            for k, v in w.items():
-                v -= lr * step[k]
-            p = self.net.predict(out).numpy().astype(np.float64)
-            pred[idx] = p
-            if not full:
-                continue
-            s_j = dev_slots[:u]
-            self.buffers.push_each(s_j, xp[j, :u], yp[j, :u])
-            errors = reading_errors(self.cfg.task, yp[j, :u].astype(np.float64), p)
-            hits = self.monitor.update_each(s_j, errors)
-            if hits:
-                drifted = s_j[hits]
-                fresh = np.array([self.monitor.fresh.get(int(d), 0) for d in drifted])
-                # Adapt only on readings after the change point: ADWIN estimates
-                # where it was; with other detectors, wait for fresh readings.
-                self.buffers.keep_newest(drifted, fresh)
-                self._pending[drifted] = True
-                self.n_drifts += len(hits)
-                drift_at.append(idx[hits])
-            ready = self._pending[s_j] & (self.buffers.count[s_j] >= self.cfg.adapt_after)
-            if ready.any():
-                got = self._adapt(s_j[ready])
-                if len(got):
-                    rows = np.flatnonzero(np.isin(s_j, got))
-                    r, g = torch.from_numpy(rows), torch.from_numpy(s_j[rows])
-                    for k, v in sub.items():
-                        v[r] = self.params[k][g]
-                    adapted_at.append(idx[rows])
-        for k, v in self.params.items():
-            v[uniq] = sub[k]
+        # Regression steps need no autograd: inference mode skips its bookkeeping on every op
+        # (nothing made in here outlives the segment but values written into existing tensors).
+        with torch.inference_mode(self.cfg.task == "regression"):
+            for j, u in enumerate(active.tolist()):
+                idx = table[:u, j]
+                p = stepper.step(u, xt[j, :u], yt[j, :u], lr).numpy().astype(np.float64)
+                pred[idx] = p
+                if not full:
+                    continue
+                s_j = dev_slots[:u]
+                self.buffers.push_each(s_j, xp[j, :u], yp[j, :u])
+                errors = reading_errors(self.cfg.task, yp[j, :u].astype(np.float64), p)
+                hits = self.monitor.update_each(s_j, errors)
+                if hits:
+                    drifted = s_j[hits]
+                    fresh = np.array([self.monitor.fresh.get(int(d), 0) for d in drifted])
+                    # Adapt only on readings after the change point: ADWIN estimates
+                    # where it was; with other detectors, wait for fresh readings.
+                    self.buffers.keep_newest(drifted, fresh)
+                    self._pending[drifted] = True
+                    self.n_drifts += len(hits)
+                    drift_at.append(idx[hits])
+                ready = self._pending[s_j] & (self.buffers.count[s_j] >= self.cfg.adapt_after)
+                if ready.any():
+                    got = self._adapt(s_j[ready])
+                    if len(got):
+                        rows = np.flatnonzero(np.isin(s_j, got))
+                        r, g = torch.from_numpy(rows), torch.from_numpy(s_j[rows])
+                        stepper.flat[r] = self._layout.gather(self.params, g)
+                        adapted_at.append(idx[rows])
+        self._layout.scatter(stepper.flat, self.params, uniq)
         if full:
             self._since_meta[groups.slots] += groups.counts
         self.source.observe(xs, ys)

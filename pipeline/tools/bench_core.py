@@ -12,6 +12,10 @@ is timed after a warm-up of 50 readings per device (every device joined):
   the same work as the torch loop below;
 - a one-sample-at-a-time torch loop (one ``nn.Module`` + SGD per device);
 - River's per-device ``StandardScaler | LinearRegression``.
+
+Then, in the same run, the rows of :mod:`pipeline.tools.bench_scale`: the full-work
+learner on large fleets (``--scale-devices``: readings/s and peak RSS) and the
+meta aggregator's contributions/s (``--meta-deltas``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from learners.fleet import FleetLearner
 from learners.nets import build_template
 from learners.river_fleet import RiverFleet
+from pipeline.tools.bench_scale import print_scale, run_scale_bench
 
 BATCH = 1000
 LOOP = "one-sample-at-a-time torch loop"
@@ -147,6 +152,14 @@ def run_core_bench(args: argparse.Namespace) -> int:
         }
         for i, (name, readings, _) in enumerate(benches)
     ]
+    sizes = [int(v) for v in str(args.scale_devices).split(",") if v.strip() and int(v) > 0]
+    scale = run_scale_bench(sizes, args.meta_deltas) if sizes or args.meta_deltas else []
+    if not args.json:
+        _print_core(rows, args)
+        if scale:
+            print()
+            print_scale(scale)
+    rows += scale
     if args.e2e:
         from pipeline.tools.bench_e2e import run_e2e_bench
 
@@ -154,7 +167,6 @@ def run_core_bench(args: argparse.Namespace) -> int:
         if args.json:
             rows += e2e
         else:
-            _print_core(rows, args)
             print()
             for r in e2e:
                 print(json.dumps(r))
@@ -162,8 +174,6 @@ def run_core_bench(args: argparse.Namespace) -> int:
     if args.json:
         for r in rows:
             print(json.dumps(r))
-    else:
-        _print_core(rows, args)
     return 0
 
 

@@ -271,6 +271,17 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
         default=3,
         help="rounds of every core bench in turn; medians are reported (default 3)",
     )
+    p.add_argument(
+        "--scale-devices",
+        default="10000,100000",
+        help="fleet sizes (comma-separated) for the full-work rows with peak RSS; 0 skips them",
+    )
+    p.add_argument(
+        "--meta-deltas",
+        type=int,
+        default=300,
+        help="one-device contributions through the meta aggregator (0 skips its rows)",
+    )
     p.add_argument("--e2e", action="store_true", help="also the end-to-end figures on Apache Kafka")
     p.add_argument(
         "--edge", action="store_true", help="only the device package's figures (own venv, no torch)"
