@@ -171,7 +171,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("pipeline.tools.broker_cli", "start or stop a local Kafka broker (Apache Kafka or embedded)"),
     "produce": ("pipeline.tools.produce", "send sensor readings (synthetic or CSV) to the readings topic"),
     "edge": ("connectors.edge", "follow, verify and hot-swap the models of some devices"),
-    "keys": ("pipeline.tools.keys", "generate the workers' Ed25519 signing key pair"),
+    "keys": (
+        "pipeline.tools.keys",
+        "generate signing keys; sign and publish key sets (rotation, revocation)",
+    ),
     "tail": ("pipeline.tools.tail", "print the events, dead letters or models of a deployment"),
     "mqtt-bridge": (
         "pipeline.mqtt_bridge",
