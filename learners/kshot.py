@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.func import vmap
 
+from learners.auto import AutoStrategy, auto_own_personaliser
 from learners.base import StepResult, Strategy, reading_errors
 from learners.blend import ErrorWeightedBlend
 from learners.blended import BlendedStrategy
@@ -301,7 +302,12 @@ def _blend_personaliser(strategy: BlendedStrategy) -> Personalise:
     The personal model is adapted on the older support readings to be judged
     on the newest quarter (at least one), as the regression guard does.
     """
-    own, pooled = _fleet_personaliser(strategy.personal), _global_personaliser(strategy.pooled)
+    own = (
+        auto_own_personaliser(strategy.personal)
+        if isinstance(strategy, AutoStrategy)
+        else _fleet_personaliser(strategy.personal)
+    )
+    pooled = _global_personaliser(strategy.pooled)
 
     def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
         hold = max(1, xs.shape[1] // 4)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from learners.auto import AutoStrategy
 from learners.base import Strategy
 from learners.blended import BlendedStrategy
 from learners.config import LearnerConfig
+from learners.continuous import ContinuousFleet
 from learners.fleet import FleetLearner
 from learners.river_fleet import RiverFleet
 from learners.shared_model import GlobalLearner
@@ -17,6 +19,8 @@ STRATEGIES = (
     "finetune",
     "blend",
     "blend-finetune",
+    "continuous",
+    "auto",
     "river-linear",
     "river-hat",
 )
@@ -64,6 +68,10 @@ def make_strategy(name: str, cfg: LearnerConfig) -> Strategy:
         return BlendedStrategy(cfg)
     if name == "blend-finetune":
         return BlendedStrategy(cfg, init="finetune")
+    if name == "continuous":
+        return ContinuousFleet(cfg)
+    if name == "auto":
+        return AutoStrategy(cfg)
     if name.startswith("river-"):
         return RiverFleet(cfg, kind="hat" if name == "river-hat" else "linear")
     return FleetLearner(cfg, init=name)  # type: ignore[arg-type]
