@@ -227,6 +227,7 @@ class AutoStrategy(BlendedStrategy):
         super().__init__(cfg)
         self.name = "auto"
         self.personal: AutoFleet = AutoFleet(cfg, every=every)
+        self.pooled.model = AdamGlobalModel(cfg)
         self.blend = ErrorWeightedBlend(cfg.task)
 
     @property
