@@ -42,6 +42,9 @@ Candidate = tuple[str, Params, int | None]
 
 CandidateSource = Callable[[], Sequence[Candidate]]
 
+CLEARLY = 2.0
+"""Standard errors by which a candidate must beat the first one on held-back readings to be chosen."""
+
 
 def pick_candidates(losses: Tensor, hold: Tensor) -> Tensor:
     """Per device, the candidate to adapt from: the first one unless another is clearly better.
@@ -49,7 +52,7 @@ def pick_candidates(losses: Tensor, hold: Tensor) -> Tensor:
     ``losses`` is ``[C, D, n]``: each candidate's per-reading loss on each
     device's held-back readings (``hold`` marks them, ``[D, n]``).  A
     candidate other than the first wins only where its mean loss is lower
-    than the first one's by more than one standard error of the paired
+    than the first one's by more than ``CLEARLY`` standard errors of the paired
     per-reading differences; among those, the lowest mean loss wins.  A
     device with too few readings to judge gets the first candidate.
 
@@ -68,11 +71,11 @@ def pick_candidates(losses: Tensor, hold: Tensor) -> Tensor:
     var = (((diff - diff_mean.unsqueeze(2)) * hold) ** 2).sum(2) / (n - 1).clamp(min=1)
     se = (var / n.clamp(min=1)).sqrt()
     # A diverged first candidate leaves every finite one in the running.
-    clearly = ((diff_mean > se) & (n > 1)) | ~torch.isfinite(mean[:1])
+    clearly = ((diff_mean > CLEARLY * se) & (n > 1)) | ~torch.isfinite(mean[:1])
     clearly[0] = True
     finite = torch.isfinite(mean)
     score = torch.where(clearly & finite, mean, torch.full_like(mean, float("inf")))
-    return score.argmin(0)
+    return torch.where(n > 0, score.argmin(0), torch.zeros_like(n, dtype=torch.long))
 
 
 class AutoFleet(ContinuousFleet):
@@ -100,7 +103,7 @@ class AutoFleet(ContinuousFleet):
         super().__init__(cfg, every=every)
         self.name = "auto"
         # FleetLearner steps ``_pooled`` on whole chunks at the end of every segment.
-        self._pooled = AdamGlobalModel(cfg)
+        self._pooled: AdamGlobalModel = AdamGlobalModel(cfg)
         self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}
         self.extra_candidates: list[CandidateSource] = []
         """More starting points (e.g. the nearest clustered θ_k), asked at every adaptation."""
@@ -127,7 +130,7 @@ class AutoFleet(ContinuousFleet):
     def _at_position(self) -> None:
         at = self.processed
         if at % self.every == 0:
-            self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}  # type: ignore[union-attr]
+            self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}
         super()._at_position()
 
     def choose(
@@ -199,6 +202,8 @@ class AutoFleet(ContinuousFleet):
     def export_devices(self, device_ids: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors, info = super().export_devices(device_ids)
         tensors |= {f"pooled_theta.{k}": v.clone() for k, v in self._pooled_theta.items()}
+        adam, info["pooled_adam_t"] = self._pooled.export_state()
+        tensors |= {f"pooled_adam.{k}": v for k, v in adam.items()}
         info["start_wins"] = dict(self.wins)
         return tensors, info
 
@@ -208,7 +213,11 @@ class AutoFleet(ContinuousFleet):
         ids = super().import_devices(tensors, info, worker_wide)
         if worker_wide:
             self._pooled_theta = {k: tensors[f"pooled_theta.{k}"].clone() for k in self._pooled_theta}
-            self.wins = {k: int(v) for k, v in info.get("start_wins", {}).items()} or self.wins
+            adam = {
+                k.removeprefix("pooled_adam."): v for k, v in tensors.items() if k.startswith("pooled_adam.")
+            }
+            self._pooled.restore_state(adam, int(info["pooled_adam_t"]))
+            self.wins = {k: int(v) for k, v in info["start_wins"].items()}
         return ids
 
 

@@ -57,5 +57,16 @@ class AdamGlobalModel(GlobalModel):
             outs.append(out[0])
         return torch.cat(outs)
 
+    def export_state(self) -> tuple[dict[str, torch.Tensor], int]:
+        """Adam's moments (tensors by name) and step count, for checkpoints."""
+        tensors = {f"m.{k}": v.clone() for k, v in self._m.items()}
+        return tensors | {f"v.{k}": v.clone() for k, v in self._v.items()}, self._t
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], t: int) -> None:
+        """Inverse of :meth:`export_state`."""
+        self._m = {k: tensors[f"m.{k}"].clone() for k in self._m}
+        self._v = {k: tensors[f"v.{k}"].clone() for k in self._v}
+        self._t = int(t)
+
 
 __all__ = ["ADAM_LR", "AdamGlobalModel"]
