@@ -86,6 +86,11 @@ class Strategy(Protocol):
         """Meta-updates θ has had (0 for strategies without one)."""
         ...
 
+    @property
+    def start_wins(self) -> dict[str, int]:
+        """How often each candidate start won an adaptation (empty for strategies without a choice)."""
+        ...
+
     def personaliser(self) -> Personalise:
         """How the trained strategy personalises a device it never saw, on ``k`` of its readings.
 
@@ -119,6 +124,10 @@ class StrategyBase:
     @property
     def meta_version(self) -> int:
         return 0
+
+    @property
+    def start_wins(self) -> dict[str, int]:
+        return {}
 
     def personaliser(self) -> Personalise:
         raise TypeError(f"no k-shot personalisation for {type(self).__name__}")

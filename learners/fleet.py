@@ -111,6 +111,11 @@ class FleetLearner:
         return self.source.theta
 
     @property
+    def start_wins(self) -> dict[str, int]:
+        """How often each candidate start won an adaptation (none here: every adaptation starts from θ)."""
+        return {}
+
+    @property
     def meta_version(self) -> int:
         """Number of meta-updates θ has had (0 when θ is not meta-learned)."""
         return self.source.version

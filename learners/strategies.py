@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from learners.auto import AutoStrategy
 from learners.base import Strategy
 from learners.blended import BlendedStrategy
 from learners.config import LearnerConfig
+from learners.continuous import ContinuousFleet
 from learners.fleet import FleetLearner
 from learners.river_fleet import RiverFleet
 from learners.shared_model import GlobalLearner
@@ -20,6 +22,8 @@ STRATEGIES = (
     "finetune",
     "blend",
     "blend-finetune",
+    "continuous",
+    "auto",
     "river-linear",
     "river-hat",
 )
@@ -36,6 +40,8 @@ BUILDERS: dict[str, Callable[[LearnerConfig], Strategy]] = {
     "global": GlobalLearner,
     "blend": BlendedStrategy,
     "blend-finetune": lambda cfg: BlendedStrategy(cfg, init="finetune"),
+    "continuous": ContinuousFleet,
+    "auto": AutoStrategy,
     "river-linear": lambda cfg: RiverFleet(cfg, kind="linear"),
     "river-hat": lambda cfg: RiverFleet(cfg, kind="hat"),
 }

@@ -298,6 +298,10 @@ class Recorder(StrategyBase):
     def meta_version(self) -> int:
         return self.inner.meta_version
 
+    @property
+    def start_wins(self) -> dict[str, int]:
+        return self.inner.start_wins
+
     def personaliser(self) -> Personalise:
         return self.inner.personaliser()
 

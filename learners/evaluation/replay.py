@@ -63,6 +63,8 @@ def replay(
     summary = {"strategy": strategy.name, **evaluator.summary()}
     summary["adaptations"] = strategy.n_adaptations
     summary["meta_version"] = strategy.meta_version
+    if strategy.start_wins:
+        summary["start_wins"] = strategy.start_wins
     summary["seconds"] = round(seconds, 3)
     summary["samples_per_s"] = round(len(y) / seconds, 1) if seconds > 0 else None
     return summary

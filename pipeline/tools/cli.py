@@ -229,7 +229,8 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
     p.add_argument(
         "--strategy",
         action="append",
-        help="reptile|fomaml|scratch|global|finetune|river|river-linear|river-hat|all; repeatable",
+        help="auto|continuous|blend|blend-finetune|reptile|fomaml|scratch|global|finetune|river|river-linear|"
+        "river-hat|all; repeatable",
     )
     p.add_argument("--batch-size", type=int, help="readings per micro-batch (default: ~1 per device)")
     p.add_argument("--json", action="store_true", help="one JSON object per strategy per line")

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 FLAGS_HELP = (
-    "reptile|fomaml|scratch|global|finetune|river|river-linear|river-hat|all; repeatable (default all)"
+    "auto|continuous|blend|blend-finetune|reptile|fomaml|scratch|global|finetune|river|river-linear|"
+    "river-hat|all; repeatable (default all)"
 )
 
 
@@ -93,9 +94,9 @@ def add_cli(subparsers: Any) -> None:
     )
     p.add_argument(
         "--reference",
-        default="reptile",
+        default=None,
         metavar="STRATEGY",
-        help="the strategy --seeds compares with every other one (default reptile)",
+        help="the strategy --seeds compares with every other one (default auto if it runs, else reptile)",
     )
     p.add_argument("--report", metavar="DIR", help="write DIR/index.html, DIR/*.png and DIR/results.json")
     p.add_argument("--json", action="store_true", help="one JSON object per strategy (or detector) per line")
@@ -178,7 +179,7 @@ def evaluate_seeds(
             preq.setdefault(name, []).append(per_device_errors(out[0].device_ids, run.train_rows, run.errors))
     assert first is not None, "no seeds"
     data, runs, results = first
-    ref = args.reference
+    ref = args.reference or ("auto" if "auto" in errors else "reptile")
     results = {**results, "seeds": list(seeds), "per_seed": per_seed, "reference": ref}
     if ref in errors:
         results["comparison"] = compare(errors, results["ks"], ref, seed=split_seed)

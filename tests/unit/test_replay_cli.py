@@ -74,6 +74,8 @@ def test_replay_all_runs_every_strategy(fleet_csv: Path, capsys: pytest.CaptureF
         "finetune",
         "blend",
         "blend-finetune",
+        "continuous",
+        "auto",
         "river-linear",
         "river-hat",
     ]

@@ -1,0 +1,9 @@
+#!/bin/bash
+# usage: evidence/run.sh NAME DATASET [evaluate args...] — saves evidence/NAME-DATASET.txt with the command on top
+name=$1; ds=$2; shift 2
+out=evidence/$name-$ds.txt
+cmd=".venv/bin/metastream evaluate $ds $* --seeds 0,1,2 --threads 1"
+{ echo "\$ $cmd"; echo "# started $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD)"; } > $out
+start=$(date +%s)
+$cmd >> $out 2>&1
+echo "# exit $? after $(( $(date +%s) - start ))s" >> $out

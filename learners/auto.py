@@ -1,0 +1,347 @@
+"""Strategy ``auto``: each adaptation starts from whichever candidate does best on held-back readings.
+
+On a fleet of near-identical devices the pooled model is the best start
+there is; on a fleet of different devices, or after a drift, a
+meta-learned θ is.  :class:`AutoFleet` does not guess: when a device
+adapts, it adapts from every candidate start (continuous meta θ, the pooled
+model, and any start added to :attr:`AutoFleet.extra_candidates`, e.g. a
+clustered θ_k) on the readings the regression guard does not hold back,
+scores each result on the held-back ones, and keeps the winner (then the
+regression guard judges it as usual).  How often each candidate won is
+kept per fleet in :attr:`AutoFleet.wins`; a device with too few readings
+to judge by starts from the fleet's most frequent winner.
+
+:class:`AutoStrategy` blends that personal learner with the pooled model
+per device (:class:`~learners.blend.ErrorWeightedBlend`), so personalising
+never costs much prequential error.
+
+Candidates change only at fixed reading counts (the pooled model is
+snapshot there), so the result does not depend on how the stream is cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from learners.base import Personalise
+from learners.blend import ErrorWeightedBlend
+from learners.blended import BlendedStrategy
+from learners.config import LearnerConfig
+from learners.continuous import CONTINUOUS_EVERY, ContinuousFleet
+from learners.guard import split_holdout
+from learners.nets import Params
+from learners.pooled import AdamGlobalModel
+from learners.theta_source import MetaLearnedTheta
+
+Candidate = tuple[str, Params, int | None]
+"""A named start for an adaptation and its inner steps (``None``: the config's; 0: used as it is)."""
+
+CandidateSource = Callable[[], Sequence[Candidate]]
+
+CLEARLY = 2.0
+"""Standard errors by which a candidate must beat the first one on held-back readings to be chosen."""
+
+
+def pick_candidates(losses: Tensor, hold: Tensor) -> Tensor:
+    """Per device, the candidate to adapt from: the first one unless another is clearly better.
+
+    ``losses`` is ``[C, D, n]``: each candidate's per-reading loss on each
+    device's held-back readings (``hold`` marks them, ``[D, n]``).  A
+    candidate other than the first wins only where its mean loss is lower
+    than the first one's by more than ``CLEARLY`` standard errors of the paired
+    per-reading differences; among those, the lowest mean loss wins.  A
+    device with too few readings to judge gets the first candidate.
+
+    Examples
+    --------
+    >>> hold = torch.ones(2, 4)
+    >>> first = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    >>> other = torch.tensor([[0.5, 0.6, 0.4, 0.5], [0.1, 2.0, 0.1, 1.5]])  # clearly better; noisy
+    >>> pick_candidates(torch.stack([first, other]), hold).tolist()
+    [1, 0]
+    """
+    n = hold.sum(1)
+    mean = (losses * hold).sum(2) / n.clamp(min=1)  # [C, D]
+    diff = (losses[:1] - losses) * hold  # > 0 where the candidate does better than the first
+    diff_mean = diff.sum(2) / n.clamp(min=1)
+    var = (((diff - diff_mean.unsqueeze(2)) * hold) ** 2).sum(2) / (n - 1).clamp(min=1)
+    se = (var / n.clamp(min=1)).sqrt()
+    # A diverged first candidate leaves every finite one in the running.
+    clearly = ((diff_mean > CLEARLY * se) & (n > 1)) | ~torch.isfinite(mean[:1])
+    clearly[0] = True
+    finite = torch.isfinite(mean)
+    score = torch.where(clearly & finite, mean, torch.full_like(mean, float("inf")))
+    return torch.where(n > 0, score.argmin(0), torch.zeros_like(n, dtype=torch.long))
+
+
+class PooledAlongsideTheta(MetaLearnedTheta):
+    """A meta-learned θ, with an Adam pooled model learning from every reading alongside it.
+
+    The pooled model steps on whole chunks of the pooled stream, so its steps
+    fall at fixed positions however the stream is cut; its weights and the
+    readings that wait for a whole chunk are part of the checkpoint.
+
+    Examples
+    --------
+    >>> src = PooledAlongsideTheta(LearnerConfig(n_features=2, hidden=(4,)))
+    >>> src.observe(np.ones((40, 2), np.float32), np.ones(40, np.float32))
+    >>> src.name, len(src.pending_y)  # one chunk of 32 learned, 8 wait
+    ('reptile', 8)
+    """
+
+    def __init__(self, cfg: LearnerConfig) -> None:
+        super().__init__(cfg)
+        self.pooled = AdamGlobalModel(cfg)
+        self.pending_x = np.zeros((0, cfg.n_features), dtype=np.float32)
+        self.pending_y = np.zeros(0, dtype=np.float32)
+
+    def observe(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        chunk = self.pooled.chunk
+        px = np.concatenate([self.pending_x, xs])
+        py = np.concatenate([self.pending_y, ys])
+        whole = len(py) - len(py) % chunk
+        if whole:
+            self.pooled.learn_predict(torch.from_numpy(px[:whole]), torch.from_numpy(py[:whole]))
+        self.pending_x, self.pending_y = px[whole:].copy(), py[whole:].copy()
+
+    def export_state(self) -> tuple[dict[str, Tensor], Any]:
+        tensors, state = super().export_state()
+        tensors |= {f"pooled.{k}": v.clone() for k, v in self.pooled.params.items()}
+        tensors["pooled.pending_x"] = torch.from_numpy(self.pending_x.copy())
+        tensors["pooled.pending_y"] = torch.from_numpy(self.pending_y.copy())
+        return tensors, state
+
+    def expected_shapes(self, tensors: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+        shapes = super().expected_shapes(tensors)
+        shapes |= {f"pooled.{k}": tuple(v.shape) for k, v in self.pooled.params.items()}
+        pending = int(tensors["pooled.pending_y"].shape[0]) if "pooled.pending_y" in tensors else -1
+        shapes["pooled.pending_y"] = (pending,)
+        shapes["pooled.pending_x"] = (pending, self.pending_x.shape[1])
+        return shapes
+
+    def import_state(
+        self, theta: Params, version: int, tensors: dict[str, Tensor], state: Any, worker_wide: bool
+    ) -> None:
+        super().import_state(theta, version, tensors, state, worker_wide)
+        if worker_wide:
+            self.pooled.params = {k: tensors[f"pooled.{k}"].clone() for k in self.pooled.params}
+            self.pending_x = tensors["pooled.pending_x"].numpy().astype(np.float32).copy()
+            self.pending_y = tensors["pooled.pending_y"].numpy().astype(np.float32).copy()
+
+
+class AutoFleet(ContinuousFleet):
+    """Continuous meta-learning whose adaptations pick their start among candidates.
+
+    Parameters
+    ----------
+    cfg
+        Model, learning and drift settings.
+    every
+        Readings between two continuous meta-steps (and pooled-model snapshots).
+
+    Examples
+    --------
+    >>> cfg = LearnerConfig(n_features=2, adapt_after=8, buffer_size=8, guard_min_holdout=2)
+    >>> fleet = AutoFleet(cfg, every=4)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(40, 2)); y = x @ np.array([1.0, -1.0])
+    >>> _ = fleet.learn_predict(["a", "b"] * 20, x, y)
+    >>> [name for name, _, _ in fleet.candidates()], sum(fleet.wins.values()) >= 1
+    (['pooled', 'finetune', 'meta'], True)
+    """
+
+    def __init__(self, cfg: LearnerConfig, every: int = CONTINUOUS_EVERY) -> None:
+        source = PooledAlongsideTheta(cfg)
+        super().__init__(cfg, every=every, source=source)
+        self.name = "auto"
+        # The source steps the pooled model on whole chunks at the end of every segment.
+        self._pooled: AdamGlobalModel = source.pooled
+        self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}
+        self.extra_candidates: list[CandidateSource] = []
+        """More starting points (e.g. the nearest clustered θ_k), asked at every adaptation."""
+        self.wins: dict[str, int] = {name: 0 for name, _, _ in self.candidates()}
+        """How often each candidate won an adaptation that could be judged, for this fleet."""
+
+    @property
+    def start_wins(self) -> dict[str, int]:
+        """How often each candidate start won an adaptation (per fleet)."""
+        return dict(self.wins)
+
+    def personaliser(self) -> Personalise:
+        """k-shot: adapt from every candidate, keep the best on the support's newest readings."""
+        return auto_own_personaliser(self)
+
+    def candidates(self) -> list[Candidate]:
+        """The starting points an adaptation chooses from; the first (the pooled model) is the one to beat."""
+        out: list[Candidate] = [
+            ("pooled", self._pooled_theta, 0),
+            ("finetune", self._pooled_theta, None),
+            ("meta", self.theta, None),
+        ]
+        for source in self.extra_candidates:
+            out.extend(source())
+        return out
+
+    def favourite(self) -> int:
+        """Index of the candidate that won most often so far (the first one on ties)."""
+        names = [name for name, _, _ in self.candidates()]
+        counts = [self.wins.get(name, 0) for name in names]
+        return int(np.argmax(counts))
+
+    def _at_position(self) -> None:
+        at = self.processed
+        if at % self.every == 0:
+            self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}
+        super()._at_position()
+
+    def choose(
+        self, x: Tensor, y: Tensor, train: Tensor, hold: Tensor, count: bool = True
+    ) -> tuple[Params, Params, np.ndarray]:
+        """Adapt from every candidate; per device keep the one with the lowest held-back loss.
+
+        Returns the chosen adaptations without and with the held-back
+        readings (``[D, …]``), and each device's winning candidate index.
+        Devices without held-back readings get the fleet's favourite.  With
+        ``count`` the judged choices are added to :attr:`wins`.
+        """
+        cands = self.candidates()
+        d = x.shape[0]
+        judged_all, phi_all, losses = [], [], []
+        for _, start, steps in cands:
+            both = self.net.adapt(
+                start, torch.cat([x, x]), torch.cat([y, y]), torch.cat([train, train + hold]), steps=steps
+            )
+            judged = {k: v[:d] for k, v in both.items()}
+            judged_all.append(judged)
+            phi_all.append({k: v[d:] for k, v in both.items()})
+            per_reading = self.net.sample_loss(self.net.stacked_forward(judged, x), y) * hold
+            losses.append(torch.nan_to_num(per_reading, nan=float("inf")))
+        table = pick_candidates(torch.stack(losses), hold)
+        guarded = (hold.sum(1) > 0).numpy()
+        best = np.where(guarded, table.numpy(), self.favourite())
+        for i in np.flatnonzero(guarded) if count else []:
+            name = cands[int(best[i])][0]
+            self.wins[name] = self.wins.get(name, 0) + 1
+        pick = torch.from_numpy(best)
+        rows = torch.arange(d)
+
+        def gather(per_candidate: list[Params]) -> Params:
+            return {k: torch.stack([p[k] for p in per_candidate])[pick, rows] for k in per_candidate[0]}
+
+        return gather(judged_all), gather(phi_all), best
+
+    def _adapt(self, slots: np.ndarray) -> np.ndarray:
+        """As :meth:`FleetLearner._adapt`, from the winning candidate of each device."""
+        if len(slots) == 0:
+            return slots
+        x, y, mask = self.buffers.recent(slots, self.cfg.adapt_after)
+        train, hold = split_holdout(mask, self.cfg.guard_holdout, self.cfg.guard_min_holdout)
+        n_hold = hold.sum(1)
+        guarded = n_hold > 0
+        judged, phi, _ = self.choose(x, y, train, hold)
+        keep = self._judge(slots, judged, x, y, hold) | ~guarded if bool(guarded.any()) else ~guarded
+        kept = slots[keep.numpy()]
+        idx = torch.from_numpy(kept)
+        for k, v in self.params.items():
+            v[idx] = self.published[k][idx] = phi[k][keep]
+        self._pending[slots] = False
+        self.n_adaptations += len(kept)
+        self.n_rejected += len(slots) - len(kept)
+        fallback = self._retry(slots[~keep.numpy()], n_hold[~keep].numpy())
+        if len(fallback):
+            back = torch.from_numpy(fallback)
+            for k, v in self.params.items():
+                v[back] = self.published[k][back] = self.theta[k]
+        kept = np.sort(np.concatenate([kept, fallback]))
+        self.monitor.restart_scale(kept)
+        self._has_model[kept] = True
+        self._retries[kept] = 0
+        return kept
+
+    # -- checkpoints: the pooled snapshot and the scores are worker-wide state ------------
+
+    def export_devices(self, device_ids: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors, info = super().export_devices(device_ids)
+        tensors |= {f"pooled_theta.{k}": v.clone() for k, v in self._pooled_theta.items()}
+        adam, info["pooled_adam_t"] = self._pooled.export_state()
+        tensors |= {f"pooled_adam.{k}": v for k, v in adam.items()}
+        info["start_wins"] = dict(self.wins)
+        return tensors, info
+
+    def import_devices(
+        self, tensors: dict[str, Tensor], info: dict[str, Any], worker_wide: bool = False
+    ) -> list[str]:
+        ids = super().import_devices(tensors, info, worker_wide)
+        if worker_wide:
+            self._pooled_theta = {k: tensors[f"pooled_theta.{k}"].clone() for k in self._pooled_theta}
+            adam = {
+                k.removeprefix("pooled_adam."): v for k, v in tensors.items() if k.startswith("pooled_adam.")
+            }
+            self._pooled.restore_state(adam, int(info["pooled_adam_t"]))
+            self.wins = {k: int(v) for k, v in info["start_wins"].items()}
+        return ids
+
+
+class AutoStrategy(BlendedStrategy):
+    """Strategy ``auto``: :class:`AutoFleet` blended per device with the pooled model.
+
+    Examples
+    --------
+    >>> learner = AutoStrategy(LearnerConfig(n_features=2, adapt_after=2, buffer_size=4))
+    >>> r = learner.learn_predict(["a", "b", "a"], np.ones((3, 2)), np.array([1.0, 2.0, 1.5]))
+    >>> learner.name, r.y_pred.shape, r.adapted
+    ('auto', (3,), ['a'])
+    """
+
+    def __init__(self, cfg: LearnerConfig, every: int = CONTINUOUS_EVERY) -> None:
+        super().__init__(cfg)
+        self.name = "auto"
+        self.personal: AutoFleet = AutoFleet(cfg, every=every)
+        self.pooled.model = AdamGlobalModel(cfg)
+        self.blend = ErrorWeightedBlend(cfg.task)
+
+    @property
+    def n_adaptations(self) -> int:
+        return self.personal.n_adaptations
+
+    @property
+    def meta_version(self) -> int:
+        return self.personal.meta_version
+
+    @property
+    def start_wins(self) -> dict[str, int]:
+        """How often each candidate start won an adaptation (per fleet)."""
+        return dict(self.personal.wins)
+
+
+def auto_own_personaliser(fleet: AutoFleet) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """k-shot for a new device: adapt from every candidate, keep the best on the support's newest readings.
+
+    ``xs`` is ``[E, k, F]`` (E episodes), ``ys`` ``[E, k]``, ``xq`` ``[E, q, F]``;
+    returns predictions ``[E, q]`` in the data's units.
+    """
+
+    def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+        sx, sy = fleet.scaler.x, fleet.scaler.y
+        xs_t = torch.from_numpy(sx.transform(xs).astype(np.float32))
+        xq_t = torch.from_numpy(sx.transform(xq).astype(np.float32))
+        if fleet.cfg.task == "regression":
+            ys = (ys - sy.mean[0]) / sy.std[0]
+        ys_t = torch.from_numpy(ys.astype(np.float32))
+        k = xs.shape[1]
+        hold = torch.zeros_like(ys_t)
+        hold[:, k - max(1, k // 4) :] = 1.0
+        _, phi, _ = fleet.choose(xs_t, ys_t, torch.ones_like(ys_t) - hold, hold, count=False)
+        out = vmap(fleet.net.forward)(phi, xq_t)
+        return fleet.scaler.inverse_y(fleet.net.predict(out).numpy().astype(np.float64))
+
+    return run
+
+
+__all__ = ["AutoFleet", "AutoStrategy", "Candidate", "PooledAlongsideTheta", "auto_own_personaliser"]
