@@ -70,6 +70,8 @@ class MetricsReading:
     ack_latency: Mapping[str, Histogram] = field(default_factory=dict)
     contributions_rejected: Mapping[str, int] = field(default_factory=dict)
     """Meta contributions the aggregator refused, by reason (:data:`connectors.contributions.REASONS`)."""
+    device_epsilon: Mapping[str, float] = field(default_factory=dict)
+    """ε each federated device has spent (when the meta agent keeps a privacy budget)."""
 
 
 # Core and agent counters: stats() key → (metric name without _total, help).
@@ -228,6 +230,15 @@ class _ReadingCollector(Collector):
         for row in worst_devices(r.errors, {}, self.top_n):
             device.add_metric([row.device_id], row.error)
         yield device
+        spent = GaugeMetricFamily(
+            "metastream_privacy_device_epsilon",
+            f"ε spent by the {self.top_n} federated devices that spent the most.",
+            labels=["device"],
+        )
+        top = sorted(r.device_epsilon.items(), key=lambda kv: (-kv[1], kv[0]))[: self.top_n]
+        for device_id, eps in top:
+            spent.add_metric([device_id], eps)
+        yield spent
 
 
 def _histogram(name: str, doc: str, histograms: Mapping[str, Histogram]) -> HistogramMetricFamily:
@@ -305,6 +316,7 @@ async def read(app: faust.App, state: PipelineState) -> MetricsReading:
         latency=dict(view.latency),
         ack_latency=dict(view.ack_latency),
         contributions_rejected=dict(state.aggregator.gate.refused),
+        device_epsilon=state.aggregator.device_epsilons(),
     )
 
 

@@ -157,6 +157,10 @@ class PrivacyLedger:
         """Whether ``device_id`` has been refused for its budget."""
         return device_id in self._refused
 
+    def device_epsilons(self) -> dict[str, float]:
+        """ε every device that contributed has spent."""
+        return {d: self.epsilon(n) for d, n in self._counts.items()}
+
     def exhausted_count(self) -> int:
         """Devices refused for their budget so far."""
         return len(self._refused)

@@ -684,6 +684,12 @@ class MetaAggregator:
             "privacy_devices_exhausted": float(ledger.exhausted_count()),
         }
 
+    def device_epsilons(self) -> dict[str, float]:
+        """ε each federated device has spent so far (empty without a budget)."""
+        if self.privacy is None:
+            return {}
+        return self.privacy.ledger.device_epsilons()
+
     def on_secure_round(self, result: AggregateResult) -> list[Message]:
         """Apply a secure-aggregation round's weighted mean as one contribution of its total weight.
 

@@ -139,7 +139,8 @@ def test_a_budget_setting_gates_the_meta_agent_and_shows_on_metrics() -> None:
     first = aggregator.privacy.screen("edge:dev-1")
     second = aggregator.privacy.screen("edge:dev-1")
     stats = aggregator.privacy_stats()
-    text = render(MetricsReading("w", "app", stats=stats)).decode()
+    spent = aggregator.device_epsilons()
+    text = render(MetricsReading("w", "app", stats=stats, device_epsilon=spent)).decode()
     # Assert
     assert first == (True, []) and second[0] is False
     assert stats == {
@@ -147,6 +148,8 @@ def test_a_budget_setting_gates_the_meta_agent_and_shows_on_metrics() -> None:
         "privacy_devices_exhausted": 1.0,
     }
     assert "metastream_privacy_devices_exhausted 1.0" in text
+    assert spent == {"dev-1": pytest.approx(1.386, abs=1e-3)}
+    assert 'metastream_privacy_device_epsilon{device="dev-1"} 1.38' in text
     assert MetaAggregator(Settings(n_features=2), Signer.generate()).privacy_stats() == {}
     with pytest.raises(ValueError, match="dp_epsilon_budget needs dp_noise_multiplier"):
         Settings(dp_epsilon_budget=1.0)
