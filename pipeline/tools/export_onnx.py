@@ -89,28 +89,9 @@ def build_onnx(tensors: Mapping[str, np.ndarray], header: ModelHeader) -> Any:
         if i < len(layers) - 1:
             nodes.append(helper.make_node("Relu", [out], [f"h{i + 1}"]))
             h = f"h{i + 1}"
-    outputs = [helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, ["n"])]
-    if header.task == "regression":
-        inits += [
-            const("flat", np.array([-1], dtype=np.int64)),
-            const("y_std", tensors["norm.y_std"].astype(np.float64).reshape(-1)[:1]),
-            const("y_mean", tensors["norm.y_mean"].astype(np.float64).reshape(-1)[:1]),
-        ]
-        nodes += [
-            helper.make_node("Reshape", ["logits", "flat"], ["out"]),
-            helper.make_node("Cast", ["out"], ["out64"], to=TensorProto.DOUBLE),
-            helper.make_node("Mul", ["out64", "y_std"], ["out_scaled"]),
-            helper.make_node("Add", ["out_scaled", "y_mean"], ["prediction"]),
-        ]
-    else:
-        nodes += [
-            helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
-            helper.make_node("Cast", ["label"], ["prediction"], to=TensorProto.DOUBLE),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        ]
-        outputs.append(
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", header.n_outputs])
-        )
+    head_inits, head_nodes, outputs = _output_head(tensors, header)
+    inits += head_inits
+    nodes += head_nodes
     graph = helper.make_graph(
         nodes,
         f"metastream_{header.task}",
@@ -134,6 +115,41 @@ def build_onnx(tensors: Mapping[str, np.ndarray], header: ModelHeader) -> Any:
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _output_head(
+    tensors: Mapping[str, np.ndarray], header: ModelHeader
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """Initialisers, nodes and graph outputs that turn ``logits`` into the prediction (and probabilities)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, value: np.ndarray) -> Any:
+        return numpy_helper.from_array(np.ascontiguousarray(value), name)
+
+    outputs = [helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, ["n"])]
+    if header.task == "regression":
+        inits = [
+            const("flat", np.array([-1], dtype=np.int64)),
+            const("y_std", tensors["norm.y_std"].astype(np.float64).reshape(-1)[:1]),
+            const("y_mean", tensors["norm.y_mean"].astype(np.float64).reshape(-1)[:1]),
+        ]
+        nodes = [
+            helper.make_node("Reshape", ["logits", "flat"], ["out"]),
+            helper.make_node("Cast", ["out"], ["out64"], to=TensorProto.DOUBLE),
+            helper.make_node("Mul", ["out64", "y_std"], ["out_scaled"]),
+            helper.make_node("Add", ["out_scaled", "y_mean"], ["prediction"]),
+        ]
+    else:
+        inits = []
+        nodes = [
+            helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+            helper.make_node("Cast", ["label"], ["prediction"], to=TensorProto.DOUBLE),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ]
+        outputs.append(
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", header.n_outputs])
+        )
+    return inits, nodes, outputs
 
 
 def verified_envelope(state: EdgeState, device_id: str, envelope: bytes) -> None:
