@@ -365,24 +365,14 @@ def run_held_out(
     eps = make_episodes(ids, ks, horizon, episodes, shuffle_seed, only=held)
     n = len(train_rows)
     online = np.full((len(eps), len(ks)), np.nan)
-    firsts = np.array([e.rows[0] for e in eps], dtype=np.int64)
     marks = [
         (int(n * (WARMUP + (1 - WARMUP) * g / CHECKPOINTS)) // batch_size) * batch_size
         for g in range(CHECKPOINTS)
     ]
     marks = [*sorted(set(marks) - {0}), n]
-
-    def checkpoint(seen: int) -> None:
-        """Score the episodes that start between this checkpoint and the next one."""
-        if shuffle_seed is not None or seen not in marks:
-            return
-        g = marks.index(seen)
-        hi = train_rows[marks[g + 1] - 1] if g + 1 < len(marks) else np.inf
-        pick = np.flatnonzero((firsts > train_rows[seen - 1]) & (firsts <= hi))
-        if pick.size:
-            chosen = [eps[i] for i in pick]
-            online[pick] = episode_errors(personaliser(strategy), chosen, x, y, task, ks, horizon)
-
+    checkpoint = _online_scorer(
+        strategy, eps, (x, y, task), ks, horizon, train_rows, marks, online, shuffle_seed is None
+    )
     recorder = Recorder(strategy, task, checkpoint if n else None)
     summary = replay(
         recorder, [ids[i] for i in train_rows], x[train_rows], y[train_rows], task, batch_size, progress
@@ -410,6 +400,35 @@ def run_held_out(
         recoveries=recoveries,
         train_rows=train_rows,
     )
+
+
+def _online_scorer(
+    strategy: Strategy,
+    eps: list[Episode],
+    data: tuple[np.ndarray, np.ndarray, Task],
+    ks: Sequence[int],
+    horizon: int,
+    train_rows: np.ndarray,
+    marks: list[int],
+    online: np.ndarray,
+    enabled: bool,
+) -> Callable[[int], None]:
+    """The replay's checkpoint hook: fills ``online`` with episodes' errors at the checkpoint before them."""
+    x, y, task = data
+    firsts = np.array([e.rows[0] for e in eps], dtype=np.int64)
+
+    def checkpoint(seen: int) -> None:
+        """Score the episodes that start between this checkpoint and the next one."""
+        if not enabled or seen not in marks:
+            return
+        g = marks.index(seen)
+        hi = train_rows[marks[g + 1] - 1] if g + 1 < len(marks) else np.inf
+        pick = np.flatnonzero((firsts > train_rows[seen - 1]) & (firsts <= hi))
+        if pick.size:
+            chosen = [eps[i] for i in pick]
+            online[pick] = episode_errors(personaliser(strategy), chosen, x, y, task, ks, horizon)
+
+    return checkpoint
 
 
 def _round(v: float) -> float | None:
