@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -189,13 +188,6 @@ def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once
         mixer.close()
 
 
-def checkpointed_readings(cfg: Settings, key: Signer) -> Counter[str]:
-    learned: Counter[str] = Counter()
-    for ck in cr.newest_checkpoints(cfg, key).values():
-        learned.update(ck.readings)
-    return learned
-
-
 @pytest.mark.slow
 def test_a_learner_failure_stops_the_worker_and_a_restart_goes_on_from_the_checkpoint(
     settings: Settings,
@@ -222,9 +214,9 @@ def test_a_learner_failure_stops_the_worker_and_a_restart_goes_on_from_the_check
     exited_after = time.monotonic() - started
     restarted = start_worker(cfg)
     wait_until(
-        lambda: checkpointed_readings(cfg, signer) == produced,
+        lambda: cr.checkpointed_readings(cfg, signer) == produced,
         120,
-        lambda: f"{checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, 1)}",
+        lambda: f"{cr.checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, 1)}",
     )
 
     # Assert: exit status 70 with one fatal line; every acked reading learned exactly once
@@ -274,9 +266,9 @@ def test_a_message_the_learner_always_fails_on_is_dead_lettered_after_two_failur
         codes.append(proc.returncode)
     last = len(codes)
     wait_until(
-        lambda: checkpointed_readings(cfg, signer) == produced,
+        lambda: cr.checkpointed_readings(cfg, signer) == produced,
         120,
-        lambda: f"{codes}\n{checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, last)}",
+        lambda: f"{codes}\n{cr.checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, last)}",
     )
     letters = DeadLetters(cfg)
     try:
