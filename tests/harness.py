@@ -7,7 +7,10 @@ Fixtures built on it (``settings``, ``signer``, ``start_worker``) are in
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +32,32 @@ Launch = Callable[[Settings], subprocess.Popen[bytes]]
 ROOT = Path(__file__).resolve().parents[1]
 N_FEATURES = 4
 PER_MESSAGE = 50  # gateway batches
+
+
+def launch_logged(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m <argv>`` from the repository root, its output (stdout and stderr) in ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", *argv],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process still running, then wait for each (30 s, then kill)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def worker_log(tmp_path: Path, n: int = 0) -> str:
