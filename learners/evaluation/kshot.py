@@ -384,10 +384,7 @@ def run_held_out(
         task,
         len({e.device for e in eps}),
     )
-    scored = np.flatnonzero(~np.isnan(online[:, 0]))
-    online_curve = None
-    if shuffle_seed is None:
-        online_curve = summarise(online[scored], ks, task, len({eps[i].device for i in scored}))
+    online_curve = _online_curve(online, eps, ks, task) if shuffle_seed is None else None
     preds = np.concatenate(recorder.predictions) if recorder.predictions else np.zeros(0)
     recoveries, _ = recorder.evaluator.recoveries()
     extra = online_curve.as_dict("kshot_online") if online_curve else {}
@@ -400,6 +397,12 @@ def run_held_out(
         recoveries=recoveries,
         train_rows=train_rows,
     )
+
+
+def _online_curve(online: np.ndarray, eps: list[Episode], ks: Sequence[int], task: Task) -> KShotCurve:
+    """The k-shot curve of the episodes the online checkpoints scored."""
+    scored = np.flatnonzero(~np.isnan(online[:, 0]))
+    return summarise(online[scored], ks, task, len({eps[i].device for i in scored}))
 
 
 def _online_scorer(

@@ -119,13 +119,7 @@ def make_fleet_stream(
     # flips the sign of the gain and redraws its size and the offset, so the
     # old model is wrong everywhere but the shared shape f still helps.
     n_concepts = drifts_per_device + 1
-    concepts = np.empty((n_devices, n_concepts, 2 + n_features))
-    sign = rng.choice([-1.0, 1.0], n_devices)
-    for k in range(n_concepts):
-        concepts[:, k, 0] = sign * rng.uniform(0.5, 2.0, n_devices)
-        concepts[:, k, 1] = rng.uniform(-2.0, 2.0, n_devices)
-        sign = -sign
-    concepts[:, :, 2:] = rng.normal(0, 0.1, (n_devices, n_concepts, n_features))
+    concepts = _concepts(rng, n_devices, n_concepts, n_features)
     ids = [f"dev-{d:04d}" for d in range(n_devices)]
     regime, drifts = _drift_regimes(
         rng, dev, local, totals, ids, drifts_per_device, gradual_share, gradual_width
@@ -158,6 +152,18 @@ def _speakers(rng: np.random.Generator, n_devices: int, n_readings: int, late_jo
     dev = np.minimum((rng.random(n_readings) * n_joined).astype(np.int64), n_joined - 1)
     dev[join] = np.arange(n_devices)  # a device's first reading is at its join step
     return dev
+
+
+def _concepts(rng: np.random.Generator, n_devices: int, n_concepts: int, n_features: int) -> np.ndarray:
+    """``[device, concept]`` → (gain, offset, linear term); each concept flips the gain's sign."""
+    concepts = np.empty((n_devices, n_concepts, 2 + n_features))
+    sign = rng.choice([-1.0, 1.0], n_devices)
+    for k in range(n_concepts):
+        concepts[:, k, 0] = sign * rng.uniform(0.5, 2.0, n_devices)
+        concepts[:, k, 1] = rng.uniform(-2.0, 2.0, n_devices)
+        sign = -sign
+    concepts[:, :, 2:] = rng.normal(0, 0.1, (n_devices, n_concepts, n_features))
+    return concepts
 
 
 def _drift_regimes(

@@ -254,10 +254,7 @@ def evaluate_dataset(
         row = {"dataset": data.name, "split": split, "seed": seed, **run.summary}
         row["overrides"] = overrides.get(name, {})
         if swaps:
-            from learners.evaluation.device_swap import summarise_recoveries, swap_recoveries
-
-            stream_ids = [data.device_ids[i] for i in run.train_rows]
-            row.update(summarise_recoveries(swap_recoveries(stream_ids, run.errors, swaps)))
+            row.update(_swap_summary(data, run, swaps))
         rows.append(row)
         runs[name] = run
         if args.json:
@@ -321,6 +318,14 @@ def _swap_devices(data: Any, train: list[str], n_swaps: int, split_seed: int) ->
         time=data.time[table.keep],
     )
     return swapped, swaps
+
+
+def _swap_summary(data: Any, run: Any, swaps: list[Any]) -> dict[str, Any]:
+    """How the run's learners recovered from each planned device swap."""
+    from learners.evaluation.device_swap import summarise_recoveries, swap_recoveries
+
+    stream_ids = [data.device_ids[i] for i in run.train_rows]
+    return summarise_recoveries(swap_recoveries(stream_ids, run.errors, swaps))
 
 
 def add_paired_differences(
