@@ -14,7 +14,7 @@ import pytest
 from connectors.settings import Settings
 from connectors.signing import Signer
 from pipeline.tools.brokers import ApacheKafkaBroker
-from tests.harness import N_FEATURES, Launch, launch_logged, stop_all
+from tests.harness import N_FEATURES, Launch, Processes
 from tests.integration.mosquitto import MosquittoBroker
 
 
@@ -66,18 +66,13 @@ def signer(tmp_path: Path) -> Signer:
 @pytest.fixture
 def start_worker(tmp_path: Path, signer: Signer) -> Iterator[Launch]:
     """Start ``python -m pipeline.worker`` subprocesses; all are stopped (SIGTERM, then kill) at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
+    with Processes() as processes:
 
-    def launch(settings: Settings) -> subprocess.Popen[bytes]:
-        n = len(procs)
-        path = tmp_path / f"settings-{n}.json"
-        path.write_text(json.dumps({**asdict(settings), "signing_key": str(tmp_path / "worker.pem")}))
-        argv = ["pipeline.worker", "--settings", str(path), "--stats-interval", "1"]
-        proc = launch_logged(argv, tmp_path / f"worker-{n}.log")
-        procs.append(proc)
-        return proc
+        def launch(settings: Settings) -> subprocess.Popen[bytes]:
+            n = len(processes.procs)
+            path = tmp_path / f"settings-{n}.json"
+            path.write_text(json.dumps({**asdict(settings), "signing_key": str(tmp_path / "worker.pem")}))
+            argv = ["pipeline.worker", "--settings", str(path), "--stats-interval", "1"]
+            return processes.start(argv, tmp_path / f"worker-{n}.log")
 
-    try:
         yield launch
-    finally:
-        stop_all(procs)

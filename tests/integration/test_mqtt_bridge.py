@@ -38,7 +38,7 @@ from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from learners.fleet import FleetLearner
 from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools.cli import main
-from tests.harness import last_stats, launch_logged, stop_all, wait_for_topics
+from tests.harness import Processes, last_stats, wait_for_topics
 from tests.integration.mosquitto import MosquittoBroker
 from tests.readme import blocks
 from wire.readings import DeadLetter, Reading, encode_readings
@@ -80,17 +80,8 @@ Start = Callable[[str, list[str]], subprocess.Popen[bytes]]
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Start]:
     """Start ``python -m <module> <args>`` with its output in ``tmp_path/<name>.log``; SIGTERM at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def launch(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        proc = launch_logged(argv, tmp_path / f"{name}.log")
-        procs.append(proc)
-        return proc
-
-    try:
-        yield launch
-    finally:
-        stop_all(procs)
+    with Processes() as processes:
+        yield lambda name, argv: processes.start(argv, tmp_path / f"{name}.log")
 
 
 def log_of(tmp_path: Path, name: str) -> str:
