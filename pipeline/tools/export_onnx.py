@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from connectors import kafka_python_fix
 from connectors.edge import EdgeState, trusted_verifier
 from connectors.settings import Settings
 from wire.models import NORM_KEYS, ModelHeader, decode_model
@@ -168,18 +167,12 @@ def newest_envelope_from_topic(
     record of the device is offered to ``state``, so a refused one (say, signed
     by an unknown key) never hides an older good one.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     from connectors.admin import partition_for
+    from connectors.topic_reader import topic_reader
 
-    kafka_python_fix.apply()
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        client_id=f"{settings.app_id}-export",
-        group_id=None,
-        enable_auto_commit=False,
-        **settings.kafka_python_security(),
-    )
+    consumer = topic_reader(settings, "export")
     try:
         partitions = consumer.partitions_for_topic(settings.topic_models)
         if not partitions:
