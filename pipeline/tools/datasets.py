@@ -380,27 +380,15 @@ def load_synthetic(
     from learners.evaluation.synthetic import make_fleet_stream
 
     s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed, clusters=clusters)
+    name, description = "synthetic", f"seeded synthetic fleet: {n_devices} devices, abrupt and gradual drift"
     if clusters:
-        return Dataset(
-            s.device_ids,
-            s.x,
-            s.y,
-            s.task,
-            s.feature_names(),
-            time=s.time,
-            name="synthetic-clusters",
-            description=f"seeded synthetic fleet of {clusters} kinds of devices: {n_devices} devices, "
-            "a drift moves a device to another kind",
+        name = "synthetic-clusters"
+        description = (
+            f"seeded synthetic fleet of {clusters} kinds of devices: {n_devices} devices, "
+            "a drift moves a device to another kind"
         )
     return Dataset(
-        s.device_ids,
-        s.x,
-        s.y,
-        s.task,
-        s.feature_names(),
-        time=s.time,
-        name="synthetic",
-        description=f"seeded synthetic fleet: {n_devices} devices, abrupt and gradual drift",
+        s.device_ids, s.x, s.y, s.task, s.feature_names(), time=s.time, name=name, description=description
     )
 
 
