@@ -206,6 +206,38 @@ def _key(settings: Settings) -> tuple[str, ...]:
     )
 
 
+def _probe(
+    settings: Settings,
+    options: dict[str, Any],
+    client_id: str,
+    client: _StoppableClient,
+    timeout_s: float,
+    outcome: list[BaseException | None],
+    done: threading.Event,
+) -> None:
+    """Open and close one admin client; append ``None`` or the error to ``outcome``, then set ``done``."""
+    try:
+        ms = int(timeout_s * 1000)
+        kafka_python_fix.apply()
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap,
+            client_id=client_id,
+            kafka_client=client,
+            bootstrap_timeout_ms=ms,
+            request_timeout_ms=ms,
+            # Retry within the window: after a first, inconclusive failure, kafka-python's
+            # default backoff (up to 30 s) could outlast it and hide the refusal.
+            reconnect_backoff_max_ms=500,
+            **options,
+        )
+        admin.close()
+        outcome.append(None)
+    except BaseException as exc:  # check_connection reports it to its caller
+        outcome.append(exc)
+    finally:
+        done.set()
+
+
 def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     """Probe the broker once with ``settings``' TLS/SASL options; raise if they are refused.
 
@@ -245,30 +277,13 @@ def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     outcome: list[BaseException | None] = []
     done = threading.Event()
 
-    def probe() -> None:
-        try:
-            ms = int(timeout_s * 1000)
-            kafka_python_fix.apply()
-            admin = KafkaAdminClient(
-                bootstrap_servers=settings.bootstrap,
-                client_id=client_id,
-                kafka_client=client,
-                bootstrap_timeout_ms=ms,
-                request_timeout_ms=ms,
-                # Retry within the window: after a first, inconclusive failure, kafka-python's
-                # default backoff (up to 30 s) could outlast it and hide the refusal.
-                reconnect_backoff_max_ms=500,
-                **options,
-            )
-            admin.close()
-            outcome.append(None)
-        except BaseException as exc:  # reported to the caller below
-            outcome.append(exc)
-        finally:
-            done.set()
-
     # On its own thread so a certain refusal is reported at once instead of after the timeout.
-    threading.Thread(target=probe, name="metastream-connection-check", daemon=True).start()
+    threading.Thread(
+        target=_probe,
+        args=(settings, options, client_id, client, timeout_s, outcome, done),
+        name="metastream-connection-check",
+        daemon=True,
+    ).start()
     deadline = time.monotonic() + timeout_s + 5
     try:
         while not done.wait(0.05) and not reasons.definitive.is_set() and time.monotonic() < deadline:

@@ -312,14 +312,7 @@ class FleetLearner:
         if n == 0:
             return slots, pred, np.zeros(0, np.int64), np.zeros(0, np.int64)
         groups = DeviceGroups.of(slots)
-        order = np.argsort(-groups.counts, kind="stable")
-        dev_slots, counts = groups.slots[order], groups.counts[order]
-        row_of = np.empty_like(order)
-        row_of[order] = np.arange(len(order))
-        table = np.zeros((len(order), int(counts[0])), dtype=np.int64)  # [row, j] → reading index
-        table[row_of[groups.group], groups.rank] = np.arange(n)
-        # Devices with a j-th reading: counts is descending, so they are rows 0 … active[j]-1.
-        active = np.searchsorted(-counts, -np.arange(int(counts[0])), side="left")
+        dev_slots, table, active = _step_table(groups, n)
         uniq = torch.from_numpy(dev_slots)
         stepper = ReadingStepper(self.net, self._layout.gather(self.params, uniq), self._layout)
         # Readings laid out [position j, row, …] once, so step j takes a contiguous slice.
@@ -643,3 +636,17 @@ class FleetLearner:
             self.monitor.fleet_scale = float(info["error_scale"])
             self.processed = int(info["processed"])
         return ids
+
+
+def _step_table(groups: DeviceGroups, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Devices' slots, most readings first; ``table[row, j]``, the index of that row's ``j``-th
+    reading; and ``active[j]``, how many rows have a ``j``-th reading."""
+    order = np.argsort(-groups.counts, kind="stable")
+    dev_slots, counts = groups.slots[order], groups.counts[order]
+    row_of = np.empty_like(order)
+    row_of[order] = np.arange(len(order))
+    table = np.zeros((len(order), int(counts[0])), dtype=np.int64)  # [row, j] → reading index
+    table[row_of[groups.group], groups.rank] = np.arange(n)
+    # Devices with a j-th reading: counts is descending, so they are rows 0 … active[j]-1.
+    active = np.searchsorted(-counts, -np.arange(int(counts[0])), side="left")
+    return dev_slots, table, active

@@ -165,7 +165,12 @@ class _ReadingCollector(Collector):
             "Readings learned per second, last ~10 s.",
             value=r.readings_per_s,
         )
+        yield from self._refusals_and_adaptations()
+        yield from self._latencies_and_lag()
+        yield from self._device_errors()
 
+    def _refusals_and_adaptations(self) -> Iterator[Any]:
+        r = self.reading
         dead = CounterMetricFamily(
             "metastream_dead_letters", "Refused readings, by reason.", labels=["reason"]
         )
@@ -187,6 +192,8 @@ class _ReadingCollector(Collector):
             rejected.add_metric([reason], n)
         yield rejected
 
+    def _latencies_and_lag(self) -> Iterator[Any]:
+        r = self.reading
         yield _histogram(
             "metastream_publish_latency_seconds",
             "Model update published_at − detected_at headers (detection → signed model ready), by cause.",
@@ -212,6 +219,8 @@ class _ReadingCollector(Collector):
             value=int(r.lag_error),
         )
 
+    def _device_errors(self) -> Iterator[Any]:
+        r = self.reading
         summary = fleet_error_summary(r.errors)
         yield GaugeMetricFamily("metastream_devices", "Devices this worker has seen.", value=len(r.errors))
         fleet = GaugeMetricFamily(

@@ -36,30 +36,21 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 
 from connectors import kafka_python_fix
 from connectors.admin import ensure_topics
 from connectors.closing import ClosesOnExit
 from connectors.mqtt_edge import QOS, MqttAddress, device_topic, make_client
 from connectors.settings import Settings
+from connectors.topic_reader import topic_reader
+from pipeline.outgoing import Outgoing
 from wire.readings import MAX_DEAD_LETTER_BYTES, DeadLetter, Reading, decode_readings, encode_readings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One Kafka record to send: topic, key, value and headers."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
 
 
 def readings_subscription(prefix: str) -> str:
@@ -73,7 +64,7 @@ def readings_subscription(prefix: str) -> str:
     return f"{prefix}/+/readings"
 
 
-def route_readings(settings: Settings, mqtt_topic: str, payload: bytes) -> list[Record]:
+def route_readings(settings: Settings, mqtt_topic: str, payload: bytes) -> list[Outgoing]:
     """The Kafka records one MQTT readings message becomes (never raises on bad input).
 
     Good readings are grouped per device, in arrival order, into one record
@@ -97,13 +88,13 @@ def route_readings(settings: Settings, mqtt_topic: str, payload: bytes) -> list[
     for reading in good:
         by_device.setdefault(reading.device_id, []).append(reading)
     records = [
-        Record(settings.topic_readings, device.encode(), encode_readings(readings), [])
+        Outgoing(settings.topic_readings, device.encode(), encode_readings(readings), [])
         for device, readings in by_device.items()
     ]
     for rejected in bad:
         letter = DeadLetter.of(rejected, mqtt_topic)
         headers = [("reason", rejected.reason.encode()), ("mqtt_topic", mqtt_topic.encode())]
-        records.append(Record(settings.topic_deadletter, None, letter.encode(), headers))
+        records.append(Outgoing(settings.topic_deadletter, None, letter.encode(), headers))
     return records
 
 
@@ -166,14 +157,7 @@ class MqttBridge(ClosesOnExit):
             max_request_size=MAX_DEAD_LETTER_BYTES + 64 * 1024,
             **security,
         )
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap,
-            client_id=f"{settings.app_id}-mqtt-bridge",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **security,
-        )
+        self._consumer = topic_reader(settings, "mqtt-bridge", auto_offset_reset="earliest")
         self._connected = threading.Event()
         self._connects = 0
         self._republish = threading.Event()

@@ -7,7 +7,10 @@ Fixtures built on it (``settings``, ``signer``, ``start_worker``) are in
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +32,41 @@ Launch = Callable[[Settings], subprocess.Popen[bytes]]
 ROOT = Path(__file__).resolve().parents[1]
 N_FEATURES = 4
 PER_MESSAGE = 50  # gateway batches
+
+
+class Processes:
+    """``python -m …`` subprocesses with logged output; on leaving, each is stopped (SIGTERM, then kill)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        """Start ``python -m <argv>`` from the repository root, its stdout and stderr in ``log_path``."""
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", *argv],
+                cwd=ROOT,
+                env=dict(os.environ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def worker_log(tmp_path: Path, n: int = 0) -> str:

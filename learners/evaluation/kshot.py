@@ -369,24 +369,14 @@ def run_held_out(
     eps = make_episodes(ids, ks, horizon, episodes, shuffle_seed, only=held)
     n = len(train_rows)
     online = np.full((len(eps), len(ks)), np.nan)
-    firsts = np.array([e.rows[0] for e in eps], dtype=np.int64)
     marks = [
         (int(n * (WARMUP + (1 - WARMUP) * g / CHECKPOINTS)) // batch_size) * batch_size
         for g in range(CHECKPOINTS)
     ]
     marks = [*sorted(set(marks) - {0}), n]
-
-    def checkpoint(seen: int) -> None:
-        """Score the episodes that start between this checkpoint and the next one."""
-        if shuffle_seed is not None or seen not in marks:
-            return
-        g = marks.index(seen)
-        hi = train_rows[marks[g + 1] - 1] if g + 1 < len(marks) else np.inf
-        pick = np.flatnonzero((firsts > train_rows[seen - 1]) & (firsts <= hi))
-        if pick.size:
-            chosen = [eps[i] for i in pick]
-            online[pick] = episode_errors(personaliser(strategy), chosen, x, y, task, ks, horizon)
-
+    checkpoint = _online_scorer(
+        strategy, eps, (x, y, task), ks, horizon, train_rows, marks, online, shuffle_seed is None
+    )
     recorder = Recorder(strategy, task, checkpoint if n else None)
     summary = replay(
         recorder, [ids[i] for i in train_rows], x[train_rows], y[train_rows], task, batch_size, progress
@@ -398,10 +388,7 @@ def run_held_out(
         task,
         len({e.device for e in eps}),
     )
-    scored = np.flatnonzero(~np.isnan(online[:, 0]))
-    online_curve = None
-    if shuffle_seed is None:
-        online_curve = summarise(online[scored], ks, task, len({eps[i].device for i in scored}))
+    online_curve = _online_curve(online, eps, ks, task) if shuffle_seed is None else None
     preds = np.concatenate(recorder.predictions) if recorder.predictions else np.zeros(0)
     recoveries, _ = recorder.evaluator.recoveries()
     extra = online_curve.as_dict("kshot_online") if online_curve else {}
@@ -414,6 +401,41 @@ def run_held_out(
         recoveries=recoveries,
         train_rows=train_rows,
     )
+
+
+def _online_curve(online: np.ndarray, eps: list[Episode], ks: Sequence[int], task: Task) -> KShotCurve:
+    """The k-shot curve of the episodes the online checkpoints scored."""
+    scored = np.flatnonzero(~np.isnan(online[:, 0]))
+    return summarise(online[scored], ks, task, len({eps[i].device for i in scored}))
+
+
+def _online_scorer(
+    strategy: Strategy,
+    eps: list[Episode],
+    data: tuple[np.ndarray, np.ndarray, Task],
+    ks: Sequence[int],
+    horizon: int,
+    train_rows: np.ndarray,
+    marks: list[int],
+    online: np.ndarray,
+    enabled: bool,
+) -> Callable[[int], None]:
+    """The replay's checkpoint hook: fills ``online`` with episodes' errors at the checkpoint before them."""
+    x, y, task = data
+    firsts = np.array([e.rows[0] for e in eps], dtype=np.int64)
+
+    def checkpoint(seen: int) -> None:
+        """Score the episodes that start between this checkpoint and the next one."""
+        if not enabled or seen not in marks:
+            return
+        g = marks.index(seen)
+        hi = train_rows[marks[g + 1] - 1] if g + 1 < len(marks) else np.inf
+        pick = np.flatnonzero((firsts > train_rows[seen - 1]) & (firsts <= hi))
+        if pick.size:
+            chosen = [eps[i] for i in pick]
+            online[pick] = episode_errors(personaliser(strategy), chosen, x, y, task, ks, horizon)
+
+    return checkpoint
 
 
 def _round(v: float) -> float | None:

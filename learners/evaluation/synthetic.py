@@ -110,14 +110,8 @@ def make_fleet_stream(
         return 2.0 * np.tanh(x @ u + b) @ a
 
     # Who speaks when: devices join over time, then speak at random.
-    n_early = max(1, round(n_devices * (1 - late_joiners)))
-    join = np.concatenate(
-        [np.zeros(n_early), np.sort(rng.uniform(0, 0.5, n_devices - n_early)) * n_readings]
-    ).astype(np.int64)
+    dev = _speakers(rng, n_devices, n_readings, late_joiners)
     steps = np.arange(n_readings)
-    n_joined = np.searchsorted(join, steps, side="right")
-    dev = np.minimum((rng.random(n_readings) * n_joined).astype(np.int64), n_joined - 1)
-    dev[join] = np.arange(n_devices)  # a device's first reading is at its join step
     local = _cumcount(dev)
     totals = np.bincount(dev, minlength=n_devices)
 
@@ -125,26 +119,11 @@ def make_fleet_stream(
     # flips the sign of the gain and redraws its size and the offset, so the
     # old model is wrong everywhere but the shared shape f still helps.
     n_concepts = drifts_per_device + 1
-    concepts = np.empty((n_devices, n_concepts, 2 + n_features))
-    sign = rng.choice([-1.0, 1.0], n_devices)
-    for k in range(n_concepts):
-        concepts[:, k, 0] = sign * rng.uniform(0.5, 2.0, n_devices)
-        concepts[:, k, 1] = rng.uniform(-2.0, 2.0, n_devices)
-        sign = -sign
-    concepts[:, :, 2:] = rng.normal(0, 0.1, (n_devices, n_concepts, n_features))
-    regime = np.zeros(n_readings, dtype=np.int64)
-    drifts: list[DriftPoint] = []
+    concepts = _concepts(rng, n_devices, n_concepts, n_features)
     ids = [f"dev-{d:04d}" for d in range(n_devices)]
-    for d in range(n_devices):
-        starts = np.sort(rng.uniform(0.3, 0.9, drifts_per_device)) * totals[d]
-        mine = dev == d
-        for k, start in enumerate(starts.astype(np.int64), start=1):
-            gradual = rng.random() < gradual_share
-            width = gradual_width if gradual else 1
-            p_new = np.clip((local[mine] - start + 1) / width, 0, 1)
-            switched = rng.random(mine.sum()) < p_new
-            regime[np.flatnonzero(mine)[switched]] = k
-            drifts.append(DriftPoint(ids[d], int(start), "gradual" if gradual else "abrupt", width))
+    regime, drifts = _drift_regimes(
+        rng, dev, local, totals, ids, drifts_per_device, gradual_share, gradual_width
+    )
 
     x = rng.normal(size=(n_readings, n_features))
     kinds = np.zeros((0, 0), dtype=np.int64)
@@ -161,6 +140,56 @@ def make_fleet_stream(
         edges = np.linspace(-1.0, 1.0, n_classes - 1) if n_classes > 2 else np.zeros(1)
         y = np.digitize(score + noise * rng.normal(size=n_readings), edges).astype(np.float64)
     return FleetStream([ids[d] for d in dev], x, y, steps.astype(np.float64), task, drifts, kinds)
+
+
+def _speakers(rng: np.random.Generator, n_devices: int, n_readings: int, late_joiners: float) -> np.ndarray:
+    """The device index of every reading: devices join over time, then speak at random."""
+    n_early = max(1, round(n_devices * (1 - late_joiners)))
+    join = np.concatenate(
+        [np.zeros(n_early), np.sort(rng.uniform(0, 0.5, n_devices - n_early)) * n_readings]
+    ).astype(np.int64)
+    n_joined = np.searchsorted(join, np.arange(n_readings), side="right")
+    dev = np.minimum((rng.random(n_readings) * n_joined).astype(np.int64), n_joined - 1)
+    dev[join] = np.arange(n_devices)  # a device's first reading is at its join step
+    return dev
+
+
+def _concepts(rng: np.random.Generator, n_devices: int, n_concepts: int, n_features: int) -> np.ndarray:
+    """``[device, concept]`` → (gain, offset, linear term); each concept flips the gain's sign."""
+    concepts = np.empty((n_devices, n_concepts, 2 + n_features))
+    sign = rng.choice([-1.0, 1.0], n_devices)
+    for k in range(n_concepts):
+        concepts[:, k, 0] = sign * rng.uniform(0.5, 2.0, n_devices)
+        concepts[:, k, 1] = rng.uniform(-2.0, 2.0, n_devices)
+        sign = -sign
+    concepts[:, :, 2:] = rng.normal(0, 0.1, (n_devices, n_concepts, n_features))
+    return concepts
+
+
+def _drift_regimes(
+    rng: np.random.Generator,
+    dev: np.ndarray,
+    local: np.ndarray,
+    totals: np.ndarray,
+    ids: list[str],
+    drifts_per_device: int,
+    gradual_share: float,
+    gradual_width: int,
+) -> tuple[np.ndarray, list[DriftPoint]]:
+    """The concept index of every reading, and each device's drift points (abrupt or gradual)."""
+    regime = np.zeros(len(dev), dtype=np.int64)
+    drifts: list[DriftPoint] = []
+    for d in range(len(ids)):
+        starts = np.sort(rng.uniform(0.3, 0.9, drifts_per_device)) * totals[d]
+        mine = dev == d
+        for k, start in enumerate(starts.astype(np.int64), start=1):
+            gradual = rng.random() < gradual_share
+            width = gradual_width if gradual else 1
+            p_new = np.clip((local[mine] - start + 1) / width, 0, 1)
+            switched = rng.random(mine.sum()) < p_new
+            regime[np.flatnonzero(mine)[switched]] = k
+            drifts.append(DriftPoint(ids[d], int(start), "gradual" if gradual else "abrupt", width))
+    return regime, drifts
 
 
 def _clustered_concepts(

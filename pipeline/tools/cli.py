@@ -209,7 +209,21 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
     """
     parser = argparse.ArgumentParser(prog="metastream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_replay_cli(sub)
+    add_generate_cli(sub)
+    add_demo_cli(sub)
+    add_bench_cli(sub)
+    for name, (module, help_text) in _COMMANDS.items():
+        if load is None or name in load:
+            importlib.import_module(module).add_cli(sub)
+        else:
+            # Listed for ``--help``; its module (torch, Faust, …) is only imported when chosen.
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
 
+
+def add_replay_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``replay`` sub-command."""
     p = sub.add_parser(
         "replay",
         help="run a CSV of readings through the learner core offline",
@@ -237,6 +251,9 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
     add_learner_args(p)
     p.set_defaults(func=cmd_replay)
 
+
+def add_generate_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``generate`` sub-command."""
     p = sub.add_parser("generate", help="write a seeded synthetic fleet with drift as CSV")
     p.add_argument("--out", required=True)
     p.add_argument("--truth", help="also write the true drift points as JSON here")
@@ -249,6 +266,9 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
 
+
+def add_demo_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``demo`` sub-command."""
     p = sub.add_parser("demo", help="the whole loop in a minute: broker, worker, fleet with drift, edges")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of produced readings")
     p.add_argument("--devices", type=int, default=200)
@@ -260,6 +280,9 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
+
+def add_bench_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``bench`` sub-command."""
     p = sub.add_parser("bench", help="throughput benchmarks")
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--readings", type=int, default=200_000)
@@ -292,14 +315,6 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
-
-    for name, (module, help_text) in _COMMANDS.items():
-        if load is None or name in load:
-            importlib.import_module(module).add_cli(sub)
-        else:
-            # Listed for ``--help``; its module (torch, Faust, …) is only imported when chosen.
-            sub.add_parser(name, help=help_text, add_help=False)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

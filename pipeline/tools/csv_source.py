@@ -81,53 +81,21 @@ def load_readings_csv(
     """
     if device_col == target_col:
         raise ValueError(f"--device-col and --target-col are both {device_col!r}: they must differ")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        for name, col in (
-            ("--device-col", device_col),
-            ("--target-col", target_col),
-            ("--time-col", time_col),
-            *(("--feature-cols", c) for c in feature_cols or ()),
-            *(("--ignore-cols", c) for c in ignore_cols),
-        ):
-            if col is not None and col not in header:
-                raise ValueError(f"{name} {col!r} is not a column of {path}; columns are {header}")
-        raw_rows = list(reader)
+    named = (
+        ("--device-col", device_col),
+        ("--target-col", target_col),
+        ("--time-col", time_col),
+        *(("--feature-cols", c) for c in feature_cols or ()),
+        *(("--ignore-cols", c) for c in ignore_cols),
+    )
+    header, raw_rows = _read_checked(path, named)
     features, notes = choose_features(
         header, raw_rows, device_col, target_col, time_col, feature_cols, ignore_cols
     )
-    rows: list[tuple[object, int, str, list[float], str]] = []
-    skipped: list[SkippedRow] = []
-    for line, row in enumerate(raw_rows, start=2):
-        problem, parsed = _parse_row(row, device_col, target_col, time_col, features)
-        if problem:
-            skipped.append(SkippedRow(line, problem))
-        else:
-            assert parsed is not None
-            stamp, device, values, target = parsed
-            rows.append((stamp, line, device, values, target))
-    if time_col is not None:
-        rows.sort(key=lambda r: r[0])  # type: ignore[arg-type,return-value]  # stable: ties keep file order
+    rows, skipped = _parse_rows(raw_rows, device_col, target_col, time_col, features)
     targets = [r[4] for r in rows]
     task = task or _infer_task(targets)
-    classes: list[str] = []
-    keep = list(range(len(rows)))
-    if task == "classification":
-        classes = sorted(set(targets), key=_label_order)
-        index = {c: i for i, c in enumerate(classes)}
-        y = np.array([index[t] for t in targets], dtype=np.float64)
-    else:
-        y_list: list[float] = []
-        keep = []
-        for i, t in enumerate(targets):
-            v = _number(t)
-            if v is None:
-                skipped.append(SkippedRow(rows[i][1], f"target {t!r} is not a finite number"))
-            else:
-                y_list.append(v)
-                keep.append(i)
-        y = np.array(y_list, dtype=np.float64)
+    classes, y, keep = _encode_targets(task, targets, rows, skipped)
     x = np.array([rows[i][3] for i in keep], dtype=np.float64).reshape(len(keep), len(features))
     return ReadingsTable(
         [rows[i][2] for i in keep],
@@ -139,6 +107,66 @@ def load_readings_csv(
         sorted(skipped, key=lambda s: s.line),
         notes,
     )
+
+
+_Row = tuple[object, int, str, list[float], str]
+"""A parsed row: time stamp, CSV line, device, feature values, raw target."""
+
+
+def _read_checked(
+    path: str | Path, named: Iterable[tuple[str, str | None]]
+) -> tuple[list[str], list[dict[str, str | None]]]:
+    """The header and rows of ``path``, after checking every named column is in the header."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        for name, col in named:
+            if col is not None and col not in header:
+                raise ValueError(f"{name} {col!r} is not a column of {path}; columns are {header}")
+        return header, list(reader)
+
+
+def _parse_rows(
+    raw_rows: Sequence[dict[str, str | None]],
+    device_col: str,
+    target_col: str,
+    time_col: str | None,
+    features: list[str],
+) -> tuple[list[_Row], list[SkippedRow]]:
+    """The usable rows (sorted by ``time_col`` when given, ties in file order) and the skipped ones."""
+    rows: list[_Row] = []
+    skipped: list[SkippedRow] = []
+    for line, row in enumerate(raw_rows, start=2):
+        problem, parsed = _parse_row(row, device_col, target_col, time_col, features)
+        if problem:
+            skipped.append(SkippedRow(line, problem))
+        else:
+            assert parsed is not None
+            stamp, device, values, target = parsed
+            rows.append((stamp, line, device, values, target))
+    if time_col is not None:
+        rows.sort(key=lambda r: r[0])  # type: ignore[arg-type,return-value]  # stable: ties keep file order
+    return rows, skipped
+
+
+def _encode_targets(
+    task: Task, targets: Sequence[str], rows: Sequence[_Row], skipped: list[SkippedRow]
+) -> tuple[list[str], np.ndarray, list[int]]:
+    """Classes, encoded targets and the kept rows' indices; bad regression targets go to ``skipped``."""
+    if task == "classification":
+        classes = sorted(set(targets), key=_label_order)
+        index = {c: i for i, c in enumerate(classes)}
+        return classes, np.array([index[t] for t in targets], dtype=np.float64), list(range(len(rows)))
+    y_list: list[float] = []
+    keep: list[int] = []
+    for i, t in enumerate(targets):
+        v = _number(t)
+        if v is None:
+            skipped.append(SkippedRow(rows[i][1], f"target {t!r} is not a finite number"))
+        else:
+            y_list.append(v)
+            keep.append(i)
+    return [], np.array(y_list, dtype=np.float64), keep
 
 
 def choose_features(

@@ -175,19 +175,8 @@ def load_air(lags: int = 7) -> Dataset:
     ids = [c.value.decode() for c in attrs["dimnames"].value[0].value]
     matrix = np.asarray(air.value, dtype=np.float64).reshape(attrs["dim"].value, order="F")
     days = np.asarray(objs["dates"][0].value, dtype=np.float64)
-    dev, x, y, t = lag_readings(np.log1p(matrix), days, ids, lags)
-    return Dataset(
-        dev,
-        x,
-        y,
-        "regression",
-        _lag_names(lags),
-        time=t,
-        time_unit="day",
-        name="air",
-        description="70 German air-quality stations, daily PM10 (log1p), 1998-2009; "
-        f"predict tomorrow from the last {lags} days and the season",
-    )
+    what = "70 German air-quality stations, daily PM10 (log1p), 1998-2009"
+    return _daily_lags(np.log1p(matrix), days, ids, lags, "air", what)
 
 
 def load_wind(lags: int = 7) -> Dataset:
@@ -201,7 +190,15 @@ def load_wind(lags: int = 7) -> Dataset:
     stamps = [np.datetime64(f"{1900 + yy:04d}-{mm:02d}-{dd:02d}") for yy, mm, dd in ymd]
     days = np.array(stamps, dtype="datetime64[D]").astype(np.int64).astype(np.float64)
     matrix = frame[stations].to_numpy(dtype=np.float64).T
-    dev, x, y, t = lag_readings(matrix, days, stations, lags)
+    what = "12 Irish weather stations, daily mean wind speed (knots), 1961-1978"
+    return _daily_lags(matrix, days, stations, lags, "wind", what)
+
+
+def _daily_lags(
+    matrix: np.ndarray, days: np.ndarray, ids: list[str], lags: int, name: str, what: str
+) -> Dataset:
+    """Regression on daily series (``matrix[station, day]``): tomorrow from the last ``lags`` days."""
+    dev, x, y, t = lag_readings(matrix, days, ids, lags)
     return Dataset(
         dev,
         x,
@@ -210,9 +207,8 @@ def load_wind(lags: int = 7) -> Dataset:
         _lag_names(lags),
         time=t,
         time_unit="day",
-        name="wind",
-        description="12 Irish weather stations, daily mean wind speed (knots), 1961-1978; "
-        f"predict tomorrow from the last {lags} days and the season",
+        name=name,
+        description=f"{what}; predict tomorrow from the last {lags} days and the season",
     )
 
 
@@ -384,27 +380,15 @@ def load_synthetic(
     from learners.evaluation.synthetic import make_fleet_stream
 
     s = make_fleet_stream(n_devices=n_devices, n_readings=n_readings, seed=seed, clusters=clusters)
+    name, description = "synthetic", f"seeded synthetic fleet: {n_devices} devices, abrupt and gradual drift"
     if clusters:
-        return Dataset(
-            s.device_ids,
-            s.x,
-            s.y,
-            s.task,
-            s.feature_names(),
-            time=s.time,
-            name="synthetic-clusters",
-            description=f"seeded synthetic fleet of {clusters} kinds of devices: {n_devices} devices, "
-            "a drift moves a device to another kind",
+        name = "synthetic-clusters"
+        description = (
+            f"seeded synthetic fleet of {clusters} kinds of devices: {n_devices} devices, "
+            "a drift moves a device to another kind"
         )
     return Dataset(
-        s.device_ids,
-        s.x,
-        s.y,
-        s.task,
-        s.feature_names(),
-        time=s.time,
-        name="synthetic",
-        description=f"seeded synthetic fleet: {n_devices} devices, abrupt and gradual drift",
+        s.device_ids, s.x, s.y, s.task, s.feature_names(), time=s.time, name=name, description=description
     )
 
 

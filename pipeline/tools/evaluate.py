@@ -214,10 +214,9 @@ def evaluate_dataset(
     ``seed`` seeds the learners; ``split_seed`` (default ``seed``) the data
     set, the held-out devices and shuffled episodes.
     """
-    from learners.evaluation.kshot import run_held_out, split_devices
+    from learners.evaluation.kshot import run_held_out
     from learners.evaluation.replay import default_batch_size
     from learners.strategies import make_strategy, resolve
-    from pipeline.tools.datasets import load_dataset
     from pipeline.tools.learner_options import learner_config
     from pipeline.tools.progress import Progress
 
@@ -225,29 +224,10 @@ def evaluate_dataset(
     overrides = parse_overrides(args.override)
     ks = sorted({int(k) for k in args.ks.split(",")})
     split_seed = seed if split_seed is None else split_seed
-    data = load_dataset(args.dataset, args.device_col, args.target_col, args.time_col, args.task, split_seed)
-    if args.max_readings:
-        data = take_first(data, args.max_readings)
-    min_readings = ks[-1] + args.horizon
-    train, held = split_devices(data.device_ids, args.held_out, split_seed, min_readings)
-    split = "test"
-    if args.validation:
-        data = keep_devices(data, set(train))
-        train, held = split_devices(data.device_ids, args.held_out, split_seed + 1, min_readings)
-        split = "validation"
-    swaps = []
+    data, train, held, split = _load_and_split(args, split_seed, ks[-1] + args.horizon)
+    swaps: list[Any] = []
     if getattr(args, "swaps", 0):
-        from learners.evaluation.device_swap import apply_swaps, plan_swaps
-
-        swaps = plan_swaps(data.device_ids, train, args.swaps, split_seed)
-        table = apply_swaps(data.device_ids, data.x, data.y, swaps)
-        data = replace(
-            data,
-            device_ids=[data.device_ids[i] for i in table.keep],
-            x=table.x[table.keep],
-            y=table.y[table.keep],
-            time=data.time[table.keep],
-        )
+        data, swaps = _swap_devices(data, train, args.swaps, split_seed)
     cfg = learner_config(
         args, n_features=data.x.shape[1], task=data.task, n_classes=max(len(data.classes), 2)
     )
@@ -275,10 +255,7 @@ def evaluate_dataset(
         row = {"dataset": data.name, "split": split, "seed": seed, **run.summary}
         row["overrides"] = overrides.get(name, {})
         if swaps:
-            from learners.evaluation.device_swap import summarise_recoveries, swap_recoveries
-
-            stream_ids = [data.device_ids[i] for i in run.train_rows]
-            row.update(summarise_recoveries(swap_recoveries(stream_ids, run.errors, swaps)))
+            row.update(_swap_summary(data, run, swaps))
         rows.append(row)
         runs[name] = run
         if args.json:
@@ -307,6 +284,49 @@ def evaluate_dataset(
     if swaps:
         results["swaps"] = [asdict(s) for s in swaps]
     return data, runs, results
+
+
+def _load_and_split(
+    args: argparse.Namespace, split_seed: int, min_readings: int
+) -> tuple[Any, list[str], list[str], str]:
+    """The data set (validation: training devices only), its training and held-out devices, the split."""
+    from learners.evaluation.kshot import split_devices
+    from pipeline.tools.datasets import load_dataset
+
+    data = load_dataset(args.dataset, args.device_col, args.target_col, args.time_col, args.task, split_seed)
+    if args.max_readings:
+        data = take_first(data, args.max_readings)
+    train, held = split_devices(data.device_ids, args.held_out, split_seed, min_readings)
+    split = "test"
+    if args.validation:
+        data = keep_devices(data, set(train))
+        train, held = split_devices(data.device_ids, args.held_out, split_seed + 1, min_readings)
+        split = "validation"
+    return data, train, held, split
+
+
+def _swap_devices(data: Any, train: list[str], n_swaps: int, split_seed: int) -> tuple[Any, list[Any]]:
+    """``data`` with ``n_swaps`` planned device swaps applied, and the swaps."""
+    from learners.evaluation.device_swap import apply_swaps, plan_swaps
+
+    swaps = plan_swaps(data.device_ids, train, n_swaps, split_seed)
+    table = apply_swaps(data.device_ids, data.x, data.y, swaps)
+    swapped = replace(
+        data,
+        device_ids=[data.device_ids[i] for i in table.keep],
+        x=table.x[table.keep],
+        y=table.y[table.keep],
+        time=data.time[table.keep],
+    )
+    return swapped, swaps
+
+
+def _swap_summary(data: Any, run: Any, swaps: list[Any]) -> dict[str, Any]:
+    """How the run's learners recovered from each planned device swap."""
+    from learners.evaluation.device_swap import summarise_recoveries, swap_recoveries
+
+    stream_ids = [data.device_ids[i] for i in run.train_rows]
+    return summarise_recoveries(swap_recoveries(stream_ids, run.errors, swaps))
 
 
 def add_paired_differences(

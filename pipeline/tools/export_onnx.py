@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from connectors import kafka_python_fix
 from connectors.edge import EdgeState, trusted_verifier
 from connectors.settings import Settings
 from wire.models import NORM_KEYS, ModelHeader, decode_model
@@ -89,28 +88,9 @@ def build_onnx(tensors: Mapping[str, np.ndarray], header: ModelHeader) -> Any:
         if i < len(layers) - 1:
             nodes.append(helper.make_node("Relu", [out], [f"h{i + 1}"]))
             h = f"h{i + 1}"
-    outputs = [helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, ["n"])]
-    if header.task == "regression":
-        inits += [
-            const("flat", np.array([-1], dtype=np.int64)),
-            const("y_std", tensors["norm.y_std"].astype(np.float64).reshape(-1)[:1]),
-            const("y_mean", tensors["norm.y_mean"].astype(np.float64).reshape(-1)[:1]),
-        ]
-        nodes += [
-            helper.make_node("Reshape", ["logits", "flat"], ["out"]),
-            helper.make_node("Cast", ["out"], ["out64"], to=TensorProto.DOUBLE),
-            helper.make_node("Mul", ["out64", "y_std"], ["out_scaled"]),
-            helper.make_node("Add", ["out_scaled", "y_mean"], ["prediction"]),
-        ]
-    else:
-        nodes += [
-            helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
-            helper.make_node("Cast", ["label"], ["prediction"], to=TensorProto.DOUBLE),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        ]
-        outputs.append(
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", header.n_outputs])
-        )
+    head_inits, head_nodes, outputs = _output_head(tensors, header)
+    inits += head_inits
+    nodes += head_nodes
     graph = helper.make_graph(
         nodes,
         f"metastream_{header.task}",
@@ -136,6 +116,41 @@ def build_onnx(tensors: Mapping[str, np.ndarray], header: ModelHeader) -> Any:
     return model
 
 
+def _output_head(
+    tensors: Mapping[str, np.ndarray], header: ModelHeader
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """Initialisers, nodes and graph outputs that turn ``logits`` into the prediction (and probabilities)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, value: np.ndarray) -> Any:
+        return numpy_helper.from_array(np.ascontiguousarray(value), name)
+
+    outputs = [helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, ["n"])]
+    if header.task == "regression":
+        inits = [
+            const("flat", np.array([-1], dtype=np.int64)),
+            const("y_std", tensors["norm.y_std"].astype(np.float64).reshape(-1)[:1]),
+            const("y_mean", tensors["norm.y_mean"].astype(np.float64).reshape(-1)[:1]),
+        ]
+        nodes = [
+            helper.make_node("Reshape", ["logits", "flat"], ["out"]),
+            helper.make_node("Cast", ["out"], ["out64"], to=TensorProto.DOUBLE),
+            helper.make_node("Mul", ["out64", "y_std"], ["out_scaled"]),
+            helper.make_node("Add", ["out_scaled", "y_mean"], ["prediction"]),
+        ]
+    else:
+        inits = []
+        nodes = [
+            helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+            helper.make_node("Cast", ["label"], ["prediction"], to=TensorProto.DOUBLE),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ]
+        outputs.append(
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", header.n_outputs])
+        )
+    return inits, nodes, outputs
+
+
 def verified_envelope(state: EdgeState, device_id: str, envelope: bytes) -> None:
     """Offer ``envelope`` to ``state``; :class:`ValueError` with the reason if it is refused."""
     decision = state.offer(device_id, envelope)
@@ -152,18 +167,12 @@ def newest_envelope_from_topic(
     record of the device is offered to ``state``, so a refused one (say, signed
     by an unknown key) never hides an older good one.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     from connectors.admin import partition_for
+    from connectors.topic_reader import topic_reader
 
-    kafka_python_fix.apply()
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        client_id=f"{settings.app_id}-export",
-        group_id=None,
-        enable_auto_commit=False,
-        **settings.kafka_python_security(),
-    )
+    consumer = topic_reader(settings, "export")
     try:
         partitions = consumer.partitions_for_topic(settings.topic_models)
         if not partitions:

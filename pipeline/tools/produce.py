@@ -123,21 +123,8 @@ def run_producer(
     enabled = show_progress if show_progress is not None else (None if total else False)
     progress = Progress(total or 0, "produce", enabled=enabled)
     start = clock()
-    done = 0
     try:
-        size = 1 if gateway_size == 1 else gateway_size * producer.n_partitions
-        for chunk in _chunks(stream, size):
-            if gateway_size == 1:
-                producer.send(chunk[0])
-            else:
-                producer.send_batch(chunk)
-            done += len(chunk)
-            if rate is not None:
-                # Wait until this chunk's time slot is over (absolute target: no drift).
-                wait = start + done / rate - clock()
-                if wait > 0:
-                    sleep(wait)
-            progress.update(done)
+        done = _send_paced(producer, stream, gateway_size, rate, start, clock, sleep, progress)
         # Waits out a broker outage (unacknowledged readings are resent), but not forever.
         producer.flush(flush_timeout_s)
         seconds = clock() - start
@@ -153,6 +140,34 @@ def run_producer(
         "seconds": seconds,
         "rate": done / seconds if seconds > 0 else float("inf"),
     }
+
+
+def _send_paced(
+    producer: SensorProducer,
+    stream: Iterator[Reading],
+    gateway_size: int,
+    rate: float | None,
+    start: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    progress: Any,
+) -> int:
+    """Send ``stream`` one reading (or one gateway chunk) at a time on schedule; returns readings sent."""
+    done = 0
+    size = 1 if gateway_size == 1 else gateway_size * producer.n_partitions
+    for chunk in _chunks(stream, size):
+        if gateway_size == 1:
+            producer.send(chunk[0])
+        else:
+            producer.send_batch(chunk)
+        done += len(chunk)
+        if rate is not None:
+            # Wait until this chunk's time slot is over (absolute target: no drift).
+            wait = start + done / rate - clock()
+            if wait > 0:
+                sleep(wait)
+        progress.update(done)
+    return done
 
 
 # -- command line ------------------------------------------------------------------------

@@ -345,46 +345,14 @@ def _drive(
             errors.append(exc)
 
     probe = LagProbe(settings)
-    samples: list[Sample] = []
     producer = threading.Thread(target=produce, name="soak-producer", daemon=True)
     start = time.monotonic()
     producer.start()
     try:
-        next_at = start
-        while producer.is_alive():
-            next_at += sample_s
-            producer.join(max(0.0, next_at - time.monotonic()))
-            if worker.poll() is not None:
-                raise RuntimeError(
-                    f"the worker exited with code {worker.returncode} during the soak; see {log}"
-                )
-            sample = Sample(
-                round(time.monotonic() - start, 2),
-                rss_mb(worker.pid),
-                probe(),
-                int(worker_stats(log).get("readings", 0)),
-            )
-            samples.append(sample)
-            print(
-                f"[soak {sample.t:7.1f}s] worker rss {sample.rss_mb:7.1f} MB   "
-                f"lag {sample.lag:6d} messages   learned {sample.readings:,} readings",
-                file=sys.stderr,
-                flush=True,
-            )
+        samples = _sample_while_producing(worker, log, probe, producer, start, sample_s)
         if errors:
             raise RuntimeError(f"the producer failed: {errors[0]!r}") from errors[0]
-        # Drain: how long until the worker has learned and committed everything produced.
-        drained_at: float | None = None
-        end_of_production = time.monotonic()
-        lag = probe()
-        while time.monotonic() - end_of_production < drain_s:
-            stats = worker_stats(log)
-            done = int(stats.get("readings", 0)) + int(stats.get("dead_letters", 0))
-            if lag == 0 and done >= produced.get("readings", 0):
-                drained_at = time.monotonic() - end_of_production
-                break
-            time.sleep(0.5)
-            lag = probe()
+        drained_at, lag = _wait_for_drain(log, probe, produced.get("readings", 0), drain_s)
         final_rss = rss_mb(worker.pid)
     finally:
         probe.close()
@@ -407,6 +375,50 @@ def _drive(
             "readings_per_s": round(stats.get("readings", 0) / (time.monotonic() - start), 1),
         },
     }
+
+
+def _sample_while_producing(
+    worker: Any, log: Path, probe: LagProbe, producer: threading.Thread, start: float, sample_s: float
+) -> list[Sample]:
+    """Sample the worker every ``sample_s`` s until the producer thread ends."""
+    samples: list[Sample] = []
+    next_at = start
+    while producer.is_alive():
+        next_at += sample_s
+        producer.join(max(0.0, next_at - time.monotonic()))
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {worker.returncode} during the soak; see {log}")
+        sample = Sample(
+            round(time.monotonic() - start, 2),
+            rss_mb(worker.pid),
+            probe(),
+            int(worker_stats(log).get("readings", 0)),
+        )
+        samples.append(sample)
+        print(
+            f"[soak {sample.t:7.1f}s] worker rss {sample.rss_mb:7.1f} MB   "
+            f"lag {sample.lag:6d} messages   learned {sample.readings:,} readings",
+            file=sys.stderr,
+            flush=True,
+        )
+    return samples
+
+
+def _wait_for_drain(log: Path, probe: LagProbe, produced: int, drain_s: float) -> tuple[float | None, int]:
+    """Seconds until the worker has learned and committed all ``produced`` readings (None: not within
+    ``drain_s``), and the last lag seen."""
+    drained_at: float | None = None
+    end_of_production = time.monotonic()
+    lag = probe()
+    while time.monotonic() - end_of_production < drain_s:
+        stats = worker_stats(log)
+        done = int(stats.get("readings", 0)) + int(stats.get("dead_letters", 0))
+        if lag == 0 and done >= produced:
+            drained_at = time.monotonic() - end_of_production
+            break
+        time.sleep(0.5)
+        lag = probe()
+    return drained_at, lag
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from connectors import kafka_python_fix
 from connectors.settings import Settings
 from connectors.signing import MAGIC, SignatureError, Verifier
 
@@ -183,17 +182,12 @@ def run_tail(
 
     Returns the number of messages printed.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
+
+    from connectors.topic_reader import topic_reader
 
     topic = topic_of(settings, kind)
-    kafka_python_fix.apply()
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        client_id=f"{settings.app_id}-tail",
-        group_id=None,
-        enable_auto_commit=False,
-        **settings.kafka_python_security(),
-    )
+    consumer = topic_reader(settings, "tail")
     printed = 0
     wanted = set(devices)
     try:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -17,7 +14,7 @@ import pytest
 from connectors.settings import Settings
 from connectors.signing import Signer
 from pipeline.tools.brokers import ApacheKafkaBroker
-from tests.harness import N_FEATURES, ROOT, Launch
+from tests.harness import N_FEATURES, Launch, Processes
 from tests.integration.mosquitto import MosquittoBroker
 
 
@@ -69,34 +66,13 @@ def signer(tmp_path: Path) -> Signer:
 @pytest.fixture
 def start_worker(tmp_path: Path, signer: Signer) -> Iterator[Launch]:
     """Start ``python -m pipeline.worker`` subprocesses; all are stopped (SIGTERM, then kill) at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
+    with Processes() as processes:
 
-    def launch(settings: Settings) -> subprocess.Popen[bytes]:
-        n = len(procs)
-        path = tmp_path / f"settings-{n}.json"
-        path.write_text(json.dumps({**asdict(settings), "signing_key": str(tmp_path / "worker.pem")}))
-        env = dict(os.environ)
-        with open(tmp_path / f"worker-{n}.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.worker", "--settings", str(path), "--stats-interval", "1"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        procs.append(proc)
-        return proc
+        def launch(settings: Settings) -> subprocess.Popen[bytes]:
+            n = len(processes.procs)
+            path = tmp_path / f"settings-{n}.json"
+            path.write_text(json.dumps({**asdict(settings), "signing_key": str(tmp_path / "worker.pem")}))
+            argv = ["pipeline.worker", "--settings", str(path), "--stats-interval", "1"]
+            return processes.start(argv, tmp_path / f"worker-{n}.log")
 
-    try:
         yield launch
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()

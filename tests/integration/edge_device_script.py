@@ -18,22 +18,34 @@ from typing import Any
 
 
 def main(config_path: str) -> dict[str, Any]:
-    import numpy as np
-
-    from metastream_edge.federated import FederatedClient
-    from metastream_edge.learner import EdgeConfig, OnDeviceLearner
-    from metastream_edge.persist import load_state, save_state
-    from metastream_edge.signing import Signer, Verifier
-    from metastream_edge.state import META_KEY
-    from metastream_edge.subscriber import EdgeSubscriber, Topics
+    from metastream_edge.learner import EdgeConfig
+    from metastream_edge.signing import Verifier
+    from metastream_edge.subscriber import Topics
 
     c = json.loads(Path(config_path).read_text())
     topics = Topics(c["topic_models"], c["topic_meta"], c["topic_deltas"])
     verifier = Verifier.from_files(c["trusted_key"])
     cfg = EdgeConfig(n_features=c["n_features"], adapt_after=16, buffer_size=32, cooldown=50, drift_warmup=40)
     out: dict[str, Any] = {}
+    model, theta, rng = _receive_model_and_theta(c, verifier, topics, out)
+    w = _learn_through_a_drift(c, cfg, model, theta, rng, out)
+    _run_federated(c, verifier, cfg, topics, rng, w, out)
 
-    # 1. Receive and verify the device's model and θ from the worker; predict.
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "faust", "river"))
+    assert not heavy, f"imported: {heavy[:10]}"
+    out["heavy_modules"] = heavy
+    return out
+
+
+def _receive_model_and_theta(
+    c: dict[str, Any], verifier: Any, topics: Any, out: dict[str, Any]
+) -> tuple[Any, Any, Any]:
+    """1. Receive and verify the device's model and θ from the worker; predict."""
+    import numpy as np
+
+    from metastream_edge.state import META_KEY
+    from metastream_edge.subscriber import EdgeSubscriber
+
     started = time.monotonic()
     with EdgeSubscriber(c["bootstrap"], [c["device"]], verifier, topics, follow_meta=True) as sub:
         deadline = time.monotonic() + 120
@@ -50,8 +62,18 @@ def main(config_path: str) -> dict[str, Any]:
         out["summary"] = sub.state.summary()
         model, theta = sub.state.model(c["device"]), sub.state.theta
     assert model is not None and theta is not None
+    return model, theta, rng
 
-    # 2. Learn on the device: its relation flips after 400 readings; the detector must notice and adapt.
+
+def _learn_through_a_drift(
+    c: dict[str, Any], cfg: Any, model: Any, theta: Any, rng: Any, out: dict[str, Any]
+) -> Any:
+    """2. Learn on the device: its relation flips after 400 readings; the detector must notice and adapt."""
+    import numpy as np
+
+    from metastream_edge.learner import OnDeviceLearner
+    from metastream_edge.persist import load_state, save_state
+
     learner = OnDeviceLearner(cfg, theta[0])
     learner.use_model(model)
     w = rng.normal(size=c["n_features"])
@@ -68,8 +90,16 @@ def main(config_path: str) -> dict[str, Any]:
     restored = load_state(Path(c["work"]) / "device.state")
     assert restored is not None
     out["restored_predicts_alike"] = bool(np.array_equal(restored.predict(xs[:8]), learner.predict(xs[:8])))
+    return w
 
-    # 3. Federated: readings stay here; φ − θ goes to the deltas topic and θ moves.
+
+def _run_federated(
+    c: dict[str, Any], verifier: Any, cfg: Any, topics: Any, rng: Any, w: Any, out: dict[str, Any]
+) -> None:
+    """3. Federated: readings stay here; φ − θ goes to the deltas topic and θ moves."""
+    from metastream_edge.federated import FederatedClient
+    from metastream_edge.signing import Signer
+
     fed = FederatedClient(
         c["bootstrap"],
         c["fed_device"],
@@ -93,11 +123,6 @@ def main(config_path: str) -> dict[str, Any]:
             fed.step()
         out["fed_sent"], out["theta_before"], out["theta_after"] = fed.sent, before, fed.theta_version
     out["fed_state_saved"] = (Path(c["work"]) / "fed.state").exists()
-
-    heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "faust", "river"))
-    assert not heavy, f"imported: {heavy[:10]}"
-    out["heavy_modules"] = heavy
-    return out
 
 
 if __name__ == "__main__":

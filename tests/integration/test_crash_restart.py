@@ -133,6 +133,21 @@ def wait_until(cond: Any, timeout: float, describe: Any) -> None:
 
 
 @pytest.mark.slow
+def produce_paced(cfg: Settings, readings: list[Reading], produced: Counter[str]) -> None:
+    """Produce ``readings`` in chunks of 1,000, 0.4 s apart, counting the acked ones into ``produced``."""
+    for i in range(0, len(readings), 1000):
+        produced.update(produce(cfg, readings[i : i + 1000]))
+        time.sleep(0.4)
+
+
+def checkpointed_readings(cfg: Settings, key: Signer) -> Counter[str]:
+    """Readings per device in the newest checkpoints of all partitions."""
+    learned: Counter[str] = Counter()
+    for ck in newest_checkpoints(cfg, key).values():
+        learned.update(ck.readings)
+    return learned
+
+
 def test_sigkill_one_of_three_workers_then_count(
     settings: Settings,
     signer: Signer,
@@ -163,14 +178,7 @@ def test_sigkill_one_of_three_workers_then_count(
     # Execute: the stream flows (paced, from a thread); SIGKILL one worker while it is learning;
     # a replacement joins after the survivors took over.
     produced: Counter[str] = Counter()
-    chunks = [readings[i : i + 1000] for i in range(0, len(readings), 1000)]
-
-    def flow() -> None:
-        for chunk in chunks:
-            produced.update(produce(s, chunk))
-            time.sleep(0.4)
-
-    producer = threading.Thread(target=flow)
+    producer = threading.Thread(target=produce_paced, args=(s, readings, produced))
     producer.start()
     wait_until(lambda: last_stats(tmp_path, victim).get("readings", 0) >= 2000, 60, logs)
     procs[victim].send_signal(signal.SIGKILL)
@@ -180,15 +188,11 @@ def test_sigkill_one_of_three_workers_then_count(
     wait_until(lambda: settled([1, 2]), 60, logs)
     procs.append(start_worker(s))
     wait_until(lambda: settled([1, 2, 3]), 60, logs)
-
-    def all_learned() -> bool:
-        cks = newest_checkpoints(s, signer)
-        learned: Counter[str] = Counter()
-        for ck in cks.values():
-            learned.update(ck.readings)
-        return learned == produced
-
-    wait_until(all_learned, 120, lambda: f"{newest_checkpoints(s, signer)}\n{logs()}")
+    wait_until(
+        lambda: checkpointed_readings(s, signer) == produced,
+        120,
+        lambda: f"{newest_checkpoints(s, signer)}\n{logs()}",
+    )
     checkpoints = newest_checkpoints(s, signer)
     versions = model_versions(s)
     survivors = [last_stats(tmp_path, n) for n in (1, 2, 3)]

@@ -152,17 +152,10 @@ def wait_until(cond: Any, timeout: float, describe: Any) -> None:
         time.sleep(0.25)
 
 
-def test_a_flood_of_new_devices_is_survived_checkpointed_and_restored(
-    settings: Settings,
-    signer: Signer,
-    start_worker: Launch,
-    tmp_path: Path,
-) -> None:
-    # Prepare: one worker owning the 4 partitions; good devices with normal streams in three parts.
-    s = flood_settings(settings)
-    ensure_topics(s)
+def good_and_flood_readings(n_features: int) -> tuple[list[str], list[list[Reading]], list[Reading]]:
+    """The good devices' ids, their readings in three parts, and the flood mixed with the second part."""
     good_stream = make_fleet_stream(
-        n_devices=GOOD, n_readings=6000, n_features=s.n_features, gradual_share=0.0, late_joiners=0.0, seed=8
+        n_devices=GOOD, n_readings=6000, n_features=n_features, gradual_share=0.0, late_joiners=0.0, seed=8
     )
     good = [
         Reading(d, tuple(x), float(y))
@@ -177,6 +170,56 @@ def test_a_flood_of_new_devices_is_survived_checkpointed_and_restored(
         for r in (good_reading, *flood[k * step : (k + 1) * step])
     ]
     mixed += flood[len(parts[1]) * step :]
+    return good_stream.device_ids, parts, mixed
+
+
+def wait_all_checkpointed(cfg: Settings, tmp_path: Path, n: int, timeout: float) -> None:
+    """Wait until worker ``n`` has checkpointed every partition up to its current end offset."""
+    ends = end_offsets(cfg)
+    wait_until(
+        lambda: all(
+            last_stats(tmp_path, n).get("checkpointed", {}).get(str(p), -1) == ends[p] - 1
+            for p in range(PARTITIONS)
+        ),
+        timeout,
+        lambda: worker_log(tmp_path, n),
+    )
+
+
+def print_report(
+    n_sent: int,
+    seconds: dict[str, float],
+    before_flood: dict[str, int],
+    peak: dict[str, int],
+    stats: dict[str, Any],
+    after: dict[str, Any],
+    stages: dict[str, float],
+) -> None:
+    """Timings, the worker's RSS and its device counts, for the reader of the test's output."""
+    mb = {k: v / 1024 for k, v in {**{f"before_{k}": v for k, v in before_flood.items()}, **peak}.items()}
+    print(
+        f"\nflood: sent {n_sent} messages in {seconds['send']:.1f} s; learned {seconds['learned']:.1f} s"
+        f" after the flood began, checkpointed {seconds['checkpointed']:.1f} s; restart restored"
+        f" {PARTITIONS} partitions in {seconds['restored']:.1f} s\nworker RSS before the flood"
+        f" {mb['before_VmRSS']:.0f} MB, after {mb['VmRSS']:.0f} MB, peak {mb['VmHWM']:.0f} MB;"
+        f" resident devices {stats['devices']}, stored"
+        f" {stats['devices_stored']}, evicted {stats['evicted']}; restarted worker: resident"
+        f" {after['devices']}, restored from the store {after['devices_restored']}, redelivered"
+        f" messages skipped {after['duplicates_skipped']}\nstages (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+    )
+
+
+def test_a_flood_of_new_devices_is_survived_checkpointed_and_restored(
+    settings: Settings,
+    signer: Signer,
+    start_worker: Launch,
+    tmp_path: Path,
+) -> None:
+    # Prepare: one worker owning the 4 partitions; good devices with normal streams in three parts.
+    s = flood_settings(settings)
+    ensure_topics(s)
+    good_ids, parts, mixed = good_and_flood_readings(s.n_features)
     t0 = time.monotonic()
     first = start_worker(s)
     logs = lambda n=0: worker_log(tmp_path, n)  # noqa: E731
@@ -194,13 +237,7 @@ def test_a_flood_of_new_devices_is_survived_checkpointed_and_restored(
     total = sum(produced.values())
     wait_until(lambda: last_stats(tmp_path, 0).get("readings") == total, 180, logs)
     learned_s = time.monotonic() - start
-    ends = end_offsets(s)
-
-    def checkpointed() -> bool:
-        done = last_stats(tmp_path, 0).get("checkpointed", {})
-        return all(done.get(str(p), -1) == ends[p] - 1 for p in range(PARTITIONS))
-
-    wait_until(checkpointed, 120, logs)
+    wait_all_checkpointed(s, tmp_path, 0, 120)
     checkpointed_s = time.monotonic() - start
     peak = memory_kb(first.pid)
     stats = last_stats(tmp_path, 0)
@@ -218,18 +255,10 @@ def test_a_flood_of_new_devices_is_survived_checkpointed_and_restored(
     produced += acked
     wait_until(lambda: last_stats(tmp_path, 1).get("readings") == len(parts[2]), 120, lambda: logs(1))
     after = last_stats(tmp_path, 1)
-    ends = end_offsets(s)
-    wait_until(
-        lambda: all(
-            last_stats(tmp_path, 1).get("checkpointed", {}).get(str(p), -1) == ends[p] - 1
-            for p in range(PARTITIONS)
-        ),
-        60,
-        lambda: logs(1),
-    )
+    wait_all_checkpointed(s, tmp_path, 1, 60)
     stages["after restart"] = time.monotonic() - restart
     final = newest_checkpoints(s, signer)
-    models = models_of(s, set(good_stream.device_ids))
+    models = models_of(s, set(good_ids))
     stages["total"] = time.monotonic() - t0
 
     # Assert: the first worker survived the flood and learned every reading exactly once,
@@ -254,17 +283,8 @@ def test_a_flood_of_new_devices_is_survived_checkpointed_and_restored(
     assert learned == produced and len(learned) == FLOOD + GOOD
     assert all(len(ck.chunks) >= (FLOOD // PARTITIONS) // 128 for ck in final.values() if ck)
     # The good devices kept learning and have models, versions 1, 2, … without gaps or repeats.
-    assert set(models) == set(good_stream.device_ids)
+    assert set(models) == set(good_ids)
     for device, versions in models.items():
         assert versions == list(range(1, len(versions) + 1)), (device, versions)
-    mb = {k: v / 1024 for k, v in {**{f"before_{k}": v for k, v in before_flood.items()}, **peak}.items()}
-    print(
-        f"\nflood: sent {len(mixed)} messages in {send_s:.1f} s; learned {learned_s:.1f} s after the flood"
-        f" began, checkpointed {checkpointed_s:.1f} s; restart restored {PARTITIONS} partitions in"
-        f" {restored_s:.1f} s\nworker RSS before the flood {mb['before_VmRSS']:.0f} MB, after"
-        f" {mb['VmRSS']:.0f} MB, peak {mb['VmHWM']:.0f} MB; resident devices {stats['devices']}, stored"
-        f" {stats['devices_stored']}, evicted {stats['evicted']}; restarted worker: resident"
-        f" {after['devices']}, restored from the store {after['devices_restored']}, redelivered"
-        f" messages skipped {after['duplicates_skipped']}\nstages (s): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
-    )
+    seconds = {"send": send_s, "learned": learned_s, "checkpointed": checkpointed_s, "restored": restored_s}
+    print_report(len(mixed), seconds, before_flood, peak, stats, after, stages)

@@ -34,11 +34,11 @@ from connectors.settings import Settings
 from connectors.signing import Signer, Verifier
 from learners import LearnerConfig
 from learners.edge_model import EdgeModel
-from learners.evaluation.synthetic import make_fleet_stream
+from learners.evaluation.synthetic import FleetStream, make_fleet_stream
 from learners.fleet import FleetLearner
 from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools.cli import main
-from tests.harness import last_stats, wait_for_topics
+from tests.harness import Processes, last_stats, wait_for_topics
 from tests.integration.mosquitto import MosquittoBroker
 from tests.readme import blocks
 from wire.readings import DeadLetter, Reading, encode_readings
@@ -80,33 +80,8 @@ Start = Callable[[str, list[str]], subprocess.Popen[bytes]]
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Start]:
     """Start ``python -m <module> <args>`` with its output in ``tmp_path/<name>.log``; SIGTERM at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def launch(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        with open(tmp_path / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", *argv],
-                cwd=ROOT,
-                env=dict(os.environ),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        procs.append(proc)
-        return proc
-
-    try:
-        yield launch
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with Processes() as processes:
+        yield lambda name, argv: processes.start(argv, tmp_path / f"{name}.log")
 
 
 def log_of(tmp_path: Path, name: str) -> str:
@@ -147,10 +122,10 @@ def newest_models(settings: Settings) -> dict[str, tuple[int, bytes]]:
     return newest
 
 
-def test_mqtt_devices_learn_get_retained_models_and_bad_payloads_are_dead_lettered(
+def start_worker_and_bridge(
     settings: Settings, mosquitto: MosquittoBroker, start: Start, tmp_path: Path
-) -> None:
-    # Prepare: the worker's keys, one settings file, a worker and the bridge
+) -> tuple[Path, Verifier, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """The worker's keys and one settings file; a worker and a connected bridge on them."""
     signer = Signer.generate()
     signer.save(tmp_path / "worker.pem", tmp_path / "worker.pub.pem")
     verifier = Verifier.from_files(tmp_path / "worker.pub.pem")
@@ -166,12 +141,12 @@ def test_mqtt_devices_learn_get_retained_models_and_bad_payloads_are_dead_letter
         60,
         lambda: f"bridge did not connect:\n{log_of(tmp_path, 'bridge')}\n{mosquitto.log()}",
     )
-    stream = make_fleet_stream(
-        n_devices=6, n_readings=3_000, n_features=N_FEATURES, late_joiners=0.0, gradual_share=0.0, seed=5
-    )
-    n_messages = 0
+    return path, verifier, worker, bridge
 
-    # Execute: gateways publish the fleet over MQTT (QoS 1), bad payloads in the middle
+
+def publish_fleet_over_mqtt(settings: Settings, verifier: Verifier, stream: FleetStream) -> int:
+    """A gateway publishes ``stream`` (PER_MESSAGE readings a message), BAD in the middle; messages sent."""
+    n_messages = 0
     with MqttEdge(settings.mqtt_broker, ["gateway"], verifier, settings.mqtt_topic_prefix) as gateway:
         for start_at in range(0, len(stream), PER_MESSAGE):
             if start_at == len(stream) // 2:
@@ -183,6 +158,45 @@ def test_mqtt_devices_learn_get_retained_models_and_bad_payloads_are_dead_letter
                 [Reading(stream.device_ids[i], tuple(stream.x[i].tolist()), float(stream.y[i])) for i in rows]
             )
             n_messages += 1
+    return n_messages
+
+
+def export_onnx(settings: Settings, path: Path, tmp_path: Path, device: str) -> Any:
+    """``metastream export`` of ``device``'s newest model from the models topic, loaded with onnx."""
+    out = tmp_path / f"{device}.onnx"
+    argv = ["export", "--device", device, "--broker", settings.broker, "--out", str(out)]
+    assert main([*argv, "--settings", str(path), "--trusted-key", str(tmp_path / "worker.pub.pem")]) == 0
+    return onnx.load(str(out))
+
+
+def run_readme_device_example(
+    settings: Settings, tmp_path: Path, device: str
+) -> subprocess.CompletedProcess[str]:
+    """The README's MQTT device example, as written, run as ``device``."""
+    example = next(b for b in blocks() if b.lang == "python" and b.section == "Run it on a device")
+    env = {
+        **os.environ,
+        "METASTREAM_MQTT_BROKER": settings.mqtt_broker,
+        "METASTREAM_MQTT_TOPIC_PREFIX": settings.mqtt_topic_prefix,
+        "METASTREAM_N_FEATURES": str(N_FEATURES),
+    }
+    code = example.text.replace('"greenhouse-7"', f'"{device}"')
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_mqtt_devices_learn_get_retained_models_and_bad_payloads_are_dead_lettered(
+    settings: Settings, mosquitto: MosquittoBroker, start: Start, tmp_path: Path
+) -> None:
+    # Prepare: the worker's keys, one settings file, a worker and the bridge
+    path, verifier, worker, bridge = start_worker_and_bridge(settings, mosquitto, start, tmp_path)
+    stream = make_fleet_stream(
+        n_devices=6, n_readings=3_000, n_features=N_FEATURES, late_joiners=0.0, gradual_share=0.0, seed=5
+    )
+
+    # Execute: gateways publish the fleet over MQTT (QoS 1), bad payloads in the middle
+    n_messages = publish_fleet_over_mqtt(settings, verifier, stream)
 
     # Assert: the worker learned every reading that came in over MQTT
     wait(
@@ -210,27 +224,14 @@ def test_mqtt_devices_learn_get_retained_models_and_bad_payloads_are_dead_letter
         np.testing.assert_array_equal(late.predict(device, stream.x[:10]), model.predict(stream.x[:10]))
 
     # Its newest model, exported from the models topic to ONNX, predicts what the edge predicts.
-    out = tmp_path / f"{device}.onnx"
-    argv = ["export", "--device", device, "--broker", settings.broker, "--out", str(out)]
-    assert main([*argv, "--settings", str(path), "--trusted-key", str(tmp_path / "worker.pub.pem")]) == 0
-    exported = onnx.load(str(out))
+    exported = export_onnx(settings, path, tmp_path, device)
     assert {p.key: p.value for p in exported.metadata_props}["model_version"] == str(newest[0])
     session = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
     [onnx_pred] = session.run(["prediction"], {"x": stream.x[:200]})
     np.testing.assert_allclose(onnx_pred, model.predict(stream.x[:200]), rtol=0, atol=1e-5)
 
     # The README's MQTT device example, as written, for a device that has a model by now.
-    example = next(b for b in blocks() if b.lang == "python" and b.section == "Run it on a device")
-    env = {
-        **os.environ,
-        "METASTREAM_MQTT_BROKER": settings.mqtt_broker,
-        "METASTREAM_MQTT_TOPIC_PREFIX": settings.mqtt_topic_prefix,
-        "METASTREAM_N_FEATURES": str(N_FEATURES),
-    }
-    code = example.text.replace('"greenhouse-7"', f'"{device}"')
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
+    done = run_readme_device_example(settings, tmp_path, device)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"running model version {newest[0]}\n" in done.stdout
     assert re.search(r"^prediction \[\s*-?[0-9.e+-]+\]$", done.stdout, re.M), done.stdout

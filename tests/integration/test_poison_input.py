@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -86,6 +85,43 @@ def owns_readings(tmp_path: Path, n: int, cfg: Settings) -> bool:
     )
 
 
+class GoodAndBad:
+    """A producer on one key (one partition, so order holds): bad records between good readings."""
+
+    def __init__(self, cfg: Settings, proc: subprocess.Popen[Any], tmp_path: Path) -> None:
+        self.cfg, self.proc, self.tmp_path = cfg, proc, tmp_path
+        self.producer = KafkaProducer(
+            bootstrap_servers=cfg.bootstrap, acks="all", max_request_size=2 * 1024 * 1024
+        )
+        self.letters = DeadLetters(cfg)
+        self.sent_bad: dict[int, bytes] = {}
+        self.sent_good = 0
+
+    def send(self, value: bytes) -> int:
+        sent = self.producer.send(self.cfg.topic_readings, key=b"gateway", value=value)
+        return int(sent.get(timeout=30).offset)
+
+    def between_good_readings(self, bad: list[bytes]) -> None:
+        """Each bad record after a good reading; then wait for their letters and the good readings."""
+        for raw in bad:
+            self.send(good(self.sent_good))
+            self.sent_good += 1
+            self.sent_bad[self.send(raw)] = raw
+        self.send(good(self.sent_good))
+        self.sent_good += 1
+        self.letters.until(len(self.sent_bad), 60, lambda: harness.worker_log(self.tmp_path))
+        wait_until(
+            lambda: harness.last_stats(self.tmp_path, 0).get("readings") == self.sent_good,
+            60,
+            lambda: harness.worker_log(self.tmp_path),
+        )
+        assert self.proc.poll() is None, harness.worker_log(self.tmp_path)
+
+    def close(self) -> None:
+        self.producer.close()
+        self.letters.close()
+
+
 @pytest.mark.slow
 def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once(
     settings: Settings, start_worker: harness.Launch, tmp_path: Path
@@ -94,30 +130,8 @@ def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once
     cfg = replace(settings, checkpoint_interval_s=1.0)
     proc = start_worker(cfg)
     wait_until(lambda: owns_readings(tmp_path, 0, cfg), 90, lambda: harness.worker_log(tmp_path))
-    producer = KafkaProducer(bootstrap_servers=cfg.bootstrap, acks="all", max_request_size=2 * 1024 * 1024)
-    letters = DeadLetters(cfg)
-    sent_bad: dict[int, bytes] = {}
-    sent_good = 0
-
-    def send(value: bytes) -> int:
-        return int(producer.send(cfg.topic_readings, key=b"gateway", value=value).get(timeout=30).offset)
-
-    def between_good_readings(bad: list[bytes]) -> None:
-        """Each bad record after a good reading; then wait for their letters and the good readings."""
-        nonlocal sent_good
-        for raw in bad:
-            send(good(sent_good))
-            sent_good += 1
-            sent_bad[send(raw)] = raw
-        send(good(sent_good))
-        sent_good += 1
-        letters.until(len(sent_bad), 60, lambda: harness.worker_log(tmp_path))
-        wait_until(
-            lambda: harness.last_stats(tmp_path, 0).get("readings") == sent_good,
-            60,
-            lambda: harness.worker_log(tmp_path),
-        )
-        assert proc.poll() is None, harness.worker_log(tmp_path)
+    mixer = GoodAndBad(cfg, proc, tmp_path)
+    letters, sent_bad = mixer.letters, mixer.sent_bad
 
     # A fixed seed; the first example hypothesis tries is the simplest, the other four are varied.
     @seed(20261203)
@@ -133,12 +147,13 @@ def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once
     )
     @given(st.lists(hostile_message(N, where_in=("x", "y", "ts")), min_size=6, max_size=10))
     def hostile_batches(bad: list[bytes]) -> None:
-        between_good_readings(bad)
+        mixer.between_good_readings(bad)
 
     try:
         # Execute: the user's 5,000-digit integer, then hypothesis' hostile records
-        between_good_readings([BIG_INT_READING])
+        mixer.between_good_readings([BIG_INT_READING])
         hostile_batches()
+        sent_good = mixer.sent_good
         stats = harness.last_stats(tmp_path, 0)
         # Assert: one dead letter per bad record, with its original bytes; every good reading learned
         got = {}
@@ -157,7 +172,7 @@ def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once
         assert proc.wait(30) == 0, harness.worker_log(tmp_path)
         start_worker(cfg)
         wait_until(lambda: owns_readings(tmp_path, 1, cfg), 90, lambda: harness.worker_log(tmp_path, 1))
-        send(good(sent_good))
+        mixer.send(good(sent_good))
         wait_until(
             lambda: harness.last_stats(tmp_path, 1).get("readings") == 1,
             60,
@@ -170,15 +185,7 @@ def test_hostile_records_are_dead_letters_and_every_good_reading_is_learned_once
         letters.consumer.poll(timeout_ms=1000)
         assert len(letters.records) == len(sent_bad)
     finally:
-        producer.close()
-        letters.close()
-
-
-def checkpointed_readings(cfg: Settings, key: Signer) -> Counter[str]:
-    learned: Counter[str] = Counter()
-    for ck in cr.newest_checkpoints(cfg, key).values():
-        learned.update(ck.readings)
-    return learned
+        mixer.close()
 
 
 @pytest.mark.slow
@@ -207,9 +214,9 @@ def test_a_learner_failure_stops_the_worker_and_a_restart_goes_on_from_the_check
     exited_after = time.monotonic() - started
     restarted = start_worker(cfg)
     wait_until(
-        lambda: checkpointed_readings(cfg, signer) == produced,
+        lambda: cr.checkpointed_readings(cfg, signer) == produced,
         120,
-        lambda: f"{checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, 1)}",
+        lambda: f"{cr.checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, 1)}",
     )
 
     # Assert: exit status 70 with one fatal line; every acked reading learned exactly once
@@ -259,9 +266,9 @@ def test_a_message_the_learner_always_fails_on_is_dead_lettered_after_two_failur
         codes.append(proc.returncode)
     last = len(codes)
     wait_until(
-        lambda: checkpointed_readings(cfg, signer) == produced,
+        lambda: cr.checkpointed_readings(cfg, signer) == produced,
         120,
-        lambda: f"{codes}\n{checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, last)}",
+        lambda: f"{codes}\n{cr.checkpointed_readings(cfg, signer)}\n{harness.worker_log(tmp_path, last)}",
     )
     letters = DeadLetters(cfg)
     try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,14 +31,47 @@ from wire.models import DeltaHeader, encode_deltas
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+def fresh_round_topics(
+    kafka_broker: ApacheKafkaBroker, tmp_path: Path, name: str
+) -> tuple[Settings, SecAggTopics]:
+    """Scratch settings on one partition and secure-aggregation topics no other test uses."""
+    settings = scratch_settings(kafka_broker.bootstrap, tmp_path, name, partitions=1)
+    topics = SecAggTopics(f"test-secagg-{uuid.uuid4().hex}")
+    ensure_secagg_topics(settings, topics)
+    return settings, topics
+
+
+def submit_devices(
+    pool: ThreadPoolExecutor,
+    settings: Settings,
+    topics: SecAggTopics,
+    config: RoundConfig,
+    ids: list[str],
+    deltas: dict[str, np.ndarray],
+    weights: dict[str, float],
+) -> dict[str, Future[Any]]:
+    """Each device's round on ``pool``; dev-2 stops after sending its shares."""
+    return {
+        d: pool.submit(
+            run_device,
+            settings,
+            DeviceRound(d, config),
+            deltas[d],
+            weights[d],
+            topics,
+            120.0,
+            "shares" if d == "dev-2" else None,
+        )
+        for d in ids
+    }
+
+
 def test_a_round_over_kafka_survives_a_device_that_vanishes_after_sharing(
     kafka_broker: ApacheKafkaBroker, tmp_path: Path
 ) -> None:
     # Prepare: fresh topics; four devices with seeded Δ and weights, threshold 3; dev-2 stops
     # after sending its shares.
-    settings = scratch_settings(kafka_broker.bootstrap, tmp_path, "secagg", partitions=1)
-    topics = SecAggTopics(f"test-secagg-{uuid.uuid4().hex}")
-    ensure_secagg_topics(settings, topics)
+    settings, topics = fresh_round_topics(kafka_broker, tmp_path, "secagg")
     config = RoundConfig("round-1", n_params=50, threshold=3, phase_timeout_s=15.0)
     ids = ["dev-0", "dev-1", "dev-2", "dev-3"]
     rng = np.random.default_rng(11)
@@ -48,19 +82,7 @@ def test_a_round_over_kafka_survives_a_device_that_vanishes_after_sharing(
     # Execute: the devices in threads, the aggregator here.
     try:
         with ThreadPoolExecutor(len(ids)) as pool:
-            futures = {
-                d: pool.submit(
-                    run_device,
-                    settings,
-                    DeviceRound(d, config),
-                    deltas[d],
-                    weights[d],
-                    topics,
-                    120.0,
-                    "shares" if d == "dev-2" else None,
-                )
-                for d in ids
-            }
+            futures = submit_devices(pool, settings, topics, config, ids, deltas, weights)
             result = runner.run()
             seen = {d: f.result(timeout=120) for d, f in futures.items()}
     finally:
@@ -86,9 +108,7 @@ def test_theta_moves_as_the_unmasked_weighted_mean_and_the_topic_shows_only_mask
 ) -> None:
     # Prepare: five federated devices; dev-4 has spent its privacy budget before the round,
     # dev-2 loses power after sending its shares. A twin aggregator gets the plain mean.
-    settings = scratch_settings(kafka_broker.bootstrap, tmp_path, "secagg-theta", partitions=1)
-    topics = SecAggTopics(f"test-secagg-{uuid.uuid4().hex}")
-    ensure_secagg_topics(settings, topics)
+    settings, topics = fresh_round_topics(kafka_broker, tmp_path, "secagg-theta")
     signer = Signer.from_file(settings.signing_key)
     ledger = PrivacyLedger(PrivacyPolicy(noise_multiplier=3.0, epsilon_budget=1.5))  # one contribution each
     assert ledger.admit("dev-4")
@@ -105,21 +125,9 @@ def test_theta_moves_as_the_unmasked_weighted_mean_and_the_topic_shows_only_mask
     # Execute: the devices in threads (each told the round it joins), the meta agent here.
     config = RoundConfig("round-7", n_params=n, threshold=shamir_threshold(4), phase_timeout_s=15.0)
     with ThreadPoolExecutor(4) as pool:
-        futures = [
-            pool.submit(
-                run_device,
-                settings,
-                DeviceRound(d, config),
-                deltas[d],
-                weights[d],
-                topics,
-                120.0,
-                "shares" if d == "dev-2" else None,
-            )
-            for d in ids[:4]
-        ]
+        futures = submit_devices(pool, settings, topics, config, ids[:4], deltas, weights)
         outcome = rounds.run("round-7", ids)
-        for f in futures:
+        for f in futures.values():
             f.result(timeout=120)
     survivors = ["dev-0", "dev-1", "dev-3"]
     mean = sum(weights[d] * deltas[d] for d in survivors) / sum(weights[d] for d in survivors)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from learners.evaluation.device_swap import Swap, apply_swaps, plan_swaps, recovery, swap_recoveries
-from pipeline.tools.cli import main as metastream
 from pipeline.tools.evaluate import main as evaluate
 
 
@@ -60,16 +59,6 @@ def test_swap_recoveries_follow_each_swapped_device() -> None:
     out = swap_recoveries(ids, errors, [Swap("a", "c", 60)])
     # Assert: after a's 10 bad readings, 10 good ones bring the mean of the last 10 back to 1
     assert out == [(20, True)]
-
-
-@pytest.fixture(scope="module")
-def fleet_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("swap") / "fleet.csv"
-    assert (
-        metastream(["generate", "--out", str(path), "--devices", "8", "--readings", "1600", "--seed", "1"])
-        == 0
-    )
-    return path
 
 
 def test_evaluate_reports_swap_recovery_per_strategy(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tools.cli import main as metastream
 from pipeline.tools.evaluate import add_cli, main
 
 KEYS = {
@@ -30,16 +29,6 @@ KEYS = {
     "kshot_online",
     "seconds",
 }
-
-
-@pytest.fixture(scope="module")
-def fleet_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("evaluate") / "fleet.csv"
-    assert (
-        metastream(["generate", "--out", str(path), "--devices", "8", "--readings", "1600", "--seed", "1"])
-        == 0
-    )
-    return path
 
 
 def csv_args(path: Path, *more: str) -> list[str]:

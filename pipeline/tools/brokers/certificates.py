@@ -97,7 +97,31 @@ def make_local_pki(
 
     ca_key = _key()
     ca_name = _name("metastream test CA")
-    ca = (
+    ca = _ca_certificate(ca_name, ca_key, start, end)
+    signer = (ca_name, ca_key, start, end)
+    server_key, client_key = _key(), _key()
+    server = _leaf(signer, hosts[0], server_key, hosts)
+    client = _leaf(signer, "metastream-client", client_key, None)
+
+    pem = serialization.Encoding.PEM
+    pki = LocalPki(
+        ca_cert=directory / "ca.pem",
+        server_keystore=directory / "server.keystore.pem",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key.pem",
+    )
+    _write(pki.ca_cert, ca.public_bytes(pem))
+    _write(pki.server_keystore, _key_pem(server_key) + server.public_bytes(pem) + ca.public_bytes(pem), True)
+    _write(pki.client_cert, client.public_bytes(pem))
+    _write(pki.client_key, _key_pem(client_key), True)
+    return pki
+
+
+def _ca_certificate(
+    ca_name: x509.Name, ca_key: ec.EllipticCurvePrivateKey, start: dt.datetime, end: dt.datetime
+) -> x509.Certificate:
+    """The self-signed CA certificate, valid from ``start`` to ``end``."""
+    return (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
@@ -123,46 +147,38 @@ def make_local_pki(
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(common_name: str, key: ec.EllipticCurvePrivateKey, server: bool) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        )
-        if server:
-            sans: list[x509.GeneralName] = []
-            for host in hosts:
-                try:
-                    sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-                except ValueError:
-                    sans.append(x509.DNSName(host))
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            # The broker also connects to itself (inter-broker listener) and then shows this
-            # certificate as a client, so it needs both usages.
-            usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-        else:
-            usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        return builder.sign(ca_key, hashes.SHA256())
 
-    server_key, client_key = _key(), _key()
-    server = leaf(hosts[0], server_key, server=True)
-    client = leaf("metastream-client", client_key, server=False)
+_Signer = tuple[x509.Name, ec.EllipticCurvePrivateKey, dt.datetime, dt.datetime]
+"""The CA's name and key, and the validity period of the certificates it signs."""
 
-    pem = serialization.Encoding.PEM
-    pki = LocalPki(
-        ca_cert=directory / "ca.pem",
-        server_keystore=directory / "server.keystore.pem",
-        client_cert=directory / "client.pem",
-        client_key=directory / "client.key.pem",
+
+def _leaf(
+    signer: _Signer, common_name: str, key: ec.EllipticCurvePrivateKey, hosts: tuple[str, ...] | None
+) -> x509.Certificate:
+    """A certificate signed by the CA: a server's for ``hosts``, or (``None``) a client's."""
+    ca_name, ca_key, start, end = signer
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     )
-    _write(pki.ca_cert, ca.public_bytes(pem))
-    _write(pki.server_keystore, _key_pem(server_key) + server.public_bytes(pem) + ca.public_bytes(pem), True)
-    _write(pki.client_cert, client.public_bytes(pem))
-    _write(pki.client_key, _key_pem(client_key), True)
-    return pki
+    if hosts is not None:
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        # The broker also connects to itself (inter-broker listener) and then shows this
+        # certificate as a client, so it needs both usages.
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    else:
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
