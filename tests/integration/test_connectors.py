@@ -17,7 +17,7 @@ import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from connectors import edge, producer
+from connectors import edge
 from connectors.admin import TopicMismatchError, admin_client, ensure_topics, partition_for
 from connectors.edge import META_KEY, EdgeSubscriber
 from connectors.producer import MemoryProducer, SensorProducer
@@ -27,6 +27,7 @@ from learners import LearnerConfig
 from learners.fleet import FleetLearner
 from learners.nets import init_params
 from pipeline.tools.brokers import ApacheKafkaBroker
+from pipeline.tools import produce
 from pipeline.tools.produce import run_producer, synthetic_source
 from wire.models import ModelHeader, encode_model
 from wire.readings import Reading, decode_readings
@@ -275,7 +276,7 @@ def test_edge_subscriber_follows_theta(kafka_broker: ApacheKafkaBroker) -> None:
 def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
-    producer.add_cli(sub)
+    produce.add_cli(sub)
     edge.add_cli(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
