@@ -26,8 +26,8 @@ from connectors.signing import Signer, Verifier
 from learners import LearnerConfig
 from learners.fleet import FleetLearner
 from learners.nets import init_params
-from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools import produce
+from pipeline.tools.brokers import ApacheKafkaBroker
 from pipeline.tools.produce import run_producer, synthetic_source
 from wire.models import ModelHeader, encode_model
 from wire.readings import Reading, decode_readings
