@@ -212,17 +212,13 @@ class AutoFleet(ContinuousFleet):
         """
         cands = self.candidates()
         d = x.shape[0]
-        judged_all, phi_all, losses = [], [], []
-        for _, start, steps in cands:
-            both = self.net.adapt(
-                start, torch.cat([x, x]), torch.cat([y, y]), torch.cat([train, train + hold]), steps=steps
-            )
-            judged = {k: v[:d] for k, v in both.items()}
-            judged_all.append(judged)
-            phi_all.append({k: v[d:] for k, v in both.items()})
-            per_reading = self.net.sample_loss(self.net.stacked_forward(judged, x), y) * hold
-            losses.append(torch.nan_to_num(per_reading, nan=float("inf")))
-        table = pick_candidates(torch.stack(losses), hold)
+        judged_all, phi_all = self._adapt_candidates(cands, x, y, train, hold)
+        c = len(cands)
+        judged_rows = {k: torch.cat([p[k] for p in judged_all]) for k in judged_all[0]}
+        out = self.net.stacked_forward(judged_rows, x.repeat(c, 1, 1))
+        per_reading = self.net.sample_loss(out, y.repeat(c, 1)).view(c, d, -1) * hold
+        losses = torch.nan_to_num(per_reading, nan=float("inf"))
+        table = pick_candidates(losses, hold)
         guarded = (hold.sum(1) > 0).numpy()
         best = np.where(guarded, table.numpy(), self.favourite())
         for i in np.flatnonzero(guarded) if count else []:
@@ -235,6 +231,36 @@ class AutoFleet(ContinuousFleet):
             return {k: torch.stack([p[k] for p in per_candidate])[pick, rows] for k in per_candidate[0]}
 
         return gather(judged_all), gather(phi_all), best
+
+    def _adapt_candidates(
+        self, cands: Sequence[Candidate], x: Tensor, y: Tensor, train: Tensor, hold: Tensor
+    ) -> tuple[list[Params], list[Params]]:
+        """Each candidate's adaptation without and with the held-back readings (``[D, …]`` each).
+
+        Candidates with the same number of inner steps adapt in one call, their
+        starts stacked along the device axis; a start used as it is (0 steps)
+        is not adapted at all.
+        """
+        d = x.shape[0]
+        judged: list[Params | None] = [None] * len(cands)
+        phi: list[Params | None] = [None] * len(cands)
+        by_steps: dict[int, list[int]] = {}
+        for i, (_, start, steps) in enumerate(cands):
+            if steps == 0:
+                judged[i] = phi[i] = {k: v.unsqueeze(0).expand(d, *v.shape) for k, v in start.items()}
+            else:
+                by_steps.setdefault(self.cfg.inner_steps if steps is None else steps, []).append(i)
+        for steps, group in by_steps.items():
+            g = len(group)
+            starts = {
+                k: torch.stack([cands[i][1][k] for i in group]).repeat_interleave(2 * d, 0) for k in cands[0][1]
+            }
+            masks = torch.cat([train, train + hold]).repeat(g, 1)
+            both = self.net.adapt(starts, x.repeat(2 * g, 1, 1), y.repeat(2 * g, 1), masks, steps=steps)
+            for j, i in enumerate(group):
+                judged[i] = {k: v[2 * d * j : 2 * d * j + d] for k, v in both.items()}
+                phi[i] = {k: v[2 * d * j + d : 2 * d * (j + 1)] for k, v in both.items()}
+        return [p for p in judged if p is not None], [p for p in phi if p is not None]
 
     def _adapt(self, slots: np.ndarray) -> np.ndarray:
         """As :meth:`FleetLearner._adapt`, from the winning candidate of each device."""
