@@ -303,7 +303,9 @@ class FunctionalNet:
             with torch.inference_mode():
                 return self._adapt_regression(theta, x, y, mask, steps, lr)
         with self._no_autograd():
-            phi = {k: v.clone() for k, v in theta.items()} if self._stacked(theta) else stack(theta, x.shape[0])
+            phi = (
+                {k: v.clone() for k, v in theta.items()} if self._stacked(theta) else stack(theta, x.shape[0])
+            )
             gradient = self._gradient_of(x, y, mask)
             for _ in range(steps):
                 step = clip_grad(gradient(phi)[0], MAX_GRAD_NORM, stacked=True)
