@@ -33,7 +33,7 @@ from learners.base import Personalise, StepResult
 from learners.blend import ErrorWeightedBlend
 from learners.blended import BlendedStrategy
 from learners.config import LearnerConfig
-from learners.continuous import CONTINUOUS_EVERY, ContinuousFleet
+from learners.continuous import ContinuousFleet
 from learners.guard import split_holdout
 from learners.nets import Params
 from learners.pooled import AdamGlobalModel
@@ -45,6 +45,15 @@ Candidate = tuple[str, Params, int | None]
 """A named start for an adaptation and its inner steps (``None``: the config's; 0: used as it is)."""
 
 CandidateSource = Callable[[], Sequence[Candidate]]
+
+AUTO_EVERY = 256
+"""Readings between two of ``auto``'s continuous meta-steps (and pooled-model snapshots).
+
+Fewer than :data:`~learners.continuous.CONTINUOUS_EVERY`'s: each step cuts the
+micro-batch into one more segment, each with its fixed cost, while θ loses no
+data by stepping less often (a step moves it towards the devices' weights, and
+they have learned from every reading since).
+"""
 
 CLEARLY = 2.0
 """Standard errors by which a candidate must beat the first one on held-back readings to be chosen."""
@@ -207,7 +216,7 @@ class AutoFleet(ContinuousFleet):
     (['pooled', 'finetune', 'meta'], True)
     """
 
-    def __init__(self, cfg: LearnerConfig, every: int = CONTINUOUS_EVERY) -> None:
+    def __init__(self, cfg: LearnerConfig, every: int = AUTO_EVERY) -> None:
         source = PooledAlongsideTheta(cfg)
         super().__init__(cfg, every=every, source=source)
         self.name = "auto"
@@ -409,7 +418,7 @@ class AutoStrategy(BlendedStrategy):
     ('auto', (3,), ['a'])
     """
 
-    def __init__(self, cfg: LearnerConfig, every: int = CONTINUOUS_EVERY) -> None:
+    def __init__(self, cfg: LearnerConfig, every: int = AUTO_EVERY) -> None:
         # Not BlendedStrategy's own: no second pooled model.
         self.cfg = cfg
         self.name = "auto"
@@ -472,4 +481,11 @@ def auto_own_personaliser(fleet: AutoFleet) -> Callable[[np.ndarray, np.ndarray,
     return run
 
 
-__all__ = ["AutoFleet", "AutoStrategy", "Candidate", "PooledAlongsideTheta", "auto_own_personaliser"]
+__all__ = [
+    "AUTO_EVERY",
+    "AutoFleet",
+    "AutoStrategy",
+    "Candidate",
+    "PooledAlongsideTheta",
+    "auto_own_personaliser",
+]
