@@ -486,6 +486,7 @@ __all__ = [
     "AutoFleet",
     "AutoStrategy",
     "Candidate",
+    "MomentsKeepingScaler",
     "PooledAlongsideTheta",
     "auto_own_personaliser",
 ]
