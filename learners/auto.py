@@ -29,20 +29,31 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from learners.base import Personalise
+from learners.base import Personalise, StepResult
 from learners.blend import ErrorWeightedBlend
 from learners.blended import BlendedStrategy
 from learners.config import LearnerConfig
-from learners.continuous import CONTINUOUS_EVERY, ContinuousFleet
+from learners.continuous import ContinuousFleet
 from learners.guard import split_holdout
 from learners.nets import Params
 from learners.pooled import AdamGlobalModel
+from learners.registry import DeviceIndex
+from learners.scaling import PrequentialScaler
 from learners.theta_source import MetaLearnedTheta
 
 Candidate = tuple[str, Params, int | None]
 """A named start for an adaptation and its inner steps (``None``: the config's; 0: used as it is)."""
 
 CandidateSource = Callable[[], Sequence[Candidate]]
+
+AUTO_EVERY = 256
+"""Readings between two of ``auto``'s continuous meta-steps (and pooled-model snapshots).
+
+Fewer than :data:`~learners.continuous.CONTINUOUS_EVERY`'s: each step cuts the
+micro-batch into one more segment, each with its fixed cost, while θ loses no
+data by stepping less often (a step moves it towards the devices' weights, and
+they have learned from every reading since).
+"""
 
 CLEARLY = 2.0
 """Standard errors by which a candidate must beat the first one on held-back readings to be chosen."""
@@ -80,6 +91,30 @@ def pick_candidates(losses: Tensor, hold: Tensor) -> Tensor:
     return torch.where(n > 0, score.argmin(0), torch.zeros_like(n, dtype=torch.long))
 
 
+class MomentsKeepingScaler(PrequentialScaler):
+    """A :class:`PrequentialScaler` that keeps the target moments of its last batch.
+
+    Examples
+    --------
+    >>> sc = MomentsKeepingScaler("regression", n_features=1)
+    >>> _ = sc.fit_transform(np.array([[0.0], [1.0]]), np.array([10.0, 30.0]))
+    >>> [m.tolist() for m in sc.moments]  # mean and std before each reading
+    [[0.0, 10.0], [1.0, 1.0]]
+    """
+
+    def __init__(self, task: str, n_features: int) -> None:
+        super().__init__(task, n_features)
+        self.moments: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.ones(0))
+        """The target's mean and std before each reading of the last batch."""
+
+    def fit_transform(
+        self, x: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        xs, ys, y_mean, y_std = super().fit_transform(x, y)
+        self.moments = (y_mean, y_std)
+        return xs, ys, y_mean, y_std
+
+
 class PooledAlongsideTheta(MetaLearnedTheta):
     """A meta-learned θ, with an Adam pooled model learning from every reading alongside it.
 
@@ -100,15 +135,40 @@ class PooledAlongsideTheta(MetaLearnedTheta):
         self.pooled = AdamGlobalModel(cfg)
         self.pending_x = np.zeros((0, cfg.n_features), dtype=np.float32)
         self.pending_y = np.zeros(0, dtype=np.float32)
+        self.outputs: list[Tensor] = []
+        """The pooled model's raw outputs for the readings observed while :attr:`recording`."""
+        self.recording = False
 
     def observe(self, xs: np.ndarray, ys: np.ndarray) -> None:
         chunk = self.pooled.chunk
+        waiting = len(self.pending_y)
         px = np.concatenate([self.pending_x, xs])
         py = np.concatenate([self.pending_y, ys])
         whole = len(py) - len(py) % chunk
         if whole:
-            self.pooled.learn_predict(torch.from_numpy(px[:whole]), torch.from_numpy(py[:whole]))
+            out = self.pooled.learn_predict(torch.from_numpy(px[:whole]), torch.from_numpy(py[:whole]))
+            if self.recording:
+                self.outputs.append(out[waiting:])
         self.pending_x, self.pending_y = px[whole:].copy(), py[whole:].copy()
+        # The pooled model steps only on whole chunks, so the readings still waiting are
+        # predicted by the weights their chunk will step from; padded to a whole chunk, the
+        # forward pass has the shape of that step's own.
+        fresh = min(len(xs), len(self.pending_y))
+        if fresh and self.recording:
+            padded = np.zeros((chunk, px.shape[1]), dtype=np.float32)
+            padded[: len(self.pending_x)] = self.pending_x
+            out = self.pooled.net.stacked_forward(self.pooled.params, torch.from_numpy(padded)[None])[0]
+            self.outputs.append(out[len(self.pending_y) - fresh : len(self.pending_y)])
+
+    def take_outputs(self) -> Tensor:
+        """The pooled model's raw outputs (``[n, n_outputs]``) recorded since the last call.
+
+        Each reading's output is the one its prediction would get before the
+        pooled model learns from it (prequential), whatever the cuts.
+        """
+        out = torch.cat(self.outputs) if self.outputs else torch.zeros(0, self.pooled.net.cfg.n_outputs)
+        self.outputs = []
+        return out
 
     def export_state(self) -> tuple[dict[str, Tensor], Any]:
         tensors, state = super().export_state()
@@ -156,12 +216,17 @@ class AutoFleet(ContinuousFleet):
     (['pooled', 'finetune', 'meta'], True)
     """
 
-    def __init__(self, cfg: LearnerConfig, every: int = CONTINUOUS_EVERY) -> None:
+    def __init__(self, cfg: LearnerConfig, every: int = AUTO_EVERY) -> None:
         source = PooledAlongsideTheta(cfg)
         super().__init__(cfg, every=every, source=source)
         self.name = "auto"
         # The source steps the pooled model on whole chunks at the end of every segment.
+        self._source = source
         self._pooled: AdamGlobalModel = source.pooled
+        self._moments = MomentsKeepingScaler(cfg.task, cfg.n_features)
+        self.scaler = self._moments
+        self.pooled_pred = np.zeros(0)
+        """The pooled model's prediction of each reading of the last :meth:`learn_predict` (data units)."""
         self._pooled_theta = {k: v.clone() for k, v in self._pooled.theta.items()}
         self.extra_candidates: list[CandidateSource] = []
         """More starting points (e.g. the nearest clustered θ_k), asked at every adaptation."""
@@ -172,6 +237,29 @@ class AutoFleet(ContinuousFleet):
     def start_wins(self) -> dict[str, int]:
         """How often each candidate start won an adaptation (per fleet)."""
         return dict(self.wins)
+
+    def learn_predict(self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray) -> StepResult:
+        """As :meth:`FleetLearner.learn_predict`; the pooled model's predictions go to :attr:`pooled_pred`."""
+        self._source.outputs, self._source.recording = [], True
+        try:
+            result = super().learn_predict(device_ids, x, y)
+        finally:
+            self._source.recording = False
+        pred = self.net.predict(self._source.take_outputs()).numpy().astype(np.float64)
+        y_mean, y_std = self._moments.moments
+        self.pooled_pred = pred * y_std + y_mean if self.cfg.task == "regression" else pred
+        return result
+
+    def pooled_personaliser(self) -> Personalise:
+        """k-shot with the pooled model as it is (what ``global`` does; no per-device weights)."""
+
+        def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+            xq_t = torch.from_numpy(self.scaler.x.transform(xq).astype(np.float32))
+            out = self.net.forward(self._pooled.theta, xq_t.reshape(-1, xq.shape[-1]))
+            pred = self.net.predict(out).numpy().astype(np.float64).reshape(xq.shape[:2])
+            return self.scaler.inverse_y(pred)
+
+        return run
 
     def personaliser(self) -> Personalise:
         """k-shot: adapt from every candidate, keep the best on the support's newest readings."""
@@ -212,17 +300,13 @@ class AutoFleet(ContinuousFleet):
         """
         cands = self.candidates()
         d = x.shape[0]
-        judged_all, phi_all, losses = [], [], []
-        for _, start, steps in cands:
-            both = self.net.adapt(
-                start, torch.cat([x, x]), torch.cat([y, y]), torch.cat([train, train + hold]), steps=steps
-            )
-            judged = {k: v[:d] for k, v in both.items()}
-            judged_all.append(judged)
-            phi_all.append({k: v[d:] for k, v in both.items()})
-            per_reading = self.net.sample_loss(self.net.stacked_forward(judged, x), y) * hold
-            losses.append(torch.nan_to_num(per_reading, nan=float("inf")))
-        table = pick_candidates(torch.stack(losses), hold)
+        judged_all, phi_all = self._adapt_candidates(cands, x, y, train, hold)
+        c = len(cands)
+        judged_rows = {k: torch.cat([p[k] for p in judged_all]) for k in judged_all[0]}
+        out = self.net.stacked_forward(judged_rows, x.repeat(c, 1, 1))
+        per_reading = self.net.sample_loss(out, y.repeat(c, 1)).view(c, d, -1) * hold
+        losses = torch.nan_to_num(per_reading, nan=float("inf"))
+        table = pick_candidates(losses, hold)
         guarded = (hold.sum(1) > 0).numpy()
         best = np.where(guarded, table.numpy(), self.favourite())
         for i in np.flatnonzero(guarded) if count else []:
@@ -235,6 +319,37 @@ class AutoFleet(ContinuousFleet):
             return {k: torch.stack([p[k] for p in per_candidate])[pick, rows] for k in per_candidate[0]}
 
         return gather(judged_all), gather(phi_all), best
+
+    def _adapt_candidates(
+        self, cands: Sequence[Candidate], x: Tensor, y: Tensor, train: Tensor, hold: Tensor
+    ) -> tuple[list[Params], list[Params]]:
+        """Each candidate's adaptation without and with the held-back readings (``[D, …]`` each).
+
+        Candidates with the same number of inner steps adapt in one call, their
+        starts stacked along the device axis; a start used as it is (0 steps)
+        is not adapted at all.
+        """
+        d = x.shape[0]
+        judged: list[Params | None] = [None] * len(cands)
+        phi: list[Params | None] = [None] * len(cands)
+        by_steps: dict[int, list[int]] = {}
+        for i, (_, start, steps) in enumerate(cands):
+            if steps == 0:
+                judged[i] = phi[i] = {k: v.unsqueeze(0).expand(d, *v.shape) for k, v in start.items()}
+            else:
+                by_steps.setdefault(self.cfg.inner_steps if steps is None else steps, []).append(i)
+        for steps, group in by_steps.items():
+            g = len(group)
+            starts = {
+                k: torch.stack([cands[i][1][k] for i in group]).repeat_interleave(2 * d, 0)
+                for k in cands[0][1]
+            }
+            masks = torch.cat([train, train + hold]).repeat(g, 1)
+            both = self.net.adapt(starts, x.repeat(2 * g, 1, 1), y.repeat(2 * g, 1), masks, steps=steps)
+            for j, i in enumerate(group):
+                judged[i] = {k: v[2 * d * j : 2 * d * j + d] for k, v in both.items()}
+                phi[i] = {k: v[2 * d * j + d : 2 * d * (j + 1)] for k, v in both.items()}
+        return [p for p in judged if p is not None], [p for p in phi if p is not None]
 
     def _adapt(self, slots: np.ndarray) -> np.ndarray:
         """As :meth:`FleetLearner._adapt`, from the winning candidate of each device."""
@@ -291,6 +406,10 @@ class AutoFleet(ContinuousFleet):
 class AutoStrategy(BlendedStrategy):
     """Strategy ``auto``: :class:`AutoFleet` blended per device with the pooled model.
 
+    The pooled model blended in is the one the fleet's candidates start from
+    (one Adam pooled model learning from every reading, in the fleet's
+    standardisation), so it is trained once and is cut-invariant like the rest.
+
     Examples
     --------
     >>> learner = AutoStrategy(LearnerConfig(n_features=2, adapt_after=2, buffer_size=4))
@@ -299,12 +418,30 @@ class AutoStrategy(BlendedStrategy):
     ('auto', (3,), ['a'])
     """
 
-    def __init__(self, cfg: LearnerConfig, every: int = CONTINUOUS_EVERY) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: LearnerConfig, every: int = AUTO_EVERY) -> None:
+        # Not BlendedStrategy's own: no second pooled model.
+        self.cfg = cfg
         self.name = "auto"
         self.personal: AutoFleet = AutoFleet(cfg, every=every)
-        self.pooled.model = AdamGlobalModel(cfg)
         self.blend = ErrorWeightedBlend(cfg.task)
+        self.devices = DeviceIndex()
+
+    def learn_predict(self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray) -> StepResult:
+        own = self.personal.learn_predict(device_ids, x, y)
+        slots, _ = self.devices.slots_for(device_ids)
+        truth = np.asarray(y, dtype=np.float64)
+        pred = self.blend.combine(slots, own.y_pred, self.personal.pooled_pred, truth)
+        return StepResult(
+            pred,
+            drifted=own.drifted,
+            adapted=own.adapted,
+            meta_version=own.meta_version,
+            checks=own.checks,
+            slots=own.slots,
+        )
+
+    def pooled_personaliser(self) -> Personalise:
+        return self.personal.pooled_personaliser()
 
     @property
     def n_adaptations(self) -> int:
@@ -344,4 +481,12 @@ def auto_own_personaliser(fleet: AutoFleet) -> Callable[[np.ndarray, np.ndarray,
     return run
 
 
-__all__ = ["AutoFleet", "AutoStrategy", "Candidate", "PooledAlongsideTheta", "auto_own_personaliser"]
+__all__ = [
+    "AUTO_EVERY",
+    "AutoFleet",
+    "AutoStrategy",
+    "Candidate",
+    "MomentsKeepingScaler",
+    "PooledAlongsideTheta",
+    "auto_own_personaliser",
+]

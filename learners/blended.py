@@ -53,13 +53,17 @@ class BlendedStrategy(StrategyBase):
             slots=own.slots,
         )
 
+    def pooled_personaliser(self) -> Personalise:
+        """The pooled model's k-shot predictions (as ``global``'s)."""
+        return self.pooled.personaliser()
+
     def personaliser(self) -> Personalise:
         """The two models' k-shot predictions, mixed by how each did on the support's newest readings.
 
         The personal model is adapted on the older support readings to be judged
         on the newest quarter (at least one), as the regression guard does.
         """
-        own, pooled = self.personal.personaliser(), self.pooled.personaliser()
+        own, pooled = self.personal.personaliser(), self.pooled_personaliser()
         task = self.cfg.task
 
         def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:

@@ -293,7 +293,9 @@ class FunctionalNet:
         """k SGD steps from one shared ``theta`` for each of ``D`` devices at once.
 
         ``x`` is ``[D, n, F]``, ``y`` and ``mask`` are ``[D, n]``; padded rows
-        have mask 0.  Returns the adapted weights stacked as ``[D, …]``.
+        have mask 0.  ``theta`` is one start for all, or one per device
+        stacked ``[D, …]`` (several starts adapted in one call).  Returns the
+        adapted weights stacked as ``[D, …]``.
         """
         steps = self.cfg.inner_steps if steps is None else steps
         lr = self.cfg.inner_lr if lr is None else lr
@@ -301,12 +303,19 @@ class FunctionalNet:
             with torch.inference_mode():
                 return self._adapt_regression(theta, x, y, mask, steps, lr)
         with self._no_autograd():
-            phi = stack(theta, x.shape[0])
+            phi = (
+                {k: v.clone() for k, v in theta.items()} if self._stacked(theta) else stack(theta, x.shape[0])
+            )
             gradient = self._gradient_of(x, y, mask)
             for _ in range(steps):
                 step = clip_grad(gradient(phi)[0], MAX_GRAD_NORM, stacked=True)
                 phi = {k: v - lr * step[k] for k, v in phi.items()}
             return phi
+
+    def _stacked(self, theta: Params) -> bool:
+        """Whether ``theta`` holds one start per device (a leading device axis)."""
+        k = next(iter(self._shapes))
+        return theta[k].dim() == len(self._shapes[k]) + 1
 
     def _adapt_regression(
         self, theta: Params, x: Tensor, y: Tensor, mask: Tensor, steps: int, lr: float
@@ -328,7 +337,7 @@ class FunctionalNet:
         for k, (a, b) in self._blocks.items():
             shape = (d, *self._shapes[k])
             phi[k] = store[d * a : d * b].view(shape)
-            phi[k].copy_(theta[k].unsqueeze(0).expand(shape))
+            phi[k].copy_((theta[k] if self._stacked(theta) else theta[k].unsqueeze(0)).expand(shape))
             grads[k] = grad_store[d * a : d * b].view(shape)
         square_store = torch.empty_like(store)
         squares = [square_store[d * a : d * b].view(d, -1) for a, b in self._blocks.values()]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from learners import LearnerConfig
-from learners.auto import AutoFleet, AutoStrategy, pick_candidates
+from learners.auto import AUTO_EVERY, AutoFleet, AutoStrategy, pick_candidates
 from learners.continuous import ContinuousFleet
 from learners.evaluation.synthetic import make_fleet_stream
 from learners.fleet import FleetLearner
@@ -117,4 +117,44 @@ def test_auto_is_selectable_and_reports_its_scores() -> None:
     assert isinstance(auto, AutoStrategy)
     auto.learn_predict(s.device_ids, s.x, s.y)
     assert auto.name == "auto" and set(auto.start_wins) == {"pooled", "finetune", "meta"}
-    assert auto.n_adaptations >= 4 and auto.meta_version == 6
+    assert auto.n_adaptations >= 4 and auto.meta_version == 400 // AUTO_EVERY
+
+
+def test_auto_blends_with_the_fleets_one_pooled_model_the_same_however_the_stream_is_cut() -> None:
+    # Prepare: a stream of 6 devices; one reading at a time is the prequential definition itself
+    s = make_fleet_stream(n_devices=6, n_readings=700, n_features=3, gradual_share=0.0, noise=0.05, seed=5)
+    ids = s.device_ids
+    ref = AutoStrategy(CFG, every=50)
+    want = np.concatenate(
+        [ref.learn_predict(ids[i : i + 1], s.x[i : i + 1], s.y[i : i + 1]).y_pred for i in range(700)]
+    )
+    # Execute: other cuts (the pooled model steps on chunks of 32, which these cuts split)
+    cut = AutoStrategy(CFG, every=50)
+    bounds = [0, 7, 130, 133, 466, 530, 531, 700]
+    got = np.concatenate(
+        [cut.learn_predict(ids[a:z], s.x[a:z], s.y[a:z]).y_pred for a, z in itertools.pairwise(bounds)]
+    )
+    # Assert: the same blended predictions, and no pooled model besides the fleet's
+    assert np.array_equal(got, want)
+    assert not hasattr(cut, "pooled")
+    assert len(cut.personal.pooled_pred) == 700 - 531 and np.isfinite(cut.personal.pooled_pred).all()
+
+
+def test_starts_stacked_on_the_device_axis_adapt_as_each_start_alone() -> None:
+    # Prepare: two different starts and three devices' readings
+    net = AutoFleet(CFG).net
+    rng = torch.Generator().manual_seed(0)
+    a = {k: torch.randn(v.shape, generator=rng) for k, v in net.template.named_parameters()}
+    b = {k: torch.randn(v.shape, generator=rng) for k, v in net.template.named_parameters()}
+    x, y, mask = torch.randn(3, 8, 3, generator=rng), torch.randn(3, 8, generator=rng), torch.ones(3, 8)
+    # Execute: both starts in one call, each start on all three devices
+    both = net.adapt(
+        {k: torch.stack([a[k]] * 3 + [b[k]] * 3) for k in a},
+        x.repeat(2, 1, 1),
+        y.repeat(2, 1),
+        mask.repeat(2, 1),
+    )
+    alone = [net.adapt(a, x, y, mask), net.adapt(b, x, y, mask)]
+    # Assert
+    for k in a:
+        torch.testing.assert_close(both[k], torch.cat([alone[0][k], alone[1][k]]), rtol=0, atol=1e-6)

@@ -2,15 +2,20 @@
 
 Rounds of every strategy in turn, medians reported, and each strategy's ratio to
 ``reptile`` taken within its round, so a slow spell of the shared machine hits all.
-Usage: .venv/bin/python evidence/bench_strategies.py DEVICES READINGS ROUNDS STRATEGY...
+Usage: .venv/bin/python docs/evidence/learn/bench_strategies.py DEVICES READINGS ROUNDS STRATEGY...
+Torch runs on ``METASTREAM_TORCH_THREADS`` threads (default 1), as under the ``metastream``
+command line (``metastream bench``, ``make bench``): on tiny tensors one thread is fastest, and
+with more threads than free cores every batched matrix product waits for a descheduled thread.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 import numpy as np
+import torch
 
 from learners import LearnerConfig
 from learners.evaluation.synthetic import make_fleet_stream
@@ -32,6 +37,7 @@ def rate(name: str, devices: int, n: int) -> float:
 
 
 def main() -> None:
+    torch.set_num_threads(int(os.environ.get("METASTREAM_TORCH_THREADS", "1")))
     devices, n, rounds, names = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
     rates = np.array([[rate(name, devices, n) for name in names] for _ in range(rounds)])
     ratios = rates / rates[:, names.index("reptile") : names.index("reptile") + 1]
