@@ -164,7 +164,7 @@ class FleetLearner:
             if self.cfg.task == "regression":
                 ys = (ys - sy.mean[0]) / sy.std[0]
             ys_t = torch.from_numpy(ys.astype(np.float32))
-            phi = self.net.adapt(self.theta, xs_t, ys_t, torch.ones_like(ys_t))
+            phi = self.source.adapt(self.net, xs_t, ys_t, torch.ones_like(ys_t))
             out = vmap(self.net.forward)(phi, xq_t)
             return self.scaler.inverse_y(self.net.predict(out).numpy().astype(np.float64))
 
@@ -411,9 +411,13 @@ class FleetLearner:
             judged = {k: v[: len(slots)] for k, v in both.items()}
             phi = {k: v[len(slots) :] for k, v in both.items()}
             keep = self._judge(slots, judged, x, y, hold) | ~guarded
+            offset = len(slots)
         else:
             phi = self.source.adapt(self.net, x, y, mask)
+            offset = 0
         kept = slots[keep.numpy()]
+        ids = self.devices.ids
+        self.source.adapted([ids[s] for s in kept.tolist()], offset + np.flatnonzero(keep.numpy()))
         idx = torch.from_numpy(kept)
         for k, v in self.params.items():
             v[idx] = self.published[k][idx] = phi[k][keep]
@@ -495,7 +499,8 @@ class FleetLearner:
         x, y, mask = self.buffers.recent(active, self.cfg.adapt_after)
         weights = torch.from_numpy(self._since_meta[active]).float()
         self._since_meta[:] = 0
-        return Tasks(x, y, mask, weights)
+        ids = self.devices.ids
+        return Tasks(x, y, mask, weights, tuple(ids[s] for s in active.tolist()))
 
     # -- checkpoints -----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from learners.auto import AutoStrategy
 from learners.base import Strategy
 from learners.blended import BlendedStrategy
+from learners.clustered import ClusteredTheta
 from learners.config import LearnerConfig
 from learners.continuous import ContinuousFleet
 from learners.fleet import FleetLearner
@@ -24,6 +25,7 @@ STRATEGIES = (
     "blend-finetune",
     "continuous",
     "auto",
+    "clustered",
     "river-linear",
     "river-hat",
 )
@@ -42,6 +44,7 @@ BUILDERS: dict[str, Callable[[LearnerConfig], Strategy]] = {
     "blend-finetune": lambda cfg: BlendedStrategy(cfg, init="finetune"),
     "continuous": ContinuousFleet,
     "auto": AutoStrategy,
+    "clustered": lambda cfg: FleetLearner(cfg, ClusteredTheta(cfg)),
     "river-linear": lambda cfg: RiverFleet(cfg, kind="linear"),
     "river-hat": lambda cfg: RiverFleet(cfg, kind="hat"),
 }

@@ -27,7 +27,7 @@ of the command line to sources.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,13 +50,15 @@ class Tasks:
 
     ``x`` is ``[D, n, F]``, ``y`` and ``mask`` are ``[D, n]`` (mask 1: a real
     reading); ``weights`` ``[D]`` are the readings each device learned since
-    the last meta-update.
+    the last meta-update; ``devices`` their ids, in row order (empty when
+    unknown).
     """
 
     x: Tensor
     y: Tensor
     mask: Tensor
     weights: Tensor
+    devices: tuple[str, ...] = ()
 
 
 DrawTasks = Callable[[], Tasks | None]
@@ -91,6 +93,10 @@ class ThetaSource(Protocol):
 
     def adapt(self, net: FunctionalNet, x: Tensor, y: Tensor, mask: Tensor) -> Params:
         """φ for each of ``D`` devices from θ, on their readings (``[D, n, F]``, ``[D, n]``, ``[D, n]``)."""
+        ...
+
+    def adapted(self, device_ids: Sequence[str], rows: np.ndarray) -> None:
+        """Rows ``rows`` of the last :meth:`adapt` call's output became the models of ``device_ids``."""
         ...
 
     def observe(self, xs: np.ndarray, ys: np.ndarray) -> None:
@@ -161,6 +167,9 @@ class ThetaSourceBase:
 
     def adapt(self, net: FunctionalNet, x: Tensor, y: Tensor, mask: Tensor) -> Params:
         return net.adapt(self.theta, x, y, mask)
+
+    def adapted(self, device_ids: Sequence[str], rows: np.ndarray) -> None:
+        return None
 
     def observe(self, xs: np.ndarray, ys: np.ndarray) -> None:
         return None
