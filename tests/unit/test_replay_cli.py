@@ -76,6 +76,7 @@ def test_replay_all_runs_every_strategy(fleet_csv: Path, capsys: pytest.CaptureF
         "blend-finetune",
         "continuous",
         "auto",
+        "clustered",
         "river-linear",
         "river-hat",
     ]
