@@ -295,8 +295,7 @@ class AutoFleet(ContinuousFleet):
 
         Returns the chosen adaptations without and with the held-back
         readings (``[D, …]``), and each device's winning candidate index.
-        Devices with fewer than ``guard_min_holdout`` held-back readings (too
-        few to show that a start is better) get the fleet's favourite.  With
+        Devices without held-back readings get the fleet's favourite.  With
         ``count`` the judged choices are added to :attr:`wins`.
         """
         cands = self.candidates()
@@ -308,8 +307,7 @@ class AutoFleet(ContinuousFleet):
         per_reading = self.net.sample_loss(out, y.repeat(c, 1)).view(c, d, -1) * hold
         losses = torch.nan_to_num(per_reading, nan=float("inf"))
         table = pick_candidates(losses, hold)
-        # Too few held-back readings cannot show a start is better: take what won most in this fleet.
-        guarded = (hold.sum(1) >= self.cfg.guard_min_holdout).numpy()
+        guarded = (hold.sum(1) > 0).numpy()
         best = np.where(guarded, table.numpy(), self.favourite())
         for i in np.flatnonzero(guarded) if count else []:
             name = cands[int(best[i])][0]
