@@ -39,7 +39,7 @@ from learners.nets import Params
 from learners.pooled import AdamGlobalModel
 from learners.registry import DeviceIndex
 from learners.scaling import PrequentialScaler
-from learners.theta_source import MetaLearnedTheta
+from learners.theta_source import MetaLearnedTheta, PooledStream
 
 Candidate = tuple[str, Params, int | None]
 """A named start for an adaptation and its inner steps (``None``: the config's; 0: used as it is)."""
@@ -118,47 +118,41 @@ class MomentsKeepingScaler(PrequentialScaler):
 class PooledAlongsideTheta(MetaLearnedTheta):
     """A meta-learned θ, with an Adam pooled model learning from every reading alongside it.
 
-    The pooled model steps on whole chunks of the pooled stream, so its steps
-    fall at fixed positions however the stream is cut; its weights and the
+    The pooled model steps on whole chunks of the pooled stream
+    (:class:`~learners.theta_source.PooledStream`); its weights and the
     readings that wait for a whole chunk are part of the checkpoint.
 
     Examples
     --------
     >>> src = PooledAlongsideTheta(LearnerConfig(n_features=2, hidden=(4,)))
     >>> src.observe(np.ones((40, 2), np.float32), np.ones(40, np.float32))
-    >>> src.name, len(src.pending_y)  # one chunk of 32 learned, 8 wait
+    >>> src.name, len(src.pool.pending_y)  # one chunk of 32 learned, 8 wait
     ('reptile', 8)
     """
 
     def __init__(self, cfg: LearnerConfig) -> None:
         super().__init__(cfg)
         self.pooled = AdamGlobalModel(cfg)
-        self.pending_x = np.zeros((0, cfg.n_features), dtype=np.float32)
-        self.pending_y = np.zeros(0, dtype=np.float32)
+        self.pool = PooledStream(self.pooled, cfg.n_features)
         self.outputs: list[Tensor] = []
         """The pooled model's raw outputs for the readings observed while :attr:`recording`."""
         self.recording = False
 
     def observe(self, xs: np.ndarray, ys: np.ndarray) -> None:
-        chunk = self.pooled.chunk
-        waiting = len(self.pending_y)
-        px = np.concatenate([self.pending_x, xs])
-        py = np.concatenate([self.pending_y, ys])
-        whole = len(py) - len(py) % chunk
-        if whole:
-            out = self.pooled.learn_predict(torch.from_numpy(px[:whole]), torch.from_numpy(py[:whole]))
-            if self.recording:
-                self.outputs.append(out[waiting:])
-        self.pending_x, self.pending_y = px[whole:].copy(), py[whole:].copy()
+        waiting = len(self.pool.pending_y)
+        out = self.pool.observe(xs, ys)
+        if out is not None and self.recording:
+            self.outputs.append(out[waiting:])
         # The pooled model steps only on whole chunks, so the readings still waiting are
         # predicted by the weights their chunk will step from; padded to a whole chunk, the
         # forward pass has the shape of that step's own.
-        fresh = min(len(xs), len(self.pending_y))
+        pending_x, pending_y = self.pool.pending_x, self.pool.pending_y
+        fresh = min(len(xs), len(pending_y))
         if fresh and self.recording:
-            padded = np.zeros((chunk, px.shape[1]), dtype=np.float32)
-            padded[: len(self.pending_x)] = self.pending_x
+            padded = np.zeros((self.pooled.chunk, pending_x.shape[1]), dtype=np.float32)
+            padded[: len(pending_x)] = pending_x
             out = self.pooled.net.stacked_forward(self.pooled.params, torch.from_numpy(padded)[None])[0]
-            self.outputs.append(out[len(self.pending_y) - fresh : len(self.pending_y)])
+            self.outputs.append(out[len(pending_y) - fresh : len(pending_y)])
 
     def take_outputs(self) -> Tensor:
         """The pooled model's raw outputs (``[n, n_outputs]``) recorded since the last call.
@@ -172,27 +166,17 @@ class PooledAlongsideTheta(MetaLearnedTheta):
 
     def export_state(self) -> tuple[dict[str, Tensor], Any]:
         tensors, state = super().export_state()
-        tensors |= {f"pooled.{k}": v.clone() for k, v in self.pooled.params.items()}
-        tensors["pooled.pending_x"] = torch.from_numpy(self.pending_x.copy())
-        tensors["pooled.pending_y"] = torch.from_numpy(self.pending_y.copy())
-        return tensors, state
+        return tensors | self.pool.export(), state
 
     def expected_shapes(self, tensors: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
-        shapes = super().expected_shapes(tensors)
-        shapes |= {f"pooled.{k}": tuple(v.shape) for k, v in self.pooled.params.items()}
-        pending = int(tensors["pooled.pending_y"].shape[0]) if "pooled.pending_y" in tensors else -1
-        shapes["pooled.pending_y"] = (pending,)
-        shapes["pooled.pending_x"] = (pending, self.pending_x.shape[1])
-        return shapes
+        return super().expected_shapes(tensors) | self.pool.expected_shapes(tensors)
 
     def import_state(
         self, theta: Params, version: int, tensors: dict[str, Tensor], state: Any, worker_wide: bool
     ) -> None:
         super().import_state(theta, version, tensors, state, worker_wide)
         if worker_wide:
-            self.pooled.params = {k: tensors[f"pooled.{k}"].clone() for k in self.pooled.params}
-            self.pending_x = tensors["pooled.pending_x"].numpy().astype(np.float32).copy()
-            self.pending_y = tensors["pooled.pending_y"].numpy().astype(np.float32).copy()
+            self.pool.restore(tensors)
 
 
 class AutoFleet(ContinuousFleet):
@@ -361,23 +345,7 @@ class AutoFleet(ContinuousFleet):
         guarded = n_hold > 0
         judged, phi, _ = self.choose(x, y, train, hold)
         keep = self._judge(slots, judged, x, y, hold) | ~guarded if bool(guarded.any()) else ~guarded
-        kept = slots[keep.numpy()]
-        idx = torch.from_numpy(kept)
-        for k, v in self.params.items():
-            v[idx] = self.published[k][idx] = phi[k][keep]
-        self._pending[slots] = False
-        self.n_adaptations += len(kept)
-        self.n_rejected += len(slots) - len(kept)
-        fallback = self._retry(slots[~keep.numpy()], n_hold[~keep].numpy())
-        if len(fallback):
-            back = torch.from_numpy(fallback)
-            for k, v in self.params.items():
-                v[back] = self.published[k][back] = self.theta[k]
-        kept = np.sort(np.concatenate([kept, fallback]))
-        self.monitor.restart_scale(kept)
-        self._has_model[kept] = True
-        self._retries[kept] = 0
-        return kept
+        return self._install_adaptations(slots, keep, phi, n_hold)
 
     # -- checkpoints: the pooled snapshot and the scores are worker-wide state ------------
 
@@ -428,17 +396,7 @@ class AutoStrategy(BlendedStrategy):
 
     def learn_predict(self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray) -> StepResult:
         own = self.personal.learn_predict(device_ids, x, y)
-        slots, _ = self.devices.slots_for(device_ids)
-        truth = np.asarray(y, dtype=np.float64)
-        pred = self.blend.combine(slots, own.y_pred, self.personal.pooled_pred, truth)
-        return StepResult(
-            pred,
-            drifted=own.drifted,
-            adapted=own.adapted,
-            meta_version=own.meta_version,
-            checks=own.checks,
-            slots=own.slots,
-        )
+        return self._blended(device_ids, own, self.personal.pooled_pred, y)
 
     def pooled_personaliser(self) -> Personalise:
         return self.personal.pooled_personaliser()

@@ -42,8 +42,14 @@ class BlendedStrategy(StrategyBase):
     def learn_predict(self, device_ids: Sequence[str], x: np.ndarray, y: np.ndarray) -> StepResult:
         own = self.personal.learn_predict(device_ids, x, y)
         pooled = self.pooled.learn_predict(device_ids, x, y)
+        return self._blended(device_ids, own, pooled.y_pred, y)
+
+    def _blended(
+        self, device_ids: Sequence[str], own: StepResult, pooled_pred: np.ndarray, y: np.ndarray
+    ) -> StepResult:
+        """``own``'s result with its predictions blended per device with ``pooled_pred``."""
         slots, _ = self.devices.slots_for(device_ids)
-        pred = self.blend.combine(slots, own.y_pred, pooled.y_pred, np.asarray(y, dtype=np.float64))
+        pred = self.blend.combine(slots, own.y_pred, pooled_pred, np.asarray(y, dtype=np.float64))
         return StepResult(
             pred,
             drifted=own.drifted,

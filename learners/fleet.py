@@ -415,9 +415,16 @@ class FleetLearner:
         else:
             phi = self.source.adapt(self.net, x, y, mask)
             offset = 0
-        kept = slots[keep.numpy()]
         ids = self.devices.ids
+        kept = slots[keep.numpy()]
         self.source.adapted([ids[s] for s in kept.tolist()], offset + np.flatnonzero(keep.numpy()))
+        return self._install_adaptations(slots, keep, phi, n_hold)
+
+    def _install_adaptations(
+        self, slots: np.ndarray, keep: Tensor, phi: Params, n_hold: Tensor
+    ) -> np.ndarray:
+        """The kept adaptations become the devices' (and their edges') models; the rest retry or take θ."""
+        kept = slots[keep.numpy()]
         idx = torch.from_numpy(kept)
         for k, v in self.params.items():
             v[idx] = self.published[k][idx] = phi[k][keep]

@@ -295,66 +295,107 @@ class RemoteTheta(MetaLearnedTheta):
         return out
 
 
+class PooledStream:
+    """A pooled model learning from every reading in whole chunks, and its part of a checkpoint.
+
+    Chunks keep the model's steps at fixed positions of the stream however it
+    is cut into batches; readings short of a chunk wait in ``pending_*``.
+    The checkpoint tensors are ``pooled.<param>``, ``pooled.pending_x`` and
+    ``pooled.pending_y``.
+
+    Examples
+    --------
+    >>> pool = PooledStream(GlobalModel(LearnerConfig(n_features=2, hidden=(4,))), n_features=2)
+    >>> out = pool.observe(np.ones((40, 2), np.float32), np.ones(40, np.float32))
+    >>> out.shape, len(pool.pending_y), sorted(pool.export())[-2:]  # one chunk of 32 learned, 8 wait
+    (torch.Size([32, 1]), 8, ['pooled.pending_x', 'pooled.pending_y'])
+    """
+
+    def __init__(self, model: GlobalModel, n_features: int) -> None:
+        self.model = model
+        self.pending_x = np.zeros((0, n_features), dtype=np.float32)
+        self.pending_y = np.zeros(0, dtype=np.float32)
+
+    def observe(self, xs: np.ndarray, ys: np.ndarray) -> Tensor | None:
+        """Learn every whole chunk of the readings seen so far; keep the rest for the next call.
+
+        Returns the model's outputs for the readings of the chunks it learned
+        (the waiting ones first), each from before it learned that chunk.
+        """
+        chunk = self.model.chunk
+        px = np.concatenate([self.pending_x, xs])
+        py = np.concatenate([self.pending_y, ys])
+        whole = len(py) - len(py) % chunk
+        out = None
+        if whole:
+            out = self.model.learn_predict(torch.from_numpy(px[:whole]), torch.from_numpy(py[:whole]))
+        self.pending_x, self.pending_y = px[whole:].copy(), py[whole:].copy()
+        return out
+
+    def export(self) -> dict[str, Tensor]:
+        """The model's weights and the waiting readings, as checkpoint tensors."""
+        tensors = {f"pooled.{k}": v.clone() for k, v in self.model.params.items()}
+        tensors["pooled.pending_x"] = torch.from_numpy(self.pending_x.copy())
+        tensors["pooled.pending_y"] = torch.from_numpy(self.pending_y.copy())
+        return tensors
+
+    def expected_shapes(self, tensors: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+        """The shapes :meth:`restore` needs; the number of waiting readings is the checkpoint's own."""
+        shapes = {f"pooled.{k}": tuple(v.shape) for k, v in self.model.params.items()}
+        pending = int(tensors["pooled.pending_y"].shape[0]) if "pooled.pending_y" in tensors else -1
+        shapes["pooled.pending_y"] = (pending,)
+        shapes["pooled.pending_x"] = (pending, self.pending_x.shape[1])
+        return shapes
+
+    def restore(self, tensors: dict[str, Tensor]) -> None:
+        """The inverse of :meth:`export`."""
+        self.model.params = {k: tensors[f"pooled.{k}"].clone() for k in self.model.params}
+        self.pending_x = tensors["pooled.pending_x"].numpy().astype(np.float32).copy()
+        self.pending_y = tensors["pooled.pending_y"].numpy().astype(np.float32).copy()
+
+
 class PooledTheta(ThetaSourceBase):
     """``finetune``: θ is a model trained on every reading pooled, as of the last ``meta_every`` position.
 
-    The pooled model steps on whole chunks of readings, so its steps fall at
-    fixed positions of the stream however it is cut into batches.
+    The pooled model steps on whole chunks of readings (:class:`PooledStream`),
+    so its steps fall at fixed positions of the stream however it is cut.
 
     Examples
     --------
     >>> src = PooledTheta(LearnerConfig(n_features=2, hidden=(4,)))
     >>> src.observe(np.ones((40, 2), np.float32), np.ones(40, np.float32))
-    >>> src.name, src.cadenced, len(src.pending_y)  # one chunk of 32 learned, 8 wait
+    >>> src.name, src.cadenced, len(src.pool.pending_y)  # one chunk of 32 learned, 8 wait
     ('finetune', True, 8)
     """
 
     name = "finetune"
 
     def __init__(self, cfg: LearnerConfig) -> None:
-        self.model = GlobalModel(cfg)
-        super().__init__({k: v.clone() for k, v in self.model.theta.items()})
-        self.pending_x = np.zeros((0, cfg.n_features), dtype=np.float32)
-        self.pending_y = np.zeros(0, dtype=np.float32)
+        self.pool = PooledStream(GlobalModel(cfg), cfg.n_features)
+        super().__init__({k: v.clone() for k, v in self.pool.model.theta.items()})
 
     @property
     def cadenced(self) -> bool:
         return True
 
     def observe(self, xs: np.ndarray, ys: np.ndarray) -> None:
-        chunk = self.model.chunk
-        px = np.concatenate([self.pending_x, xs])
-        py = np.concatenate([self.pending_y, ys])
-        whole = len(py) - len(py) % chunk
-        if whole:
-            self.model.learn_predict(torch.from_numpy(px[:whole]), torch.from_numpy(py[:whole]))
-        self.pending_x, self.pending_y = px[whole:].copy(), py[whole:].copy()
+        self.pool.observe(xs, ys)
 
     def at_cadence(self, net: FunctionalNet, draw: DrawTasks) -> None:
-        self._theta = {k: v.clone() for k, v in self.model.theta.items()}
+        self._theta = {k: v.clone() for k, v in self.pool.model.theta.items()}
 
     def export_state(self) -> tuple[dict[str, Tensor], Any]:
-        tensors = {f"pooled.{k}": v.clone() for k, v in self.model.params.items()}
-        tensors["pooled.pending_x"] = torch.from_numpy(self.pending_x.copy())
-        tensors["pooled.pending_y"] = torch.from_numpy(self.pending_y.copy())
-        return tensors, None
+        return self.pool.export(), None
 
     def expected_shapes(self, tensors: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
-        shapes = {f"pooled.{k}": tuple(v.shape) for k, v in self.model.params.items()}
-        # Fewer readings than a chunk wait for the pooled model's next step.
-        pending = int(tensors["pooled.pending_y"].shape[0]) if "pooled.pending_y" in tensors else -1
-        shapes["pooled.pending_y"] = (pending,)
-        shapes["pooled.pending_x"] = (pending, self.pending_x.shape[1])
-        return shapes
+        return self.pool.expected_shapes(tensors)
 
     def import_state(
         self, theta: Params, version: int, tensors: dict[str, Tensor], state: Any, worker_wide: bool
     ) -> None:
         if worker_wide:
-            self.model.params = {k: tensors[f"pooled.{k}"].clone() for k in self.model.params}
+            self.pool.restore(tensors)
             self._theta = {k: v.clone() for k, v in theta.items()}
-            self.pending_x = tensors["pooled.pending_x"].numpy().astype(np.float32).copy()
-            self.pending_y = tensors["pooled.pending_y"].numpy().astype(np.float32).copy()
 
 
 META_RULES: dict[str, Callable[[], MetaRule]] = {"reptile": Reptile, "fomaml": FirstOrderMAML}
