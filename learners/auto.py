@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import vmap
 
 from learners.base import Personalise, StepResult
 from learners.blend import ErrorWeightedBlend
@@ -422,21 +421,14 @@ def auto_own_personaliser(fleet: AutoFleet) -> Callable[[np.ndarray, np.ndarray,
     returns predictions ``[E, q]`` in the data's units.
     """
 
-    def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
-        sx, sy = fleet.scaler.x, fleet.scaler.y
-        xs_t = torch.from_numpy(sx.transform(xs).astype(np.float32))
-        xq_t = torch.from_numpy(sx.transform(xq).astype(np.float32))
-        if fleet.cfg.task == "regression":
-            ys = (ys - sy.mean[0]) / sy.std[0]
-        ys_t = torch.from_numpy(ys.astype(np.float32))
+    def adapt(xs: Tensor, ys: Tensor) -> Params:
         k = xs.shape[1]
-        hold = torch.zeros_like(ys_t)
+        hold = torch.zeros_like(ys)
         hold[:, k - max(1, k // 4) :] = 1.0
-        _, phi, _ = fleet.choose(xs_t, ys_t, torch.ones_like(ys_t) - hold, hold, count=False)
-        out = vmap(fleet.net.forward)(phi, xq_t)
-        return fleet.scaler.inverse_y(fleet.net.predict(out).numpy().astype(np.float64))
+        _, phi, _ = fleet.choose(xs, ys, torch.ones_like(ys) - hold, hold, count=False)
+        return phi
 
-    return run
+    return fleet.kshot(adapt)
 
 
 __all__ = [

@@ -7,7 +7,7 @@ drift or for a new device, and periodic meta-updates of θ.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -156,6 +156,15 @@ class FleetLearner:
 
     def personaliser(self) -> Personalise:
         """θ adapted on a new device's ``k`` readings with the fleet's inner loop, in its normalisation."""
+        return self.kshot(lambda xs, ys: self.source.adapt(self.net, xs, ys, torch.ones_like(ys)))
+
+    def kshot(self, adapt: Callable[[Tensor, Tensor], Params]) -> Personalise:
+        """A k-shot personaliser whose weights come from ``adapt(x_support, y_support)``.
+
+        ``adapt`` gets the support in the fleet's normalisation (``[E, k, F]``,
+        ``[E, k]``) and returns ``[E, …]`` weights; predictions come back in
+        the data's units.
+        """
 
         def run(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
             sx, sy = self.scaler.x, self.scaler.y
@@ -163,8 +172,7 @@ class FleetLearner:
             xq_t = torch.from_numpy(sx.transform(xq).astype(np.float32))
             if self.cfg.task == "regression":
                 ys = (ys - sy.mean[0]) / sy.std[0]
-            ys_t = torch.from_numpy(ys.astype(np.float32))
-            phi = self.source.adapt(self.net, xs_t, ys_t, torch.ones_like(ys_t))
+            phi = adapt(xs_t, torch.from_numpy(ys.astype(np.float32)))
             out = vmap(self.net.forward)(phi, xq_t)
             return self.scaler.inverse_y(self.net.predict(out).numpy().astype(np.float64))
 
