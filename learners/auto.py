@@ -33,7 +33,6 @@ from learners.blend import ErrorWeightedBlend
 from learners.blended import BlendedStrategy
 from learners.config import LearnerConfig
 from learners.continuous import ContinuousFleet
-from learners.guard import split_holdout
 from learners.nets import Params
 from learners.pooled import AdamGlobalModel
 from learners.registry import DeviceIndex
@@ -338,8 +337,7 @@ class AutoFleet(ContinuousFleet):
         """As :meth:`FleetLearner._adapt`, from the winning candidate of each device."""
         if len(slots) == 0:
             return slots
-        x, y, mask = self.buffers.recent(slots, self.cfg.adapt_after)
-        train, hold = split_holdout(mask, self.cfg.guard_holdout, self.cfg.guard_min_holdout)
+        x, y, _, train, hold = self._adaptation_readings(slots)
         n_hold = hold.sum(1)
         guarded = n_hold > 0
         judged, phi, _ = self.choose(x, y, train, hold)

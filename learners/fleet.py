@@ -407,8 +407,7 @@ class FleetLearner:
         """
         if len(slots) == 0:
             return slots
-        x, y, mask = self.buffers.recent(slots, self.cfg.adapt_after)
-        train, hold = split_holdout(mask, self.cfg.guard_holdout, self.cfg.guard_min_holdout)
+        x, y, mask, train, hold = self._adaptation_readings(slots)
         n_hold = hold.sum(1)
         guarded = n_hold > 0
         keep = torch.ones(len(slots), dtype=torch.bool)
@@ -427,6 +426,12 @@ class FleetLearner:
         kept = slots[keep.numpy()]
         self.source.adapted([ids[s] for s in kept.tolist()], offset + np.flatnonzero(keep.numpy()))
         return self._install_adaptations(slots, keep, phi, n_hold)
+
+    def _adaptation_readings(self, slots: np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Each device's recent readings ``x, y, mask``, split into ``train`` and the guard's ``hold``."""
+        x, y, mask = self.buffers.recent(slots, self.cfg.adapt_after)
+        train, hold = split_holdout(mask, self.cfg.guard_holdout, self.cfg.guard_min_holdout)
+        return x, y, mask, train, hold
 
     def _install_adaptations(
         self, slots: np.ndarray, keep: Tensor, phi: Params, n_hold: Tensor
