@@ -154,11 +154,13 @@ def cmd_keys_publish_set(args: argparse.Namespace) -> int:
     """Handler of ``metastream keys publish-set``: the signed file onto the meta topic."""
     from kafka import KafkaProducer
 
+    from connectors import kafka_python_fix
     from connectors.settings import Settings
 
     signed = Path(args.file).read_bytes()
     keyset = peek_keyset(signed)  # a key set, not some other file: edges would only refuse it
     settings = Settings.load(args.settings, broker=args.broker)
+    kafka_python_fix.apply()  # a refused password is an error, not endless retries
     producer = KafkaProducer(
         bootstrap_servers=settings.bootstrap, acks="all", **settings.kafka_python_security()
     )
